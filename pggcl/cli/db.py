@@ -1,0 +1,46 @@
+"""`pggcl db`: install, upgrade, inspect and remove the schema."""
+
+from __future__ import annotations
+
+import click
+
+from pggcl import schema
+from pggcl.cli._base import require_dsn
+
+
+@click.group()
+def db() -> None:
+    """Manage the pggcl schema in the database."""
+
+
+@db.command()
+@click.argument("revision", default="head")
+@click.pass_context
+def upgrade(ctx: click.Context, revision: str) -> None:
+    """Install or upgrade the schema to REVISION (default: head)."""
+    dsn = require_dsn(ctx)
+    schema.upgrade(dsn, revision)
+    click.echo(f"pggcl schema at revision {schema.current(dsn) or 'base'}")
+
+
+@db.command()
+@click.argument("revision")
+@click.pass_context
+def downgrade(ctx: click.Context, revision: str) -> None:
+    """Downgrade the schema to REVISION (`base` drops schema pggcl and its data)."""
+    dsn = require_dsn(ctx)
+    schema.downgrade(dsn, revision)
+    click.echo(f"pggcl schema at revision {schema.current(dsn) or 'base'}")
+
+
+@db.command()
+@click.pass_context
+def current(ctx: click.Context) -> None:
+    """Print the installed revision (`base` when pggcl is not installed)."""
+    click.echo(schema.current(require_dsn(ctx)) or "base")
+
+
+@db.command("sql")
+def sql_() -> None:
+    """Print the fresh-install SQL script (run it with `psql -1 -f`)."""
+    click.echo(schema.schema_sql(), nl=False)

@@ -1,0 +1,106 @@
+"""Where the SQL engine and its migrations live, and how to install them.
+
+`schema_sql()` is the fresh-install script; `upgrade()`/`downgrade()`/`current()` drive
+the alembic chain in `alembic/` through alembic's Python API, so users need no alembic.ini.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, create_engine
+from sqlalchemy.pool import NullPool
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+#: alembic keeps pggcl's revision here, apart from a user's own `alembic_version`.
+VERSION_TABLE = "pggcl_alembic_version"
+
+
+def _find(packaged: str, in_repo: str) -> Path:
+    # A wheel carries the directory inside the package; a dev checkout has it at the repo root.
+    for candidate in (_PACKAGE_DIR / packaged, _PACKAGE_DIR.parent / in_repo):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"pggcl installation is incomplete: no {in_repo}/ directory found")
+
+
+def sql_dir() -> Path:
+    """The directory holding the engine's `*.sql` files."""
+    return _find("_sql", "sql")
+
+
+def alembic_dir() -> Path:
+    """The alembic script directory (env.py and versions/)."""
+    return _find("_alembic", "alembic")
+
+
+def sql_files() -> list[Path]:
+    """The engine's SQL files in the order they must run (sorted by file name)."""
+    return sorted(sql_dir().glob("*.sql"), key=lambda p: p.name)
+
+
+def schema_sql() -> str:
+    """The fresh-install script: every `sql/*.sql` file, concatenated in file-name order."""
+    parts = [f"-- sql/{p.name}\n{p.read_text(encoding='utf-8').rstrip()}\n" for p in sql_files()]
+    return "\n".join(parts)
+
+
+def libpq_dsn(dsn: str) -> str:
+    """Turn a SQLAlchemy-style `postgresql+psycopg://` URL into one libpq accepts."""
+    for prefix in ("postgresql+psycopg://", "postgresql+psycopg2://", "postgresql+asyncpg://"):
+        if dsn.startswith(prefix):
+            return "postgresql://" + dsn[len(prefix) :]
+    return dsn
+
+
+@contextlib.contextmanager
+def _connection(dsn: str) -> Iterator[Connection]:
+    # A creator lets libpq parse the DSN, so key=value strings, socket paths and
+    # query options work exactly as with psql; NullPool leaves no idle connection
+    # behind (a template database must have none).
+    conninfo = libpq_dsn(dsn)
+    engine = create_engine(
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(conninfo), poolclass=NullPool
+    )
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An alembic Config for pggcl's chain, optionally bound to an open connection."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(alembic_dir()))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def upgrade(dsn: str, revision: str = "head") -> None:
+    """Migrate the database at `dsn` up to `revision` (default: the newest)."""
+    with _connection(dsn) as conn:
+        command.upgrade(alembic_config(conn), revision)
+        conn.commit()
+
+
+def downgrade(dsn: str, revision: str) -> None:
+    """Migrate the database at `dsn` down to `revision` (`base` removes schema pggcl)."""
+    with _connection(dsn) as conn:
+        command.downgrade(alembic_config(conn), revision)
+        conn.commit()
+
+
+def current(dsn: str) -> str | None:
+    """The pggcl revision installed at `dsn`, or None when pggcl is not installed."""
+    with _connection(dsn) as conn:
+        ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        return ctx.get_current_revision()

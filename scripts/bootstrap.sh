@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Idempotent development set-up on Debian: PostgreSQL server binaries, .venv, pggcl[dev].
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have_server_binaries() {
+    # The same search as pggcl.testing.find_server_binaries: PATH, then /usr/lib/postgresql/*/bin.
+    if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then
+        return 0
+    fi
+    local bindir
+    for bindir in /usr/lib/postgresql/*/bin; do
+        if [ -x "$bindir/initdb" ] && [ -x "$bindir/pg_ctl" ]; then
+            return 0
+        fi
+    done
+    return 1
+}
+
+if [ -z "${PGGCL_TEST_DSN:-}" ] && ! have_server_binaries; then
+    echo "bootstrap: installing PostgreSQL server binaries (apt-get)" >&2
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    echo "bootstrap: creating .venv" >&2
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'

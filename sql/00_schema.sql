@@ -1,0 +1,94 @@
+-- pggcl: global concurrency limits and rate limits inside PostgreSQL.
+--
+-- This file creates the schema, the two roles and the tables. Tables are private: every write
+-- goes through the functions in the files that follow, and reads go through the views. The files
+-- of this directory, applied in file-name order, are the whole fresh install (`pggcl db sql`).
+
+CREATE SCHEMA pggcl;
+COMMENT ON SCHEMA pggcl IS 'pggcl: global concurrency limits and rate limits (see README)';
+
+-- Roles are cluster-wide, so they may already exist from an install in another database.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'pggcl_user') THEN
+        CREATE ROLE pggcl_user NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'pggcl_admin') THEN
+        CREATE ROLE pggcl_admin NOLOGIN;
+    END IF;
+    IF NOT pg_catalog.pg_has_role('pggcl_admin', 'pggcl_user', 'MEMBER') THEN
+        GRANT pggcl_user TO pggcl_admin;
+    END IF;
+END
+$$;
+
+-- One row per limit. Occupancy at time t is
+--     held + greatest(0, level - slot_decay_per_second * (t - level_at))
+-- where `held` counts the slots of concurrency leases and `level` is the rate-limit bucket as it
+-- stood at `level_at`. The level is a float that decays continuously; it is materialised only
+-- when it changes, so refusals and reads write nothing.
+CREATE TABLE pggcl.limit_state (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name text NOT NULL UNIQUE,
+    "limit" integer NOT NULL CHECK ("limit" >= 0),
+    slot_decay_per_second double precision NOT NULL DEFAULT 0
+        CHECK (slot_decay_per_second >= 0 AND slot_decay_per_second < 'Infinity'),
+    active boolean NOT NULL DEFAULT true,
+    held integer NOT NULL DEFAULT 0 CHECK (held >= 0),
+    level double precision NOT NULL DEFAULT 0,
+    level_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    created timestamptz NOT NULL DEFAULT clock_timestamp(),
+    updated timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+-- A session is one client connection that registered itself. It holds the session-level
+-- advisory lock (1885824867, id) for as long as it lives; PostgreSQL drops that lock when the
+-- backend ends, however it ends, which is how everyone else learns the session is dead.
+-- Ids are integers because the two-key advisory lock takes integers.
+CREATE SEQUENCE pggcl.session_id_seq AS integer MINVALUE 1 CYCLE;
+CREATE TABLE pggcl.sessions (
+    id integer PRIMARY KEY DEFAULT nextval('pggcl.session_id_seq'),
+    token uuid NOT NULL DEFAULT gen_random_uuid(),
+    backend_pid integer NOT NULL,
+    grace_seconds double precision NOT NULL,
+    dead_since timestamptz,
+    reclaimed boolean NOT NULL DEFAULT false,
+    created timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+ALTER SEQUENCE pggcl.session_id_seq OWNED BY pggcl.sessions.id;
+
+-- A lease is the set of rows sharing one id: one row per limit it holds slots on. Keeping a row
+-- per limit lets every operation touch only the limits it has locked (a reclaim on limit A never
+-- needs the lock of limit B). `occupy` is 0 on limits that were inactive when it was granted.
+CREATE TABLE pggcl.leases (
+    id uuid NOT NULL,
+    limit_id bigint NOT NULL,
+    occupy integer NOT NULL CHECK (occupy >= 0),
+    session_id integer,
+    holder text,
+    acquired_at timestamptz NOT NULL,
+    expires_at timestamptz,
+    PRIMARY KEY (id, limit_id)
+);
+CREATE INDEX leases_limit_idx ON pggcl.leases (limit_id);
+CREATE INDEX leases_session_idx ON pggcl.leases (session_id) WHERE session_id IS NOT NULL;
+
+-- A waiter is a queued request: one row per limit, all rows sharing one id. Ids grow, so
+-- `ORDER BY id` within a limit is first come, first served. `limit_ids` repeats the whole set so
+-- that the grant step can tell, from one row, whether it holds the locks of every limit involved.
+CREATE SEQUENCE pggcl.waiter_id_seq AS bigint;
+CREATE TABLE pggcl.waiters (
+    id bigint NOT NULL,
+    limit_id bigint NOT NULL,
+    limit_ids bigint[] NOT NULL,
+    session_id integer NOT NULL,
+    lease_id uuid NOT NULL,
+    occupy integer NOT NULL,
+    mode text NOT NULL,
+    holder text,
+    ttl_seconds double precision,
+    enqueued_at timestamptz NOT NULL,
+    PRIMARY KEY (limit_id, id)
+);
+CREATE INDEX waiters_id_idx ON pggcl.waiters (id);
+CREATE INDEX waiters_session_idx ON pggcl.waiters (session_id);

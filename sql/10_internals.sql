@@ -1,0 +1,329 @@
+-- Internal helpers. None of these is part of the public API and none is granted to the pggcl
+-- roles: the public functions (SECURITY DEFINER) call them as the schema owner.
+--
+-- Every public function follows one pattern:
+--   1. validate its input (errors use SQLSTATEs of class GC, see below);
+--   2. lock the limit rows it needs, in one statement, ordered by id (so no two calls deadlock);
+--   3. change state only on the rows it has locked;
+--   4. if it may have made room, run the grant step (pggcl._grant) on those limits, which hands
+--      slots to queued waiters first come first served and NOTIFYs them.
+--
+-- SQLSTATEs raised by pggcl:
+--   GC001 limit not found        GC002 limit already exists      GC003 invalid argument
+--   GC004 occupy exceeds limit   GC005 rate limit without decay  GC006 strict: limit missing
+--   GC007 unknown session        GC008 session held elsewhere
+
+-- The first key of every pggcl advisory lock; the second is the session id.
+CREATE FUNCTION pggcl._lock_space() RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 1885824867 $$;  -- 'pggc'
+
+-- Rate-limit level of a limit at time `at`: the stored level decayed continuously since level_at.
+CREATE FUNCTION pggcl._level(l pggcl.limit_state, at timestamptz) RETURNS double precision
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT greatest(0::double precision,
+                    l.level - l.slot_decay_per_second * extract(epoch FROM at - l.level_at)::double precision)
+$$;
+
+-- Whether `occupy` more slots fit on the limit now. Inactive limits always have room. The
+-- tolerance absorbs float rounding so that a caller who waited exactly retry_after gets in.
+CREATE FUNCTION pggcl._has_room(l pggcl.limit_state, occupy integer, at timestamptz) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT NOT l.active OR l.held + pggcl._level(l, at) + occupy <= l."limit" + 1e-9
+$$;
+
+CREATE FUNCTION pggcl._check_name(name text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF name IS NULL OR name = '' THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC003', MESSAGE = 'invalid limit name: it must not be empty';
+    ELSIF length(name) > 255 THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC003', MESSAGE = format(
+            'invalid limit name %L: it is %s characters long, at most 255 are allowed',
+            left(name, 40) || '...', length(name));
+    ELSIF name ~ '[/%&><]' THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC003', MESSAGE = format(
+            'invalid limit name %L: it must not contain any of / %% & > <', name);
+    END IF;
+END
+$$;
+
+CREATE FUNCTION pggcl._check_limit_values(name text, "limit" integer, slot_decay_per_second double precision)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF "limit" < 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC003', MESSAGE = format(
+            'invalid limit for %L: %s; it must be 0 or more slots', name, "limit");
+    END IF;
+    IF NOT (slot_decay_per_second >= 0 AND slot_decay_per_second < 'Infinity') THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC003', MESSAGE = format(
+            'invalid slot_decay_per_second for %L: %s; it must be a finite number, 0 or more',
+            name, slot_decay_per_second);
+    END IF;
+END
+$$;
+
+CREATE FUNCTION pggcl._check_seconds(what text, seconds double precision) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF seconds IS NOT NULL AND NOT (seconds > 0 AND seconds < 'Infinity') THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC003', MESSAGE = format(
+            'invalid %s: %s; it must be a finite number of seconds above 0', what, seconds);
+    END IF;
+END
+$$;
+
+-- The session this connection registered, if any (kept in a per-connection setting, so it
+-- vanishes with the connection).
+CREATE FUNCTION pggcl._connection_session() RETURNS integer
+LANGUAGE sql STABLE AS $$
+    SELECT nullif(current_setting('pggcl.session_id', true), '')::integer
+$$;
+
+-- Whether the session's connection is alive. A live session holds its advisory lock, so taking
+-- it (for this transaction only) fails; success means the owner is gone. Our own session is
+-- alive by definition (and would not fail the probe: advisory locks are re-entrant).
+CREATE FUNCTION pggcl._session_alive(session_id integer) RETURNS boolean
+LANGUAGE sql VOLATILE AS $$
+    SELECT session_id IS NOT DISTINCT FROM pggcl._connection_session()
+        OR NOT pg_try_advisory_xact_lock(pggcl._lock_space(), session_id)
+$$;
+
+CREATE FUNCTION pggcl._notify(session_id integer, kind text, waiter_id bigint, detail text DEFAULT NULL)
+RETURNS void
+LANGUAGE sql VOLATILE AS $$
+    SELECT pg_notify('pggcl_' || session_id,
+                     kind || ':' || waiter_id || coalesce(':' || left(detail, 7000), ''))
+$$;
+
+-- Lock the given limits, in id order, and return their ids in that order.
+CREATE FUNCTION pggcl._lock(ids bigint[]) RETURNS bigint[]
+LANGUAGE sql VOLATILE AS $$
+    SELECT coalesce(array_agg(id), '{}') FROM (
+        SELECT id FROM pggcl.limit_state WHERE id = ANY(ids) ORDER BY id FOR NO KEY UPDATE
+    ) locked
+$$;
+
+CREATE FUNCTION pggcl._intersect(a bigint[], b bigint[]) RETURNS bigint[]
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(array_agg(x), '{}') FROM unnest(a) x WHERE x = ANY(b)
+$$;
+
+-- Give slots to a request: the lease rows (concurrency mode) or the bucket level (rate-limit
+-- mode). The caller has checked room and holds the locks.
+CREATE FUNCTION pggcl._take(ids bigint[], occupy integer, mode text, lease_id uuid, session_id integer,
+                            holder text, ttl_seconds double precision, at timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF mode = 'concurrency' THEN
+        INSERT INTO pggcl.leases (id, limit_id, occupy, session_id, holder, acquired_at, expires_at)
+        SELECT lease_id, l.id, CASE WHEN l.active THEN occupy ELSE 0 END, session_id, holder, at,
+               at + make_interval(secs => ttl_seconds)
+        FROM pggcl.limit_state l WHERE l.id = ANY(ids);
+        UPDATE pggcl.limit_state SET held = held + occupy WHERE id = ANY(ids) AND active;
+    ELSE
+        UPDATE pggcl.limit_state l SET level = pggcl._level(l, at) + occupy, level_at = at
+        WHERE l.id = ANY(ids) AND l.active;
+    END IF;
+END
+$$;
+
+-- Give back the slots of deleted lease rows, summed per limit.
+CREATE FUNCTION pggcl._give_back(freed_limit_ids bigint[], freed_slots integer[]) RETURNS void
+LANGUAGE sql VOLATILE AS $$
+    UPDATE pggcl.limit_state l SET held = l.held - f.slots
+    FROM (SELECT limit_id, sum(slots)::integer AS slots
+          FROM unnest(freed_limit_ids, freed_slots) AS u(limit_id, slots) GROUP BY limit_id) f
+    WHERE l.id = f.limit_id
+$$;
+
+-- Ask the head waiter of each given limit to re-check. Used after a queue entry vanished from a
+-- limit whose lock we do not hold, so that nobody behind it sleeps next to free room.
+CREATE FUNCTION pggcl._nudge(ids bigint[]) RETURNS void
+LANGUAGE sql VOLATILE AS $$
+    SELECT pggcl._notify(head.session_id, 'r', head.id)
+    FROM (SELECT DISTINCT ON (limit_id) limit_id, id, session_id
+          FROM pggcl.waiters WHERE limit_id = ANY(ids) ORDER BY limit_id, id) head
+$$;
+
+-- Drop what a dead (or orphaned) session holds and waits for on the locked limits `ids`.
+-- Its waiters go whole (all their limits): a waiter of a dead session must not block anyone.
+CREATE FUNCTION pggcl._drop_session_claims(dead_session integer, ids bigint[]) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    other_limits bigint[];
+    freed_limits bigint[];
+    freed_slots integer[];
+BEGIN
+    WITH gone AS (
+        DELETE FROM pggcl.leases WHERE limit_id = ANY(ids) AND session_id = dead_session
+        RETURNING limit_id, occupy
+    )
+    SELECT array_agg(limit_id), array_agg(occupy) INTO freed_limits, freed_slots FROM gone;
+    PERFORM pggcl._give_back(freed_limits, freed_slots);
+
+    WITH gone AS (
+        DELETE FROM pggcl.waiters
+        WHERE id IN (SELECT id FROM pggcl.waiters WHERE session_id = dead_session AND limit_id = ANY(ids))
+        RETURNING limit_id
+    )
+    SELECT array_agg(DISTINCT limit_id) FILTER (WHERE limit_id <> ALL(ids)) INTO other_limits FROM gone;
+    IF other_limits IS NOT NULL THEN
+        PERFORM pggcl._nudge(other_limits);
+    END IF;
+
+    DELETE FROM pggcl.sessions s
+    WHERE s.id = dead_session AND s.reclaimed
+      AND NOT EXISTS (SELECT FROM pggcl.leases WHERE session_id = dead_session)
+      AND NOT EXISTS (SELECT FROM pggcl.waiters WHERE session_id = dead_session);
+END
+$$;
+
+-- Reclaim what is dead on the locked limits `ids`: leases whose TTL passed, and the leases and
+-- waiters of sessions whose connection has been gone for longer than their grace period.
+-- Returns the next moment something here may expire (a TTL, the end of a grace), or NULL.
+CREATE FUNCTION pggcl._reap(ids bigint[], at timestamptz) RETURNS timestamptz
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    next_at timestamptz;
+    freed_limits bigint[];
+    freed_slots integer[];
+    owner record;
+    s pggcl.sessions;
+    dead_since timestamptz;
+BEGIN
+    WITH gone AS (
+        DELETE FROM pggcl.leases WHERE limit_id = ANY(ids) AND expires_at <= at
+        RETURNING limit_id, occupy
+    )
+    SELECT array_agg(limit_id), array_agg(occupy) INTO freed_limits, freed_slots FROM gone;
+    PERFORM pggcl._give_back(freed_limits, freed_slots);
+
+    SELECT min(expires_at) INTO next_at FROM pggcl.leases WHERE limit_id = ANY(ids);
+
+    FOR owner IN
+        SELECT DISTINCT session_id FROM (
+            SELECT session_id FROM pggcl.leases WHERE limit_id = ANY(ids) AND session_id IS NOT NULL
+            UNION ALL
+            SELECT session_id FROM pggcl.waiters WHERE limit_id = ANY(ids)
+        ) claims
+    LOOP
+        -- The row lock orders us against resume_session: a session is either resumed or
+        -- reclaimed, never both.
+        SELECT * INTO s FROM pggcl.sessions WHERE id = owner.session_id FOR NO KEY UPDATE;
+        IF NOT FOUND OR s.reclaimed THEN
+            PERFORM pggcl._drop_session_claims(owner.session_id, ids);
+        ELSIF pggcl._session_alive(s.id) THEN
+            IF s.dead_since IS NOT NULL THEN
+                UPDATE pggcl.sessions SET dead_since = NULL WHERE id = s.id;
+            END IF;
+        ELSE
+            dead_since := coalesce(s.dead_since, at);
+            IF s.dead_since IS NULL THEN
+                UPDATE pggcl.sessions SET dead_since = at WHERE id = s.id;
+            END IF;
+            IF dead_since + make_interval(secs => s.grace_seconds) <= at THEN
+                UPDATE pggcl.sessions SET reclaimed = true WHERE id = s.id;
+                PERFORM pggcl._drop_session_claims(s.id, ids);
+            ELSE
+                next_at := least(next_at, dead_since + make_interval(secs => s.grace_seconds));
+            END IF;
+        END IF;
+    END LOOP;
+    RETURN next_at;
+END
+$$;
+
+-- Why a request can never be granted on these limits, or NULL when it can.
+CREATE FUNCTION pggcl._impossible(ids bigint[], occupy integer, mode text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(
+        (SELECT format('cannot occupy %s slots on limit %L: its limit is %s', occupy, name, "limit")
+         FROM pggcl.limit_state WHERE id = ANY(ids) AND active AND occupy > "limit" ORDER BY name LIMIT 1),
+        (SELECT format('cannot rate limit on %L: its slot_decay_per_second is 0', name)
+         FROM pggcl.limit_state
+         WHERE id = ANY(ids) AND active AND mode = 'rate_limit' AND slot_decay_per_second = 0
+         ORDER BY name LIMIT 1))
+$$;
+
+-- The grant step. On the locked limits `ids`, serve queued waiters in arrival order while room
+-- exists. A waiter blocks every later waiter on each of its active limits (head-of-line
+-- blocking: a large request is never starved by small ones). A waiter that also waits on limits
+-- we have not locked is asked to re-check itself (it locks all its limits in order and runs this
+-- step there). A waiter that can never be served (a limit was lowered below its request) is
+-- removed and told why. Returns the ids of the waiters it granted.
+CREATE FUNCTION pggcl._grant(ids bigint[], at timestamptz) RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    w pggcl.waiters;
+    active_ids bigint[];
+    blocked bigint[] := '{}';
+    previous bigint := 0;
+    granted bigint[] := '{}';
+    why text;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pggcl.waiters WHERE limit_id = ANY(ids)) THEN
+        RETURN granted;
+    END IF;
+    active_ids := array(SELECT id FROM pggcl.limit_state WHERE id = ANY(ids) AND active);
+
+    FOR w IN SELECT * FROM pggcl.waiters WHERE limit_id = ANY(ids) ORDER BY id LOOP
+        CONTINUE WHEN w.id = previous;
+        previous := w.id;
+        IF w.limit_ids && blocked THEN
+            blocked := blocked || pggcl._intersect(w.limit_ids, active_ids);
+        ELSIF NOT w.limit_ids <@ ids THEN
+            PERFORM pggcl._notify(w.session_id, 'r', w.id);
+            blocked := blocked || w.limit_ids;
+        ELSE
+            why := pggcl._impossible(w.limit_ids, w.occupy, w.mode);
+            IF why IS NOT NULL THEN
+                DELETE FROM pggcl.waiters WHERE id = w.id;
+                PERFORM pggcl._notify(w.session_id, 'e', w.id, why);
+            ELSIF (SELECT bool_and(pggcl._has_room(l, w.occupy, at))
+                   FROM pggcl.limit_state l WHERE l.id = ANY(w.limit_ids)) THEN
+                PERFORM pggcl._take(w.limit_ids, w.occupy, w.mode, w.lease_id, w.session_id,
+                                    w.holder, w.ttl_seconds, at);
+                DELETE FROM pggcl.waiters WHERE id = w.id;
+                PERFORM pggcl._notify(w.session_id, 'g', w.id);
+                granted := granted || w.id;
+            ELSE
+                blocked := blocked || pggcl._intersect(w.limit_ids, active_ids);
+            END IF;
+        END IF;
+        EXIT WHEN cardinality(active_ids) > 0 AND active_ids <@ blocked;
+    END LOOP;
+    RETURN granted;
+END
+$$;
+
+-- Seconds until a request for `occupy` slots on the locked limits `ids` may fit, counting the
+-- waiters queued before `before` (all of them when NULL). Exact for rate limits (the bucket's
+-- decay is known); for slots held by leases only an expiry or reclaim at `next_at` is known.
+CREATE FUNCTION pggcl._retry_after(ids bigint[], occupy integer, before bigint, at timestamptz,
+                                   next_at timestamptz)
+RETURNS double precision
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    l pggcl.limit_state;
+    ahead integer;
+    unknown boolean;
+    free double precision;
+    wait double precision := 0;
+BEGIN
+    FOR l IN SELECT * FROM pggcl.limit_state WHERE id = ANY(ids) AND active LOOP
+        SELECT coalesce(sum(q.occupy), 0), coalesce(bool_or(q.mode <> 'rate_limit'), false)
+          INTO ahead, unknown
+          FROM pggcl.waiters q WHERE q.limit_id = l.id AND (before IS NULL OR q.id < before);
+        -- Room the bucket must decay to: what is left once holders, those ahead and we are in.
+        free := l."limit" - l.held - ahead - occupy;
+        IF unknown OR free < 0 OR (l.slot_decay_per_second = 0 AND pggcl._level(l, at) > free) THEN
+            RETURN extract(epoch FROM greatest(next_at - at, interval '0'))::double precision;
+        ELSIF pggcl._level(l, at) > free THEN
+            wait := greatest(wait, (pggcl._level(l, at) - free) / l.slot_decay_per_second);
+        END IF;
+    END LOOP;
+    RETURN wait;
+END
+$$;

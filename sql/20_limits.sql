@@ -1,0 +1,131 @@
+-- Reading and managing limits: the public views and create/update/delete.
+
+-- Every limit with its occupancy now (never a stale stored number).
+-- active_slots = held_slots + decaying_slots.
+CREATE VIEW pggcl.limits AS
+SELECT l.name,
+       l."limit",
+       l.active,
+       l.held + r.decaying AS active_slots,
+       l.slot_decay_per_second,
+       (SELECT count(*) FROM pggcl.waiters w WHERE w.limit_id = l.id)::integer AS waiting,
+       l.created,
+       l.updated,
+       l.held AS held_slots,
+       r.decaying AS decaying_slots
+FROM pggcl.limit_state l,
+     LATERAL (SELECT greatest(0::double precision,
+                              l.level - l.slot_decay_per_second
+                                        * extract(epoch FROM clock_timestamp() - l.level_at)::double precision)
+                     AS decaying) r;
+COMMENT ON VIEW pggcl.limits IS 'Every limit with its live occupancy and queue length';
+
+-- Who holds slots: one row per lease and limit.
+CREATE VIEW pggcl.holders AS
+SELECT le.id AS lease_id, l.name, le.occupy AS slots, le.holder, le.session_id,
+       le.acquired_at AS since, le.expires_at AS expires
+FROM pggcl.leases le JOIN pggcl.limit_state l ON l.id = le.limit_id;
+COMMENT ON VIEW pggcl.holders IS 'Slots held by leases, one row per lease and limit';
+
+-- Who waits, in the order they will be served on each limit (position 1 is next).
+CREATE VIEW pggcl.queue AS
+SELECT w.id AS waiter_id, l.name,
+       row_number() OVER (PARTITION BY w.limit_id ORDER BY w.id)::integer AS position,
+       w.occupy, w.mode, w.holder, w.session_id, w.enqueued_at AS since
+FROM pggcl.waiters w JOIN pggcl.limit_state l ON l.id = w.limit_id;
+COMMENT ON VIEW pggcl.queue IS 'Queued requests per limit, in the order they will be served';
+
+-- Create a limit. Raises GC002 when the name is taken, GC003 on a bad name or value.
+CREATE FUNCTION pggcl.create_limit(name text, "limit" integer,
+                                   slot_decay_per_second double precision DEFAULT 0,
+                                   active boolean DEFAULT true)
+RETURNS pggcl.limits
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    new_id bigint;
+    result pggcl.limits;
+BEGIN
+    PERFORM pggcl._check_name(create_limit.name);
+    IF create_limit."limit" IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC003', MESSAGE = format('invalid limit for %L: it is required', create_limit.name);
+    END IF;
+    PERFORM pggcl._check_limit_values(create_limit.name, create_limit."limit",
+                                      coalesce(create_limit.slot_decay_per_second, 'NaN'));
+    INSERT INTO pggcl.limit_state (name, "limit", slot_decay_per_second, active)
+    VALUES (create_limit.name, create_limit."limit", create_limit.slot_decay_per_second,
+            coalesce(create_limit.active, true))
+    ON CONFLICT ON CONSTRAINT limit_state_name_key DO NOTHING
+    RETURNING id INTO new_id;
+    IF new_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC002', MESSAGE = format('limit %L already exists', create_limit.name);
+    END IF;
+    SELECT * INTO result FROM pggcl.limits v WHERE v.name = create_limit.name;
+    RETURN result;
+END
+$$;
+
+-- Change what is given (NULL leaves a field as it is); `new_name` renames. The decay state is
+-- carried over exactly. Anything that adds room lets queued waiters in before this returns.
+-- Raises GC001 when the limit does not exist.
+CREATE FUNCTION pggcl.update_limit(name text, "limit" integer DEFAULT NULL,
+                                   slot_decay_per_second double precision DEFAULT NULL,
+                                   active boolean DEFAULT NULL, new_name text DEFAULT NULL)
+RETURNS pggcl.limits
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    at timestamptz := clock_timestamp();
+    l pggcl.limit_state;
+    result pggcl.limits;
+BEGIN
+    PERFORM pggcl._check_name(update_limit.name);
+    PERFORM pggcl._check_limit_values(update_limit.name, update_limit."limit", update_limit.slot_decay_per_second);
+    SELECT * INTO l FROM pggcl.limit_state s WHERE s.name = update_limit.name FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC001', MESSAGE = format('limit %L does not exist', update_limit.name);
+    END IF;
+    IF new_name IS NOT NULL AND new_name <> l.name THEN
+        PERFORM pggcl._check_name(new_name);
+        IF EXISTS (SELECT FROM pggcl.limit_state s WHERE s.name = new_name) THEN
+            RAISE EXCEPTION USING ERRCODE = 'GC002', MESSAGE = format('limit %L already exists', new_name);
+        END IF;
+    END IF;
+    -- Materialise the level with the old decay rate first, so a new rate applies from now on.
+    UPDATE pggcl.limit_state s
+    SET level = pggcl._level(s, at), level_at = at,
+        "limit" = coalesce(update_limit."limit", s."limit"),
+        slot_decay_per_second = coalesce(update_limit.slot_decay_per_second, s.slot_decay_per_second),
+        active = coalesce(update_limit.active, s.active),
+        name = coalesce(new_name, s.name),
+        updated = at
+    WHERE s.id = l.id;
+    PERFORM pggcl._grant(ARRAY[l.id], at);
+    SELECT * INTO result FROM pggcl.limits v WHERE v.name = coalesce(new_name, l.name);
+    RETURN result;
+END
+$$;
+
+-- Delete a limit; false when there was none. Its waiters proceed as if the limit were missing
+-- (a waiter that also waits on other limits goes on waiting for those).
+CREATE FUNCTION pggcl.delete_limit(name text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    at timestamptz := clock_timestamp();
+    doomed bigint;
+    w record;
+BEGIN
+    SELECT id INTO doomed FROM pggcl.limit_state s WHERE s.name = delete_limit.name FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    -- Deactivated, the limit no longer gates anyone: waiters on it alone are granted here.
+    UPDATE pggcl.limit_state SET active = false WHERE id = doomed;
+    PERFORM pggcl._grant(ARRAY[doomed], at);
+    FOR w IN DELETE FROM pggcl.waiters WHERE limit_id = doomed RETURNING id, session_id LOOP
+        UPDATE pggcl.waiters SET limit_ids = array_remove(limit_ids, doomed) WHERE id = w.id;
+        PERFORM pggcl._notify(w.session_id, 'r', w.id);
+    END LOOP;
+    DELETE FROM pggcl.leases WHERE limit_id = doomed;
+    DELETE FROM pggcl.limit_state WHERE id = doomed;
+    RETURN true;
+END
+$$;

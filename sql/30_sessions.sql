@@ -1,0 +1,138 @@
+-- Sessions: how a client connection registers itself, so that its leases and waiters die with
+-- it and so that it can be told, by NOTIFY on its channel, when a queued request is granted.
+--
+-- Protocol for a waiting client (psql included):
+--   SELECT * FROM pggcl.open_session();         -- session_id, token, channel
+--   LISTEN "pggcl_<session_id>";                 -- the channel returned above
+--   SELECT * FROM pggcl.acquire('{db}', 1, session_id => <id>);
+--       granted: go. Otherwise a waiter_id: sleep until a notification on the channel
+--       'g:<waiter_id>'  granted: the lease id is the one acquire returned
+--       'r:<waiter_id>'  re-check: call pggcl.recheck(waiter_id, lease_id)
+--       'e:<waiter_id>:<why>'  can never be granted (the limit was lowered); it is dequeued
+--   When retry_after is not NULL, call pggcl.recheck at that time (rate limits, TTL expiry).
+--   SELECT pggcl.cancel(waiter_id, lease_id);    -- to give up waiting
+--   SELECT pggcl.release(lease_id);              -- when done (concurrency mode)
+-- A client that waits should call pggcl.heartbeat(session_id) every few seconds: it reclaims
+-- the slots of holders that died, which no notification can announce.
+
+-- Register this connection as a session (or return the one it already has). The connection
+-- holds the session's advisory lock from now until it closes; `grace_seconds` is how long its
+-- leases survive a lost connection, to let a client reconnect and resume_session.
+CREATE FUNCTION pggcl.open_session(grace_seconds double precision DEFAULT 5)
+RETURNS TABLE (session_id integer, token uuid, channel text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s pggcl.sessions;
+BEGIN
+    IF NOT (open_session.grace_seconds >= 0 AND open_session.grace_seconds < 'Infinity') THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC003', MESSAGE = format(
+            'invalid grace_seconds: %s; it must be a finite number of seconds, 0 or more', open_session.grace_seconds);
+    END IF;
+    SELECT * INTO s FROM pggcl.sessions x WHERE x.id = pggcl._connection_session() AND NOT x.reclaimed;
+    IF NOT FOUND THEN
+        INSERT INTO pggcl.sessions (backend_pid, grace_seconds)
+        VALUES (pg_backend_pid(), open_session.grace_seconds) RETURNING * INTO s;
+        IF NOT pg_try_advisory_lock(pggcl._lock_space(), s.id) THEN
+            RAISE EXCEPTION USING ERRCODE = 'GC008', MESSAGE = format(
+                'session id %s is locked by another connection; try again', s.id);
+        END IF;
+        PERFORM set_config('pggcl.session_id', s.id::text, false);
+    END IF;
+    RETURN QUERY SELECT s.id, s.token, 'pggcl_' || s.id;
+END
+$$;
+
+-- Take a session back on a new connection after the old one was lost. True when it is yours
+-- again with everything it held; false when it was already reclaimed (its leases are gone).
+-- Raises GC008 while the old connection still holds it (try again shortly), GC007 on a wrong token.
+CREATE FUNCTION pggcl.resume_session(session_id integer, token uuid) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s pggcl.sessions;
+    mine integer := pggcl._connection_session();
+BEGIN
+    SELECT * INTO s FROM pggcl.sessions x WHERE x.id = resume_session.session_id FOR NO KEY UPDATE;
+    IF NOT FOUND OR s.reclaimed THEN
+        RETURN false;
+    ELSIF s.token IS DISTINCT FROM resume_session.token THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC007', MESSAGE = format('wrong token for session %s', s.id);
+    ELSIF mine = s.id THEN
+        RETURN true;
+    ELSIF mine IS NOT NULL AND EXISTS (SELECT FROM pggcl.sessions x WHERE x.id = mine) THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC007', MESSAGE = format(
+            'this connection already has session %s; close it before resuming session %s', mine, s.id);
+    ELSIF NOT pg_try_advisory_lock(pggcl._lock_space(), s.id) THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC008', MESSAGE = format(
+            'session %s is still held by another connection; try again once it is gone', s.id);
+    END IF;
+    UPDATE pggcl.sessions x SET dead_since = NULL, backend_pid = pg_backend_pid() WHERE x.id = s.id;
+    PERFORM set_config('pggcl.session_id', s.id::text, false);
+    RETURN true;
+END
+$$;
+
+-- End a session: release its leases, drop its waiters (serving whoever they blocked), forget it.
+-- With no arguments, the session of this connection. Another connection must give the token.
+CREATE FUNCTION pggcl.close_session(session_id integer DEFAULT NULL, token uuid DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    at timestamptz := clock_timestamp();
+    mine integer := pggcl._connection_session();
+    target integer := coalesce(close_session.session_id, mine);
+    s pggcl.sessions;
+    ids bigint[];
+    freed_limits bigint[];
+    freed_slots integer[];
+BEGIN
+    SELECT * INTO s FROM pggcl.sessions x WHERE x.id = target;
+    IF NOT FOUND THEN
+        RETURN false;
+    ELSIF target IS DISTINCT FROM mine AND s.token IS DISTINCT FROM close_session.token THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC007', MESSAGE = format('wrong token for session %s', s.id);
+    END IF;
+    ids := pggcl._lock(array(
+        SELECT limit_id FROM pggcl.leases WHERE leases.session_id = target
+        UNION SELECT limit_id FROM pggcl.waiters WHERE waiters.session_id = target));
+    WITH gone AS (
+        DELETE FROM pggcl.leases WHERE limit_id = ANY(ids) AND leases.session_id = target
+        RETURNING limit_id, occupy
+    )
+    SELECT array_agg(limit_id), array_agg(occupy) INTO freed_limits, freed_slots FROM gone;
+    PERFORM pggcl._give_back(freed_limits, freed_slots);
+    DELETE FROM pggcl.waiters WHERE waiters.session_id = target;
+    PERFORM pggcl._grant(ids, at);
+    DELETE FROM pggcl.sessions x WHERE x.id = target;
+    IF target = mine THEN
+        PERFORM pg_advisory_unlock(pggcl._lock_space(), target);
+        PERFORM set_config('pggcl.session_id', '', false);
+    END IF;
+    RETURN true;
+END
+$$;
+
+-- The safety net of a waiting client, meant to run every few seconds while it has waiters:
+-- reclaims what died on the limits this session waits for and serves whoever that lets in.
+-- Returns seconds until the next known expiry there (call again by then), or NULL.
+-- Raises GC007 when the session no longer exists (it was closed or reclaimed).
+CREATE FUNCTION pggcl.heartbeat(session_id integer) RETURNS double precision
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    at timestamptz := clock_timestamp();
+    ids bigint[];
+    next_at timestamptz;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pggcl.sessions x WHERE x.id = heartbeat.session_id AND NOT x.reclaimed) THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC007', MESSAGE = format(
+            'session %s does not exist (it was closed, or reclaimed after its connection was lost)',
+            heartbeat.session_id);
+    END IF;
+    ids := pggcl._lock(array(SELECT DISTINCT limit_id FROM pggcl.waiters w WHERE w.session_id = heartbeat.session_id));
+    IF cardinality(ids) = 0 THEN
+        RETURN NULL;
+    END IF;
+    next_at := pggcl._reap(ids, at);
+    PERFORM pggcl._grant(ids, at);
+    RETURN extract(epoch FROM greatest(next_at - at, interval '0'))::double precision;
+END
+$$;

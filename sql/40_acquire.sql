@@ -1,0 +1,236 @@
+-- Acquiring and releasing slots.
+
+-- The one acquire path behind pggcl.acquire and pggcl.try_acquire. All names or none.
+CREATE FUNCTION pggcl._acquire(names text[], occupy integer, mode text, strict boolean,
+                               ttl_seconds double precision, holder text, session_id integer,
+                               wait boolean,
+                               OUT granted boolean, OUT lease_id uuid, OUT waiter_id bigint,
+                               OUT retry_after double precision, OUT created_limits text[])
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    at timestamptz := clock_timestamp();
+    wanted text[];
+    ids bigint[];
+    why text;
+    next_at timestamptz;
+    n text;
+BEGIN
+    -- 1. Input.
+    IF occupy IS NULL OR occupy < 1 THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC003', MESSAGE = format(
+            'invalid occupy: %s; it must be a whole number of slots, 1 or more', coalesce(occupy::text, 'NULL'));
+    END IF;
+    IF mode IS NULL OR mode NOT IN ('concurrency', 'rate_limit') THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC003', MESSAGE = format(
+            'invalid mode: %s; it must be ''concurrency'' or ''rate_limit''', coalesce(quote_literal(mode), 'NULL'));
+    END IF;
+    PERFORM pggcl._check_seconds('ttl_seconds', ttl_seconds);
+    IF names IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC003', MESSAGE = 'invalid names: an array of limit names is required';
+    END IF;
+    wanted := array(SELECT DISTINCT x FROM unnest(names) x ORDER BY x);
+    FOREACH n IN ARRAY wanted LOOP
+        PERFORM pggcl._check_name(n);
+    END LOOP;
+    granted := cardinality(wanted) = 0;
+    IF granted THEN
+        RETURN;
+    END IF;
+
+    -- 2. Whose request this is. A concurrency lease without a TTL, and any waiter, must belong
+    -- to a session; plain SQL callers get this connection's session.
+    IF session_id IS NULL AND (wait OR (mode = 'concurrency' AND ttl_seconds IS NULL)) THEN
+        session_id := (SELECT s.session_id FROM pggcl.open_session() s);
+    ELSIF session_id IS NOT NULL
+          AND NOT EXISTS (SELECT FROM pggcl.sessions s WHERE s.id = session_id AND NOT s.reclaimed) THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC007', MESSAGE = format(
+            'session %s does not exist (it was closed, or reclaimed after its connection was lost)', session_id);
+    END IF;
+
+    -- 3. Missing limits are created inactive (they never block), unless strict.
+    created_limits := array(SELECT x FROM unnest(wanted) x
+                            WHERE NOT EXISTS (SELECT FROM pggcl.limit_state s WHERE s.name = x));
+    IF cardinality(created_limits) > 0 THEN
+        IF strict THEN
+            RAISE EXCEPTION USING ERRCODE = 'GC006', MESSAGE = format(
+                'no such limit: %s', array_to_string(array(SELECT quote_literal(x) FROM unnest(created_limits) x), ', '));
+        END IF;
+        INSERT INTO pggcl.limit_state (name, "limit", active)
+        SELECT x, 1, false FROM unnest(created_limits) x
+        ON CONFLICT ON CONSTRAINT limit_state_name_key DO NOTHING;
+    ELSE
+        created_limits := NULL;
+    END IF;
+
+    -- 4. Lock, in id order, and refuse what can never be granted.
+    ids := pggcl._lock(array(SELECT s.id FROM pggcl.limit_state s WHERE s.name = ANY(wanted)));
+    IF cardinality(ids) <> cardinality(wanted) THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC001', MESSAGE = format(
+            'a limit among %s was deleted while acquiring it; try again', array_to_string(wanted, ', '));
+    END IF;
+    why := pggcl._impossible(ids, occupy, mode);
+    IF why IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = CASE WHEN mode = 'rate_limit' AND why LIKE 'cannot rate%' THEN 'GC005' ELSE 'GC004' END,
+                              MESSAGE = why;
+    END IF;
+
+    -- 5. Room on every active limit and nobody queued there: take it. This is the usual path.
+    IF pggcl._fits_now(ids, occupy, at) THEN
+        granted := true;
+        lease_id := CASE WHEN mode = 'concurrency' THEN gen_random_uuid() END;
+        PERFORM pggcl._take(ids, occupy, mode, lease_id, session_id, holder, ttl_seconds, at);
+        RETURN;
+    END IF;
+
+    -- 6. Reclaim what died here, serve those queued ahead of us, and look again.
+    next_at := pggcl._reap(ids, at);
+    PERFORM pggcl._grant(ids, at);
+    IF pggcl._fits_now(ids, occupy, at) THEN
+        granted := true;
+        lease_id := CASE WHEN mode = 'concurrency' THEN gen_random_uuid() END;
+        PERFORM pggcl._take(ids, occupy, mode, lease_id, session_id, holder, ttl_seconds, at);
+        RETURN;
+    END IF;
+
+    -- 7. Refused: say when to look again, and queue when asked to.
+    retry_after := pggcl._retry_after(ids, occupy, NULL, at, next_at);
+    IF wait THEN
+        waiter_id := nextval('pggcl.waiter_id_seq');
+        lease_id := CASE WHEN mode = 'concurrency' THEN gen_random_uuid() END;
+        INSERT INTO pggcl.waiters (id, limit_id, limit_ids, session_id, lease_id, occupy, mode, holder,
+                                   ttl_seconds, enqueued_at)
+        SELECT waiter_id, x, ids, session_id, coalesce(lease_id, gen_random_uuid()), occupy, mode, holder,
+               ttl_seconds, at
+        FROM unnest(ids) x;
+    END IF;
+END
+$$;
+
+-- Whether a request fits now on the locked limits: room on every active one, and nobody queued
+-- on it (a grant never jumps the queue).
+CREATE FUNCTION pggcl._fits_now(ids bigint[], occupy integer, at timestamptz) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(bool_and(NOT l.active OR (pggcl._has_room(l, occupy, at)
+                             AND NOT EXISTS (SELECT FROM pggcl.waiters w WHERE w.limit_id = l.id))), true)
+    FROM pggcl.limit_state l WHERE l.id = ANY(ids)
+$$;
+
+-- Take `occupy` slots on every limit in `names` now, or be told when to try again. Never waits.
+--   concurrency mode: on success `lease_id`; the slots are held until pggcl.release(lease_id),
+--     until the owning session's connection is lost (past its grace), or until ttl_seconds pass.
+--     Without a session and a TTL, the lease belongs to this connection's session.
+--   rate_limit mode: no lease; the slots decay away at slot_decay_per_second. When refused,
+--     retry_after is exactly the seconds until they will fit (NULL: it depends on a release).
+-- Missing names are created inactive unless `strict` (GC006). Errors: GC003 bad input, GC004
+-- occupy above an active limit, GC005 rate_limit on a limit without decay.
+CREATE FUNCTION pggcl.try_acquire(names text[], occupy integer DEFAULT 1, mode text DEFAULT 'concurrency',
+                                  strict boolean DEFAULT false, ttl_seconds double precision DEFAULT NULL,
+                                  holder text DEFAULT NULL, session_id integer DEFAULT NULL)
+RETURNS TABLE (granted boolean, lease_id uuid, retry_after double precision)
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT a.granted, a.lease_id, a.retry_after
+    FROM pggcl._acquire(names, occupy, mode, strict, ttl_seconds, holder, session_id, false) a
+$$;
+
+-- Like try_acquire, but when refused (and `wait`), queue the request and return its waiter_id:
+-- the session is notified on its channel when it is granted (see the protocol in
+-- 30_sessions.sql). When granted at once, waiter_id is NULL. lease_id is the lease the request
+-- holds or will hold (concurrency mode). created_limits names the limits created inactive.
+CREATE FUNCTION pggcl.acquire(names text[], occupy integer DEFAULT 1, mode text DEFAULT 'concurrency',
+                              strict boolean DEFAULT false, ttl_seconds double precision DEFAULT NULL,
+                              holder text DEFAULT NULL, session_id integer DEFAULT NULL,
+                              wait boolean DEFAULT true)
+RETURNS TABLE (granted boolean, lease_id uuid, waiter_id bigint, retry_after double precision,
+               created_limits text[])
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM pggcl._acquire(names, occupy, mode, strict, ttl_seconds, holder, session_id, wait)
+$$;
+
+-- Where a waiter stands: 'granted', 'queued', 'rejected' (can never be granted) or 'gone'
+-- (cancelled, reclaimed, or a rate-limit grant already delivered). Also serves whoever can be
+-- served on its limits, so it is what a client calls on an 'r:' notification or at retry_after.
+CREATE FUNCTION pggcl.recheck(waiter_id bigint, lease_id uuid DEFAULT NULL)
+RETURNS TABLE (status text, retry_after double precision)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    at timestamptz := clock_timestamp();
+    w pggcl.waiters;
+    ids bigint[];
+    next_at timestamptz;
+BEGIN
+    ids := pggcl._lock(array(SELECT limit_id FROM pggcl.waiters x WHERE x.id = recheck.waiter_id));
+    SELECT * INTO w FROM pggcl.waiters x WHERE x.id = recheck.waiter_id LIMIT 1;
+    IF FOUND THEN
+        next_at := pggcl._reap(ids, at);
+        IF recheck.waiter_id = ANY(pggcl._grant(ids, at)) THEN
+            RETURN QUERY SELECT 'granted'::text, NULL::double precision;
+            RETURN;
+        ELSIF EXISTS (SELECT FROM pggcl.waiters x WHERE x.id = recheck.waiter_id) THEN
+            RETURN QUERY SELECT 'queued'::text, pggcl._retry_after(ids, w.occupy, w.id, at, next_at);
+            RETURN;
+        ELSIF pggcl._impossible(ids, w.occupy, w.mode) IS NOT NULL THEN
+            RETURN QUERY SELECT 'rejected'::text, NULL::double precision;
+            RETURN;
+        END IF;
+    END IF;
+    RETURN QUERY SELECT CASE WHEN EXISTS (SELECT FROM pggcl.leases x WHERE x.id = recheck.lease_id)
+                             THEN 'granted' ELSE 'gone' END, NULL::double precision;
+END
+$$;
+
+-- Stop waiting. 'cancelled' when the request was still queued (whoever it blocked is served);
+-- otherwise what recheck would say ('granted': the caller now holds lease_id and must release it).
+CREATE FUNCTION pggcl.cancel(waiter_id bigint, lease_id uuid DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    at timestamptz := clock_timestamp();
+    ids bigint[];
+BEGIN
+    ids := pggcl._lock(array(SELECT limit_id FROM pggcl.waiters x WHERE x.id = cancel.waiter_id));
+    DELETE FROM pggcl.waiters x WHERE x.id = cancel.waiter_id;
+    IF FOUND THEN
+        PERFORM pggcl._grant(ids, at);
+        RETURN 'cancelled';
+    END IF;
+    RETURN CASE WHEN EXISTS (SELECT FROM pggcl.leases x WHERE x.id = cancel.lease_id) THEN 'granted' ELSE 'gone' END;
+END
+$$;
+
+-- Give back a lease's slots and serve the queue. False when the lease is not held (already
+-- released, or reclaimed), and then nothing changes.
+CREATE FUNCTION pggcl.release(lease_id uuid) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    at timestamptz := clock_timestamp();
+    ids bigint[];
+    freed_limits bigint[];
+    freed_slots integer[];
+BEGIN
+    ids := pggcl._lock(array(SELECT limit_id FROM pggcl.leases x WHERE x.id = release.lease_id));
+    WITH gone AS (
+        DELETE FROM pggcl.leases x WHERE x.id = release.lease_id AND x.limit_id = ANY(ids)
+        RETURNING x.limit_id, x.occupy
+    )
+    SELECT array_agg(gone.limit_id), array_agg(gone.occupy) INTO freed_limits, freed_slots FROM gone;
+    IF freed_limits IS NULL THEN
+        RETURN false;
+    END IF;
+    PERFORM pggcl._give_back(freed_limits, freed_slots);
+    PERFORM pggcl._grant(ids, at);
+    RETURN true;
+END
+$$;
+
+-- Extend a lease to end ttl_seconds from now. False when the lease is not held.
+CREATE FUNCTION pggcl.renew(lease_id uuid, ttl_seconds double precision) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF renew.ttl_seconds IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC003', MESSAGE = 'invalid ttl_seconds: it is required';
+    END IF;
+    PERFORM pggcl._check_seconds('ttl_seconds', renew.ttl_seconds);
+    UPDATE pggcl.leases x SET expires_at = clock_timestamp() + make_interval(secs => renew.ttl_seconds)
+    WHERE x.id = renew.lease_id;
+    RETURN FOUND;
+END
+$$;

@@ -1,0 +1,26 @@
+-- Who may do what. pggcl_user acquires, releases and reads; pggcl_admin also manages limits.
+-- Public functions are SECURITY DEFINER with a pinned search_path; tables stay private.
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pggcl FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA pggcl FROM PUBLIC;
+GRANT USAGE ON SCHEMA pggcl TO pggcl_user, pggcl_admin;
+
+GRANT SELECT ON pggcl.limits, pggcl.holders, pggcl.queue TO pggcl_user;
+GRANT EXECUTE ON FUNCTION
+    pggcl.try_acquire(text[], integer, text, boolean, double precision, text, integer),
+    pggcl.acquire(text[], integer, text, boolean, double precision, text, integer, boolean),
+    pggcl.recheck(bigint, uuid),
+    pggcl.cancel(bigint, uuid),
+    pggcl.release(uuid),
+    pggcl.renew(uuid, double precision),
+    pggcl.open_session(double precision),
+    pggcl.resume_session(integer, uuid),
+    pggcl.close_session(integer, uuid),
+    pggcl.heartbeat(integer)
+TO pggcl_user;
+
+GRANT EXECUTE ON FUNCTION
+    pggcl.create_limit(text, integer, double precision, boolean),
+    pggcl.update_limit(text, integer, double precision, boolean, text),
+    pggcl.delete_limit(text)
+TO pggcl_admin;
