@@ -89,6 +89,12 @@ LANGUAGE sql VOLATILE AS $$
         OR NOT pg_try_advisory_xact_lock(pggcl._lock_space(), session_id)
 $$;
 
+-- Seconds from `at` until `later` (0 when it has passed), NULL when `later` is NULL.
+CREATE FUNCTION pggcl._seconds_until(later timestamptz, at timestamptz) RETURNS double precision STRICT
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT greatest(0::double precision, extract(epoch FROM later - at)::double precision)
+$$;
+
 CREATE FUNCTION pggcl._notify(session_id integer, kind text, waiter_id bigint, detail text DEFAULT NULL)
 RETURNS void
 LANGUAGE sql VOLATILE AS $$
@@ -316,10 +322,11 @@ BEGIN
         SELECT coalesce(sum(q.occupy), 0), coalesce(bool_or(q.mode <> 'rate_limit'), false)
           INTO ahead, unknown
           FROM pggcl.waiters q WHERE q.limit_id = l.id AND (before IS NULL OR q.id < before);
-        -- Room the bucket must decay to: what is left once holders, those ahead and we are in.
+        -- The bucket must drain until holders, those ahead (who drain with it) and we fit.
         free := l."limit" - l.held - ahead - occupy;
-        IF unknown OR free < 0 OR (l.slot_decay_per_second = 0 AND pggcl._level(l, at) > free) THEN
-            RETURN extract(epoch FROM greatest(next_at - at, interval '0'))::double precision;
+        IF unknown OR l.held + occupy > l."limit"
+           OR (l.slot_decay_per_second = 0 AND pggcl._level(l, at) > free) THEN
+            RETURN pggcl._seconds_until(next_at, at);
         ELSIF pggcl._level(l, at) > free THEN
             wait := greatest(wait, (pggcl._level(l, at) - free) / l.slot_decay_per_second);
         END IF;

@@ -133,6 +133,6 @@ BEGIN
     END IF;
     next_at := pggcl._reap(ids, at);
     PERFORM pggcl._grant(ids, at);
-    RETURN extract(epoch FROM greatest(next_at - at, interval '0'))::double precision;
+    RETURN pggcl._seconds_until(next_at, at);
 END
 $$;

@@ -1,0 +1,217 @@
+"""try_acquire and release through the SQL API."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.sql.helpers import limit, one, release, try_acquire, value
+
+Conn = psycopg.Connection[Any]
+
+
+def test_grant_until_full_then_refuse(db: Conn) -> None:
+    db.execute("SELECT pggcl.create_limit('db', 2)")
+    first = try_acquire(db, ["db"])
+    second = try_acquire(db, ["db"])
+    third = try_acquire(db, ["db"])
+    assert first["granted"] and second["granted"]
+    assert first["lease_id"] != second["lease_id"]
+    assert third == {"granted": False, "lease_id": None, "retry_after": None}
+    assert limit(db, "db")["active_slots"] == 2
+    assert release(db, first["lease_id"]) is True
+    assert try_acquire(db, ["db"])["granted"]
+
+
+def test_release_twice_is_a_no_op_that_says_so(db: Conn) -> None:
+    db.execute("SELECT pggcl.create_limit('db', 1)")
+    lease = try_acquire(db, ["db"])["lease_id"]
+    assert release(db, lease) is True
+    assert release(db, lease) is False
+    assert limit(db, "db")["active_slots"] == 0
+
+
+def test_all_names_or_none(db: Conn) -> None:
+    db.execute("SELECT pggcl.create_limit('a', 1), pggcl.create_limit('b', 1)")
+    try_acquire(db, ["b"])
+    assert not try_acquire(db, ["a", "b"])["granted"]
+    assert limit(db, "a")["active_slots"] == 0
+    granted = try_acquire(db, ["a", "c"], holder="me")
+    assert granted["granted"]
+    rows = db.execute(
+        "SELECT name, slots, holder FROM pggcl.holders WHERE lease_id = %s ORDER BY name",
+        (granted["lease_id"],),
+    ).fetchall()
+    assert rows == [("a", 1, "me"), ("c", 0, "me")]
+
+
+def test_duplicate_names_count_once(db: Conn) -> None:
+    db.execute("SELECT pggcl.create_limit('a', 1)")
+    assert try_acquire(db, ["a", "a"])["granted"]
+    assert limit(db, "a")["active_slots"] == 1
+
+
+def test_empty_name_list_is_granted_and_holds_nothing(db: Conn) -> None:
+    assert try_acquire(db, []) == {"granted": True, "lease_id": None, "retry_after": None}
+
+
+def test_missing_limits_are_created_inactive_and_never_block(db: Conn) -> None:
+    for _ in range(3):
+        assert try_acquire(db, ["new"], 5)["granted"]
+    row = limit(db, "new")
+    assert row["active"] is False
+    assert row["active_slots"] == 0
+
+
+def test_acquire_reports_the_limits_it_created(db: Conn) -> None:
+    db.execute("SELECT pggcl.create_limit('old', 1)")
+    row = one(db, "SELECT * FROM pggcl.acquire('{old,new1,new2}', wait => false)")
+    assert row["created_limits"] == ["new1", "new2"]
+    assert one(db, "SELECT * FROM pggcl.acquire('{new1}', wait => false)")["created_limits"] is None
+
+
+def test_strict_names_the_missing_limits_and_creates_nothing(db: Conn) -> None:
+    db.execute("SELECT pggcl.create_limit('there', 1)")
+    with pytest.raises(psycopg.Error) as raised:
+        try_acquire(db, ["there", "gone1", "gone2"], strict=True)
+    assert raised.value.sqlstate == "GC006"
+    assert "'gone1'" in str(raised.value) and "'gone2'" in str(raised.value)
+    assert value(db, "SELECT count(*) FROM pggcl.limits") == 1
+    assert limit(db, "there")["active_slots"] == 0
+
+
+def test_inactive_limit_takes_part_without_occupying(db: Conn) -> None:
+    db.execute("SELECT pggcl.create_limit('off', 1, active => false)")
+    leases = [try_acquire(db, ["off"])["lease_id"] for _ in range(3)]
+    assert all(leases)
+    assert limit(db, "off")["active_slots"] == 0
+    db.execute("SELECT pggcl.update_limit('off', active => true)")
+    assert try_acquire(db, ["off"])["granted"]
+    assert not try_acquire(db, ["off"])["granted"]
+
+
+@pytest.mark.parametrize(
+    ("names", "occupy", "mode", "sqlstate", "complaint"),
+    [
+        (["db"], 0, "concurrency", "GC003", "invalid occupy: 0"),
+        (["db"], -2, "concurrency", "GC003", "invalid occupy: -2"),
+        (["db"], 1, "exclusive", "GC003", "invalid mode: 'exclusive'"),
+        (["db"], 3, "concurrency", "GC004", "cannot occupy 3 slots on limit 'db': its limit is 2"),
+        (["db", "brand-new"], 3, "concurrency", "GC004", "limit 'db'"),
+        (["db"], 1, "rate_limit", "GC005", "'db': its slot_decay_per_second is 0"),
+        (["a/b"], 1, "concurrency", "GC003", "invalid limit name 'a/b'"),
+    ],
+)
+def test_bad_requests_raise_and_change_nothing(
+    db: Conn, names: list[str], occupy: int, mode: str, sqlstate: str, complaint: str
+) -> None:
+    db.execute("SELECT pggcl.create_limit('db', 2)")
+    with pytest.raises(psycopg.Error) as raised:
+        try_acquire(db, names, occupy, mode)
+    assert raised.value.sqlstate == sqlstate
+    assert complaint in str(raised.value)
+    assert value(db, "SELECT count(*) FROM pggcl.limits") == 1
+    assert value(db, "SELECT count(*) FROM pggcl.holders") == 0
+
+
+def test_bad_ttl_is_refused(db: Conn) -> None:
+    with pytest.raises(psycopg.Error) as raised:
+        try_acquire(db, ["db"], ttl_seconds=0.0)
+    assert raised.value.sqlstate == "GC003"
+    assert "ttl_seconds" in str(raised.value)
+
+
+def test_rate_limit_retry_after_is_exact(db: Conn) -> None:
+    db.execute("SELECT pggcl.create_limit('api', 5, 10)")
+    assert try_acquire(db, ["api"], 5, "rate_limit")["granted"]
+    refused = try_acquire(db, ["api"], 1, "rate_limit")
+    assert not refused["granted"]
+    assert refused["lease_id"] is None
+    assert 0 < refused["retry_after"] <= 0.1
+    time.sleep(refused["retry_after"])
+    assert try_acquire(db, ["api"], 1, "rate_limit")["granted"]
+
+
+def test_decay_is_continuous_whatever_happens_in_between(db: Conn) -> None:
+    """A full limit of 5 with decay 10/s has room for 1 slot 0.1 s later: refusals, renames
+    and updates in between write nothing that resets the bucket."""
+    db.execute("SELECT pggcl.create_limit('api', 5, 10)")
+    assert try_acquire(db, ["api"], 5, "rate_limit")["granted"]
+    filled_at = time.monotonic()  # after the grant, so waiting until +0.1 s is enough
+    for _ in range(5):
+        assert not try_acquire(db, ["api"], 1, "rate_limit")["granted"]
+    db.execute("SELECT pggcl.update_limit('api', new_name => 'api2')")
+    db.execute("SELECT pggcl.update_limit('api2', \"limit\" => 5, active => true)")
+    asked_at = time.monotonic()
+    refused = try_acquire(db, ["api2"], 1, "rate_limit")
+    assert not refused["granted"]
+    # Asked at least (asked_at - filled_at) after the grant: no more than the rest of 0.1 s.
+    assert refused["retry_after"] <= 0.1 - (asked_at - filled_at) + 0.001
+    time.sleep(max(0.0, 0.1 - (time.monotonic() - filled_at)))
+    assert try_acquire(db, ["api2"], 1, "rate_limit")["granted"]
+
+
+def test_slow_decay_still_decays(db: Conn) -> None:
+    """The level is a float: 0.1 slot/s must drain by 0.001 after 10 ms, not round to 0."""
+    db.execute("SELECT pggcl.create_limit('slow', 1, 0.1)")
+    assert try_acquire(db, ["slow"], 1, "rate_limit")["granted"]
+    db.execute("SELECT pg_sleep(0.01)")
+    level = limit(db, "slow")["decaying_slots"]
+    assert 0.99 < level < 1.0
+    retry = try_acquire(db, ["slow"], 1, "rate_limit")["retry_after"]
+    assert 9.8 < retry < 10.0
+
+
+def test_decay_rate_change_applies_from_now(db: Conn) -> None:
+    db.execute("SELECT pggcl.create_limit('api', 10, 0.001)")
+    assert try_acquire(db, ["api"], 10, "rate_limit")["granted"]
+    db.execute("SELECT pggcl.update_limit('api', slot_decay_per_second => 1000)")
+    db.execute("SELECT pg_sleep(0.02)")
+    assert try_acquire(db, ["api"], 10, "rate_limit")["granted"]
+
+
+def test_concurrency_and_rate_share_one_limit(db: Conn) -> None:
+    db.execute("SELECT pggcl.create_limit('mixed', 3, 0.001)")
+    held = try_acquire(db, ["mixed"], 2)["lease_id"]
+    assert try_acquire(db, ["mixed"], 1, "rate_limit")["granted"]
+    assert not try_acquire(db, ["mixed"], 1)["granted"]
+    release(db, held)
+    assert try_acquire(db, ["mixed"], 2)["granted"]
+
+
+def test_ttl_lease_is_reclaimed_when_it_expires(db: Conn) -> None:
+    db.execute("SELECT pggcl.create_limit('db', 1)")
+    held = try_acquire(db, ["db"], ttl_seconds=0.2)
+    assert value(db, "SELECT expires IS NOT NULL AND session_id IS NULL FROM pggcl.holders")
+    refused = try_acquire(db, ["db"])
+    assert not refused["granted"]
+    assert 0 < refused["retry_after"] <= 0.2
+    time.sleep(refused["retry_after"])
+    assert try_acquire(db, ["db"])["granted"]
+    assert release(db, held["lease_id"]) is False
+
+
+def test_renew_extends_a_ttl_lease(db: Conn) -> None:
+    db.execute("SELECT pggcl.create_limit('db', 1)")
+    held = try_acquire(db, ["db"], ttl_seconds=0.2)["lease_id"]
+    assert value(db, "SELECT pggcl.renew(%s, 60)", held) is True
+    time.sleep(0.25)
+    assert not try_acquire(db, ["db"])["granted"]
+    assert release(db, held) is True
+    assert value(db, "SELECT pggcl.renew(%s, 60)", held) is False
+
+
+def test_lease_without_session_or_ttl_belongs_to_the_connection(db: Conn, connect: Any) -> None:
+    db.execute("SELECT pggcl.create_limit('db', 1)")
+    other = connect()
+    held = try_acquire(other, ["db"])
+    session = value(
+        db, "SELECT session_id FROM pggcl.holders WHERE lease_id = %s", held["lease_id"]
+    )
+    assert session is not None
+    # The same connection keeps one session.
+    try_acquire(other, ["db2"])
+    assert value(db, "SELECT count(DISTINCT session_id) FROM pggcl.holders") == 1

@@ -1,0 +1,211 @@
+"""The waiting protocol: queue, first come first served, hand-off by NOTIFY, cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.sql.helpers import (
+    acquire,
+    limit,
+    notifications,
+    one,
+    open_session,
+    release,
+    try_acquire,
+    value,
+)
+
+Conn = psycopg.Connection[Any]
+
+
+def test_release_hands_the_slot_to_the_waiter_and_notifies_it(db: Conn, connect: Any) -> None:
+    db.execute("SELECT pggcl.create_limit('db', 1)")
+    held = try_acquire(db, ["db"])["lease_id"]
+    waiter_conn = connect()
+    open_session(waiter_conn)
+    queued = acquire(waiter_conn, ["db"], holder="w")
+    assert not queued["granted"]
+    assert queued["waiter_id"] is not None and queued["lease_id"] is not None
+    assert limit(db, "db")["waiting"] == 1
+
+    assert release(db, held)
+    assert notifications(waiter_conn, 1) == [f"g:{queued['waiter_id']}"]
+    # The slot was handed over in the release's own transaction: the lease id is the promised one.
+    holder = one(db, "SELECT lease_id, holder FROM pggcl.holders")
+    assert holder == {"lease_id": queued["lease_id"], "holder": "w"}
+    assert limit(db, "db")["waiting"] == 0
+
+
+def test_a_grant_never_jumps_the_queue(db: Conn, connect: Any) -> None:
+    db.execute("SELECT pggcl.create_limit('db', 2)")
+    held = try_acquire(db, ["db"])["lease_id"]
+    waiter_conn = connect()
+    open_session(waiter_conn)
+    assert not acquire(waiter_conn, ["db"], 2)["granted"]
+    # One slot is free, but a request is queued: a newcomer is refused.
+    assert not try_acquire(db, ["db"])["granted"]
+    release(db, held)
+    assert len(notifications(waiter_conn, 1)) == 1
+
+
+def test_first_come_first_served_large_request_is_not_starved(db: Conn, connect: Any) -> None:
+    """A queued occupy=5 on a limit of 5 is served before any later occupy=1."""
+    db.execute("SELECT pggcl.create_limit('db', 5)")
+    small = [try_acquire(db, ["db"])["lease_id"] for _ in range(2)]
+    big_conn = connect()
+    open_session(big_conn)
+    big = acquire(big_conn, ["db"], 5)
+    assert not big["granted"]
+    late_conn = connect()
+    open_session(late_conn)
+    late = [acquire(late_conn, ["db"], 1) for _ in range(10)]
+    assert not any(request["granted"] for request in late)
+    for _ in range(20):  # newcomers keep coming: none gets in ahead of the big request
+        assert not try_acquire(db, ["db"])["granted"]
+    release(db, small[0])
+    assert limit(db, "db")["held_slots"] == 1  # nobody took the freed slot
+    release(db, small[1])
+    assert notifications(big_conn, 1) == [f"g:{big['waiter_id']}"]
+    assert limit(db, "db")["held_slots"] == 5
+    release(db, big["lease_id"])
+    payloads = notifications(late_conn, 5)
+    assert payloads == [f"g:{request['waiter_id']}" for request in late[:5]]
+
+
+def test_waiters_on_disjoint_limits_do_not_block_each_other(db: Conn, connect: Any) -> None:
+    db.execute("SELECT pggcl.create_limit('a', 1), pggcl.create_limit('b', 1)")
+    held_a = try_acquire(db, ["a"])["lease_id"]
+    held_b = try_acquire(db, ["b"])["lease_id"]
+    conn = connect()
+    open_session(conn)
+    on_a = acquire(conn, ["a"])
+    on_b = acquire(conn, ["b"])
+    release(db, held_b)
+    assert notifications(conn, 1) == [f"g:{on_b['waiter_id']}"]
+    release(db, held_a)
+    assert notifications(conn, 1) == [f"g:{on_a['waiter_id']}"]
+
+
+def test_multi_limit_waiter_is_asked_to_recheck_and_then_granted(db: Conn, connect: Any) -> None:
+    db.execute("SELECT pggcl.create_limit('a', 1), pggcl.create_limit('b', 1)")
+    held = try_acquire(db, ["a"])["lease_id"]
+    conn = connect()
+    open_session(conn)
+    queued = acquire(conn, ["a", "b"])
+    assert not queued["granted"]
+    release(db, held)  # locks only 'a': the waiter must re-check with both locked
+    assert notifications(conn, 1) == [f"r:{queued['waiter_id']}"]
+    status = one(
+        conn, "SELECT * FROM pggcl.recheck(%s, %s)", queued["waiter_id"], queued["lease_id"]
+    )
+    assert status["status"] == "granted"
+    assert notifications(conn, 1) == [f"g:{queued['waiter_id']}"]
+    assert limit(db, "a")["held_slots"] == 1 and limit(db, "b")["held_slots"] == 1
+
+
+def test_recheck_reports_queued_and_cancel_lets_the_next_in(db: Conn, connect: Any) -> None:
+    db.execute("SELECT pggcl.create_limit('db', 2)")
+    held = try_acquire(db, ["db"])["lease_id"]
+    conn = connect()
+    open_session(conn)
+    big = acquire(conn, ["db"], 2)
+    small = acquire(conn, ["db"], 1)
+    status = one(conn, "SELECT * FROM pggcl.recheck(%s, %s)", big["waiter_id"], big["lease_id"])
+    assert status == {"status": "queued", "retry_after": None}
+    # Cancelling the head lets the small request behind it use the free slot at once.
+    assert (
+        value(conn, "SELECT pggcl.cancel(%s, %s)", big["waiter_id"], big["lease_id"]) == "cancelled"
+    )
+    assert notifications(conn, 1) == [f"g:{small['waiter_id']}"]
+    assert (
+        value(conn, "SELECT pggcl.cancel(%s, %s)", small["waiter_id"], small["lease_id"])
+        == "granted"
+    )
+    assert value(conn, "SELECT pggcl.cancel(%s, %s)", big["waiter_id"], big["lease_id"]) == "gone"
+    assert value(db, "SELECT count(*) FROM pggcl.queue") == 0
+    release(db, held)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "SELECT pggcl.update_limit('db', \"limit\" => 2)",
+        "SELECT pggcl.update_limit('db', active => false)",
+        "SELECT pggcl.delete_limit('db')",
+    ],
+)
+def test_changes_that_add_room_let_waiters_in(db: Conn, connect: Any, change: str) -> None:
+    db.execute("SELECT pggcl.create_limit('db', 1)")
+    try_acquire(db, ["db"])
+    conn = connect()
+    open_session(conn)
+    queued = acquire(conn, ["db"])
+    db.execute(change)
+    assert notifications(conn, 1) == [f"g:{queued['waiter_id']}"]
+
+
+def test_deleting_one_limit_of_a_multi_limit_waiter(db: Conn, connect: Any) -> None:
+    db.execute("SELECT pggcl.create_limit('a', 1), pggcl.create_limit('b', 1)")
+    try_acquire(db, ["a"])
+    conn = connect()
+    open_session(conn)
+    queued = acquire(conn, ["a", "b"])
+    db.execute("SELECT pggcl.delete_limit('a')")
+    assert notifications(conn, 1) == [f"r:{queued['waiter_id']}"]
+    status = one(
+        conn, "SELECT * FROM pggcl.recheck(%s, %s)", queued["waiter_id"], queued["lease_id"]
+    )
+    assert status["status"] == "granted"
+    assert limit(db, "b")["held_slots"] == 1
+
+
+def test_lowering_the_limit_below_a_request_rejects_it(db: Conn, connect: Any) -> None:
+    db.execute("SELECT pggcl.create_limit('db', 3)")
+    try_acquire(db, ["db"])
+    conn = connect()
+    open_session(conn)
+    big = acquire(conn, ["db"], 3)
+    small = acquire(conn, ["db"], 1)
+    db.execute("SELECT pggcl.update_limit('db', \"limit\" => 2)")
+    payloads = notifications(conn, 2)
+    assert (
+        payloads[0] == f"e:{big['waiter_id']}:cannot occupy 3 slots on limit 'db': its limit is 2"
+    )
+    assert payloads[1] == f"g:{small['waiter_id']}"
+    status = one(conn, "SELECT * FROM pggcl.recheck(%s, %s)", big["waiter_id"], big["lease_id"])
+    assert status["status"] == "gone"
+
+
+def test_rate_limit_waiters_are_served_in_order_as_the_bucket_drains(
+    db: Conn, connect: Any
+) -> None:
+    db.execute("SELECT pggcl.create_limit('api', 2, 20)")
+    assert try_acquire(db, ["api"], 2, "rate_limit")["granted"]
+    conn = connect()
+    open_session(conn)
+    first = acquire(conn, ["api"], 2, "rate_limit")
+    second = acquire(conn, ["api"], 1, "rate_limit")
+    assert first["lease_id"] is None
+    # Exact: the first needs the 2 slots to drain (0.1 s), the second 1 more slot on top.
+    assert 0.05 < first["retry_after"] <= 0.1
+    assert 0.1 < second["retry_after"] <= 0.15
+    # Nobody is told when a bucket drains: the waiter re-checks at retry_after.
+    conn.execute("SELECT pg_sleep(%s)", (first["retry_after"],))
+    status = one(conn, "SELECT * FROM pggcl.recheck(%s)", first["waiter_id"])
+    assert status["status"] == "granted"
+    assert notifications(conn, 1) == [f"g:{first['waiter_id']}"]
+    status = one(conn, "SELECT * FROM pggcl.recheck(%s)", second["waiter_id"])
+    assert status["status"] == "queued"
+    assert 0.04 < status["retry_after"] <= 0.05
+
+
+def test_waiting_needs_no_explicit_session(db: Conn) -> None:
+    """A plain connection that asks to wait gets this connection's session and channel."""
+    db.execute("SELECT pggcl.create_limit('db', 1)")
+    try_acquire(db, ["db"])
+    acquire(db, ["db"])
+    session = one(db, "SELECT * FROM pggcl.open_session()")  # returns the existing one
+    assert value(db, "SELECT session_id FROM pggcl.queue") == session["session_id"]
