@@ -71,7 +71,6 @@ CREATE TABLE pggcl.leases (
     PRIMARY KEY (id, limit_id)
 );
 CREATE INDEX leases_limit_idx ON pggcl.leases (limit_id);
-CREATE INDEX leases_session_idx ON pggcl.leases (session_id) WHERE session_id IS NOT NULL;
 
 -- A waiter is a queued request: one row per limit, all rows sharing one id. Ids grow, so
 -- `ORDER BY id` within a limit is first come, first served. `limit_ids` repeats the whole set so

@@ -103,54 +103,72 @@ LANGUAGE sql VOLATILE AS $$
 $$;
 
 -- Lock the given limits, in id order, and return their ids in that order.
+-- (Helpers whose body is a query are PL/pgSQL, whose plans are cached; SQL functions that
+-- cannot be inlined are planned anew at every call.)
 CREATE FUNCTION pggcl._lock(ids bigint[]) RETURNS bigint[]
-LANGUAGE sql VOLATILE AS $$
-    SELECT coalesce(array_agg(id), '{}') FROM (
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN (SELECT coalesce(array_agg(id), '{}') FROM (
         SELECT id FROM pggcl.limit_state WHERE id = ANY(ids) ORDER BY id FOR NO KEY UPDATE
-    ) locked
+    ) locked);
+END
 $$;
 
 CREATE FUNCTION pggcl._intersect(a bigint[], b bigint[]) RETURNS bigint[]
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT coalesce(array_agg(x), '{}') FROM unnest(a) x WHERE x = ANY(b)
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN (SELECT coalesce(array_agg(x), '{}') FROM unnest(a) x WHERE x = ANY(b));
+END
 $$;
 
 -- Give slots to a request: the lease rows (concurrency mode) or the bucket level (rate-limit
--- mode). The caller has checked room and holds the locks.
-CREATE FUNCTION pggcl._take(ids bigint[], occupy integer, mode text, lease_id uuid, session_id integer,
-                            holder text, ttl_seconds double precision, at timestamptz)
+-- mode). Slots are taken on the active limits only. The caller has checked room and holds the
+-- locks.
+CREATE FUNCTION pggcl._take(ids bigint[], active_ids bigint[], occupy integer, mode text,
+                            lease_id uuid, session_id integer, holder text,
+                            ttl_seconds double precision, at timestamptz)
 RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     IF mode = 'concurrency' THEN
         INSERT INTO pggcl.leases (id, limit_id, occupy, session_id, holder, acquired_at, expires_at)
-        SELECT lease_id, l.id, CASE WHEN l.active THEN occupy ELSE 0 END, session_id, holder, at,
-               at + make_interval(secs => ttl_seconds)
-        FROM pggcl.limit_state l WHERE l.id = ANY(ids);
-        UPDATE pggcl.limit_state SET held = held + occupy WHERE id = ANY(ids) AND active;
-    ELSE
+        SELECT lease_id, x, CASE WHEN x = ANY(active_ids) THEN occupy ELSE 0 END, session_id, holder,
+               at, at + make_interval(secs => ttl_seconds)
+        FROM unnest(ids) x;
+        IF cardinality(active_ids) > 0 THEN
+            UPDATE pggcl.limit_state SET held = held + occupy WHERE id = ANY(active_ids);
+        END IF;
+    ELSIF cardinality(active_ids) > 0 THEN
         UPDATE pggcl.limit_state l SET level = pggcl._level(l, at) + occupy, level_at = at
-        WHERE l.id = ANY(ids) AND l.active;
+        WHERE l.id = ANY(active_ids);
     END IF;
 END
 $$;
 
 -- Give back the slots of deleted lease rows, summed per limit.
 CREATE FUNCTION pggcl._give_back(freed_limit_ids bigint[], freed_slots integer[]) RETURNS void
-LANGUAGE sql VOLATILE AS $$
-    UPDATE pggcl.limit_state l SET held = l.held - f.slots
-    FROM (SELECT limit_id, sum(slots)::integer AS slots
-          FROM unnest(freed_limit_ids, freed_slots) AS u(limit_id, slots) GROUP BY limit_id) f
-    WHERE l.id = f.limit_id
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF cardinality(freed_limit_ids) = 1 THEN
+        UPDATE pggcl.limit_state SET held = held - freed_slots[1] WHERE id = freed_limit_ids[1];
+    ELSIF cardinality(freed_limit_ids) > 1 THEN
+        UPDATE pggcl.limit_state l SET held = l.held - f.slots
+        FROM (SELECT limit_id, sum(slots)::integer AS slots
+              FROM unnest(freed_limit_ids, freed_slots) AS u(limit_id, slots) GROUP BY limit_id) f
+        WHERE l.id = f.limit_id;
+    END IF;
+END
 $$;
 
 -- Ask the head waiter of each given limit to re-check. Used after a queue entry vanished from a
 -- limit whose lock we do not hold, so that nobody behind it sleeps next to free room.
 CREATE FUNCTION pggcl._nudge(ids bigint[]) RETURNS void
-LANGUAGE sql VOLATILE AS $$
-    SELECT pggcl._notify(head.session_id, 'r', head.id)
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM pggcl._notify(head.session_id, 'r', head.id)
     FROM (SELECT DISTINCT ON (limit_id) limit_id, id, session_id
-          FROM pggcl.waiters WHERE limit_id = ANY(ids) ORDER BY limit_id, id) head
+          FROM pggcl.waiters WHERE limit_id = ANY(ids) ORDER BY limit_id, id) head;
+END
 $$;
 
 -- Drop what a dead (or orphaned) session holds and waits for on the locked limits `ids`.
@@ -243,14 +261,16 @@ $$;
 
 -- Why a request can never be granted on these limits, or NULL when it can.
 CREATE FUNCTION pggcl._impossible(ids bigint[], occupy integer, mode text) RETURNS text
-LANGUAGE sql STABLE AS $$
-    SELECT coalesce(
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN coalesce(
         (SELECT format('cannot occupy %s slots on limit %L: its limit is %s', occupy, name, "limit")
          FROM pggcl.limit_state WHERE id = ANY(ids) AND active AND occupy > "limit" ORDER BY name LIMIT 1),
         (SELECT format('cannot rate limit on %L: its slot_decay_per_second is 0', name)
          FROM pggcl.limit_state
          WHERE id = ANY(ids) AND active AND mode = 'rate_limit' AND slot_decay_per_second = 0
-         ORDER BY name LIMIT 1))
+         ORDER BY name LIMIT 1));
+END
 $$;
 
 -- The grant step. On the locked limits `ids`, serve queued waiters in arrival order while room
@@ -289,8 +309,8 @@ BEGIN
                 PERFORM pggcl._notify(w.session_id, 'e', w.id, why);
             ELSIF (SELECT bool_and(pggcl._has_room(l, w.occupy, at))
                    FROM pggcl.limit_state l WHERE l.id = ANY(w.limit_ids)) THEN
-                PERFORM pggcl._take(w.limit_ids, w.occupy, w.mode, w.lease_id, w.session_id,
-                                    w.holder, w.ttl_seconds, at);
+                PERFORM pggcl._take(w.limit_ids, pggcl._intersect(w.limit_ids, active_ids), w.occupy,
+                                    w.mode, w.lease_id, w.session_id, w.holder, w.ttl_seconds, at);
                 DELETE FROM pggcl.waiters WHERE id = w.id;
                 PERFORM pggcl._notify(w.session_id, 'g', w.id);
                 granted := granted || w.id;

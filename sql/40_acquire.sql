@@ -10,8 +10,11 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     at timestamptz := clock_timestamp();
     wanted text[];
-    ids bigint[];
-    why text;
+    locked pggcl.limit_state[];
+    lim pggcl.limit_state;
+    ids bigint[] := '{}';
+    active_ids bigint[] := '{}';
+    room boolean := true;
     next_at timestamptz;
     n text;
 BEGIN
@@ -28,7 +31,8 @@ BEGIN
     IF names IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'GC003', MESSAGE = 'invalid names: an array of limit names is required';
     END IF;
-    wanted := array(SELECT DISTINCT x FROM unnest(names) x ORDER BY x);
+    wanted := CASE WHEN cardinality(names) = 1 THEN names
+                   ELSE array(SELECT DISTINCT x FROM unnest(names) x ORDER BY x) END;
     FOREACH n IN ARRAY wanted LOOP
         PERFORM pggcl._check_name(n);
     END LOOP;
@@ -47,38 +51,55 @@ BEGIN
             'session %s does not exist (it was closed, or reclaimed after its connection was lost)', session_id);
     END IF;
 
-    -- 3. Missing limits are created inactive (they never block), unless strict.
-    created_limits := array(SELECT x FROM unnest(wanted) x
-                            WHERE NOT EXISTS (SELECT FROM pggcl.limit_state s WHERE s.name = x));
-    IF cardinality(created_limits) > 0 THEN
+    -- 3. Lock the limits, in id order. Missing ones are created inactive (they never block),
+    -- unless strict. Created rows have higher ids than the rows already locked, so locking
+    -- them next keeps the id order.
+    IF cardinality(wanted) = 1 THEN
+        SELECT * INTO lim FROM pggcl.limit_state s WHERE s.name = wanted[1] FOR NO KEY UPDATE;
+        locked := CASE WHEN FOUND THEN ARRAY[lim] ELSE '{}' END;
+    ELSE
+        locked := array(SELECT s FROM pggcl.limit_state s WHERE s.name = ANY(wanted) ORDER BY s.id
+                        FOR NO KEY UPDATE);
+    END IF;
+    IF cardinality(locked) < cardinality(wanted) THEN
+        created_limits := array(SELECT x FROM unnest(wanted) x
+                                WHERE x <> ALL(array(SELECT (s).name FROM unnest(locked) s)));
         IF strict THEN
-            RAISE EXCEPTION USING ERRCODE = 'GC006', MESSAGE = format(
-                'no such limit: %s', array_to_string(array(SELECT quote_literal(x) FROM unnest(created_limits) x), ', '));
+            RAISE EXCEPTION USING ERRCODE = 'GC006', MESSAGE = format('no such limit: %s',
+                array_to_string(array(SELECT quote_literal(x) FROM unnest(created_limits) x), ', '));
         END IF;
         INSERT INTO pggcl.limit_state (name, "limit", active)
         SELECT x, 1, false FROM unnest(created_limits) x
         ON CONFLICT ON CONSTRAINT limit_state_name_key DO NOTHING;
-    ELSE
-        created_limits := NULL;
+        locked := array(SELECT s FROM pggcl.limit_state s WHERE s.name = ANY(wanted) ORDER BY s.id
+                        FOR NO KEY UPDATE);
+        IF cardinality(locked) <> cardinality(wanted) THEN
+            RAISE EXCEPTION USING ERRCODE = 'GC001', MESSAGE = format(
+                'a limit among %s was deleted while acquiring it; try again', array_to_string(wanted, ', '));
+        END IF;
     END IF;
 
-    -- 4. Lock, in id order, and refuse what can never be granted.
-    ids := pggcl._lock(array(SELECT s.id FROM pggcl.limit_state s WHERE s.name = ANY(wanted)));
-    IF cardinality(ids) <> cardinality(wanted) THEN
-        RAISE EXCEPTION USING ERRCODE = 'GC001', MESSAGE = format(
-            'a limit among %s was deleted while acquiring it; try again', array_to_string(wanted, ', '));
-    END IF;
-    why := pggcl._impossible(ids, occupy, mode);
-    IF why IS NOT NULL THEN
-        RAISE EXCEPTION USING ERRCODE = CASE WHEN mode = 'rate_limit' AND why LIKE 'cannot rate%' THEN 'GC005' ELSE 'GC004' END,
-                              MESSAGE = why;
-    END IF;
+    -- 4. Refuse what can never be granted; see whether there is room now.
+    FOREACH lim IN ARRAY locked LOOP
+        ids := ids || lim.id;
+        CONTINUE WHEN NOT lim.active;
+        active_ids := active_ids || lim.id;
+        IF occupy > lim."limit" THEN
+            RAISE EXCEPTION USING ERRCODE = 'GC004', MESSAGE = format(
+                'cannot occupy %s slots on limit %L: its limit is %s', occupy, lim.name, lim."limit");
+        ELSIF mode = 'rate_limit' AND lim.slot_decay_per_second = 0 THEN
+            RAISE EXCEPTION USING ERRCODE = 'GC005', MESSAGE = format(
+                'cannot rate limit on %L: its slot_decay_per_second is 0', lim.name);
+        END IF;
+        room := room AND pggcl._has_room(lim, occupy, at);
+    END LOOP;
 
     -- 5. Room on every active limit and nobody queued there: take it. This is the usual path.
-    IF pggcl._fits_now(ids, occupy, at) THEN
+    IF room AND (cardinality(active_ids) = 0
+                 OR NOT EXISTS (SELECT FROM pggcl.waiters w WHERE w.limit_id = ANY(active_ids))) THEN
         granted := true;
         lease_id := CASE WHEN mode = 'concurrency' THEN gen_random_uuid() END;
-        PERFORM pggcl._take(ids, occupy, mode, lease_id, session_id, holder, ttl_seconds, at);
+        PERFORM pggcl._take(ids, active_ids, occupy, mode, lease_id, session_id, holder, ttl_seconds, at);
         RETURN;
     END IF;
 
@@ -88,7 +109,7 @@ BEGIN
     IF pggcl._fits_now(ids, occupy, at) THEN
         granted := true;
         lease_id := CASE WHEN mode = 'concurrency' THEN gen_random_uuid() END;
-        PERFORM pggcl._take(ids, occupy, mode, lease_id, session_id, holder, ttl_seconds, at);
+        PERFORM pggcl._take(ids, active_ids, occupy, mode, lease_id, session_id, holder, ttl_seconds, at);
         RETURN;
     END IF;
 
@@ -109,10 +130,14 @@ $$;
 -- Whether a request fits now on the locked limits: room on every active one, and nobody queued
 -- on it (a grant never jumps the queue).
 CREATE FUNCTION pggcl._fits_now(ids bigint[], occupy integer, at timestamptz) RETURNS boolean
-LANGUAGE sql STABLE AS $$
-    SELECT coalesce(bool_and(NOT l.active OR (pggcl._has_room(l, occupy, at)
-                             AND NOT EXISTS (SELECT FROM pggcl.waiters w WHERE w.limit_id = l.id))), true)
-    FROM pggcl.limit_state l WHERE l.id = ANY(ids)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN NOT EXISTS (
+        SELECT FROM pggcl.limit_state l
+        WHERE l.id = ANY(ids) AND l.active
+          AND (NOT pggcl._has_room(l, occupy, at)
+               OR EXISTS (SELECT FROM pggcl.waiters w WHERE w.limit_id = l.id)));
+END
 $$;
 
 -- Take `occupy` slots on every limit in `names` now, or be told when to try again. Never waits.
@@ -127,9 +152,11 @@ CREATE FUNCTION pggcl.try_acquire(names text[], occupy integer DEFAULT 1, mode t
                                   strict boolean DEFAULT false, ttl_seconds double precision DEFAULT NULL,
                                   holder text DEFAULT NULL, session_id integer DEFAULT NULL)
 RETURNS TABLE (granted boolean, lease_id uuid, retry_after double precision)
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT a.granted, a.lease_id, a.retry_after
-    FROM pggcl._acquire(names, occupy, mode, strict, ttl_seconds, holder, session_id, false) a
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
+    RETURN QUERY SELECT a.granted, a.lease_id, a.retry_after
+    FROM pggcl._acquire(names, occupy, mode, strict, ttl_seconds, holder, session_id, false) a;
+END
 $$;
 
 -- Like try_acquire, but when refused (and `wait`), queue the request and return its waiter_id:
@@ -142,8 +169,11 @@ CREATE FUNCTION pggcl.acquire(names text[], occupy integer DEFAULT 1, mode text 
                               wait boolean DEFAULT true)
 RETURNS TABLE (granted boolean, lease_id uuid, waiter_id bigint, retry_after double precision,
                created_limits text[])
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT * FROM pggcl._acquire(names, occupy, mode, strict, ttl_seconds, holder, session_id, wait)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM pggcl._acquire(acquire.names, acquire.occupy, acquire.mode,
+        acquire.strict, acquire.ttl_seconds, acquire.holder, acquire.session_id, acquire.wait);
+END
 $$;
 
 -- Where a waiter stands: 'granted', 'queued', 'rejected' (can never be granted) or 'gone'
@@ -151,7 +181,7 @@ $$;
 -- served on its limits, so it is what a client calls on an 'r:' notification or at retry_after.
 CREATE FUNCTION pggcl.recheck(waiter_id bigint, lease_id uuid DEFAULT NULL)
 RETURNS TABLE (status text, retry_after double precision)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     at timestamptz := clock_timestamp();
     w pggcl.waiters;
@@ -181,7 +211,7 @@ $$;
 -- Stop waiting. 'cancelled' when the request was still queued (whoever it blocked is served);
 -- otherwise what recheck would say ('granted': the caller now holds lease_id and must release it).
 CREATE FUNCTION pggcl.cancel(waiter_id bigint, lease_id uuid DEFAULT NULL) RETURNS text
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     at timestamptz := clock_timestamp();
     ids bigint[];
@@ -199,14 +229,18 @@ $$;
 -- Give back a lease's slots and serve the queue. False when the lease is not held (already
 -- released, or reclaimed), and then nothing changes.
 CREATE FUNCTION pggcl.release(lease_id uuid) RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     at timestamptz := clock_timestamp();
     ids bigint[];
     freed_limits bigint[];
     freed_slots integer[];
 BEGIN
-    ids := pggcl._lock(array(SELECT limit_id FROM pggcl.leases x WHERE x.id = release.lease_id));
+    SELECT array_agg(locked.id) INTO ids FROM (
+        SELECT s.id FROM pggcl.limit_state s
+        WHERE s.id IN (SELECT x.limit_id FROM pggcl.leases x WHERE x.id = release.lease_id)
+        ORDER BY s.id FOR NO KEY UPDATE
+    ) locked;
     WITH gone AS (
         DELETE FROM pggcl.leases x WHERE x.id = release.lease_id AND x.limit_id = ANY(ids)
         RETURNING x.limit_id, x.occupy
@@ -216,14 +250,16 @@ BEGIN
         RETURN false;
     END IF;
     PERFORM pggcl._give_back(freed_limits, freed_slots);
-    PERFORM pggcl._grant(ids, at);
+    IF EXISTS (SELECT FROM pggcl.waiters w WHERE w.limit_id = ANY(ids)) THEN
+        PERFORM pggcl._grant(ids, at);
+    END IF;
     RETURN true;
 END
 $$;
 
 -- Extend a lease to end ttl_seconds from now. False when the lease is not held.
 CREATE FUNCTION pggcl.renew(lease_id uuid, ttl_seconds double precision) RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
     IF renew.ttl_seconds IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'GC003', MESSAGE = 'invalid ttl_seconds: it is required';

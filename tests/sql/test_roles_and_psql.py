@@ -102,4 +102,4 @@ def test_everything_public_is_security_definer_with_a_pinned_search_path(pggcl_d
     assert len(rows) >= 13
     for name, secdef, config in rows:
         assert secdef, name
-        assert config == ["search_path=pg_catalog, pg_temp"], name
+        assert "search_path=pg_catalog, pg_temp" in config, name
