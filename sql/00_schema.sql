@@ -27,14 +27,17 @@ $$;
 -- where `held` counts the slots of concurrency leases and `level` is the rate-limit bucket as it
 -- stood at `level_at`. The level is a float that decays continuously; it is materialised only
 -- when it changes, so refusals and reads write nothing.
+-- `queued` lets the usual acquire decide from this one row: a single conditional UPDATE.
+-- The functions validate every value they write; the tables carry no CHECK constraints because
+-- PostgreSQL re-parses those at every UPDATE, and this row is updated on every acquire.
 CREATE TABLE pggcl.limit_state (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name text NOT NULL UNIQUE,
-    "limit" integer NOT NULL CHECK ("limit" >= 0),
-    slot_decay_per_second double precision NOT NULL DEFAULT 0
-        CHECK (slot_decay_per_second >= 0 AND slot_decay_per_second < 'Infinity'),
+    "limit" integer NOT NULL,
+    slot_decay_per_second double precision NOT NULL DEFAULT 0,
     active boolean NOT NULL DEFAULT true,
-    held integer NOT NULL DEFAULT 0 CHECK (held >= 0),
+    held integer NOT NULL DEFAULT 0,
+    queued integer NOT NULL DEFAULT 0,  -- waiters queued here; kept under this row's lock
     level double precision NOT NULL DEFAULT 0,
     level_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     created timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -63,7 +66,7 @@ ALTER SEQUENCE pggcl.session_id_seq OWNED BY pggcl.sessions.id;
 CREATE TABLE pggcl.leases (
     id uuid NOT NULL,
     limit_id bigint NOT NULL,
-    occupy integer NOT NULL CHECK (occupy >= 0),
+    occupy integer NOT NULL,
     session_id integer,
     holder text,
     acquired_at timestamptz NOT NULL,

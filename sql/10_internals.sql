@@ -31,6 +31,17 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT NOT l.active OR l.held + pggcl._level(l, at) + occupy <= l."limit" + 1e-9
 $$;
 
+CREATE FUNCTION pggcl._valid_name(name text) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT name IS NOT NULL AND name <> '' AND length(name) <= 255 AND name !~ '[/%&><]'
+$$;
+
+CREATE FUNCTION pggcl._valid_seconds(seconds double precision) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT seconds IS NULL OR (seconds > 0 AND seconds < 'Infinity')
+$$;
+
+-- Raise the error that says what is wrong with a name (the rules are in _valid_name).
 CREATE FUNCTION pggcl._check_name(name text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
@@ -66,7 +77,7 @@ $$;
 CREATE FUNCTION pggcl._check_seconds(what text, seconds double precision) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
-    IF seconds IS NOT NULL AND NOT (seconds > 0 AND seconds < 'Infinity') THEN
+    IF NOT pggcl._valid_seconds(seconds) THEN
         RAISE EXCEPTION USING ERRCODE = 'GC003', MESSAGE = format(
             'invalid %s: %s; it must be a finite number of seconds above 0', what, seconds);
     END IF;
@@ -78,6 +89,22 @@ $$;
 CREATE FUNCTION pggcl._connection_session() RETURNS integer
 LANGUAGE sql STABLE AS $$
     SELECT nullif(current_setting('pggcl.session_id', true), '')::integer
+$$;
+
+CREATE FUNCTION pggcl._session_exists(session_id integer) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT FROM pggcl.sessions s WHERE s.id = session_id AND NOT s.reclaimed)
+$$;
+
+CREATE FUNCTION pggcl._require_session(session_id integer) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF NOT pggcl._session_exists(session_id) THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC007', MESSAGE = format(
+            'session %s does not exist (it was closed, or reclaimed after its connection was lost)',
+            session_id);
+    END IF;
+END
 $$;
 
 -- Whether the session's connection is alive. A live session holds its advisory lock, so taking
@@ -160,42 +187,45 @@ BEGIN
 END
 $$;
 
--- Ask the head waiter of each given limit to re-check. Used after a queue entry vanished from a
--- limit whose lock we do not hold, so that nobody behind it sleeps next to free room.
-CREATE FUNCTION pggcl._nudge(ids bigint[]) RETURNS void
+-- Count waiter rows removed from the given (locked) limits, one array element per row.
+CREATE FUNCTION pggcl._dequeued(limit_ids bigint[]) RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
-    PERFORM pggcl._notify(head.session_id, 'r', head.id)
-    FROM (SELECT DISTINCT ON (limit_id) limit_id, id, session_id
-          FROM pggcl.waiters WHERE limit_id = ANY(ids) ORDER BY limit_id, id) head;
+    IF limit_ids IS NOT NULL THEN
+        UPDATE pggcl.limit_state l SET queued = l.queued - c.n
+        FROM (SELECT x AS id, count(*)::integer AS n FROM unnest(limit_ids) x GROUP BY x) c
+        WHERE l.id = c.id;
+    END IF;
 END
 $$;
 
 -- Drop what a dead (or orphaned) session holds and waits for on the locked limits `ids`.
--- Its waiters go whole (all their limits): a waiter of a dead session must not block anyone.
+-- Its queue entries on other limits go when those limits are reaped in turn.
+-- Lease rows are taken with SKIP LOCKED everywhere a limit lock is held: a row locked by
+-- someone else is being released right now, and waiting for it could deadlock (a release
+-- deletes its lease rows before it locks the limits).
 CREATE FUNCTION pggcl._drop_session_claims(dead_session integer, ids bigint[]) RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    other_limits bigint[];
     freed_limits bigint[];
     freed_slots integer[];
+    dequeued bigint[];
 BEGIN
     WITH gone AS (
-        DELETE FROM pggcl.leases WHERE limit_id = ANY(ids) AND session_id = dead_session
+        DELETE FROM pggcl.leases WHERE (id, limit_id) IN (
+            SELECT id, limit_id FROM pggcl.leases
+            WHERE limit_id = ANY(ids) AND session_id = dead_session FOR UPDATE SKIP LOCKED)
         RETURNING limit_id, occupy
     )
     SELECT array_agg(limit_id), array_agg(occupy) INTO freed_limits, freed_slots FROM gone;
     PERFORM pggcl._give_back(freed_limits, freed_slots);
 
     WITH gone AS (
-        DELETE FROM pggcl.waiters
-        WHERE id IN (SELECT id FROM pggcl.waiters WHERE session_id = dead_session AND limit_id = ANY(ids))
+        DELETE FROM pggcl.waiters WHERE session_id = dead_session AND limit_id = ANY(ids)
         RETURNING limit_id
     )
-    SELECT array_agg(DISTINCT limit_id) FILTER (WHERE limit_id <> ALL(ids)) INTO other_limits FROM gone;
-    IF other_limits IS NOT NULL THEN
-        PERFORM pggcl._nudge(other_limits);
-    END IF;
+    SELECT array_agg(limit_id) INTO dequeued FROM gone;
+    PERFORM pggcl._dequeued(dequeued);
 
     DELETE FROM pggcl.sessions s
     WHERE s.id = dead_session AND s.reclaimed
@@ -218,7 +248,9 @@ DECLARE
     dead_since timestamptz;
 BEGIN
     WITH gone AS (
-        DELETE FROM pggcl.leases WHERE limit_id = ANY(ids) AND expires_at <= at
+        DELETE FROM pggcl.leases WHERE (id, limit_id) IN (
+            SELECT id, limit_id FROM pggcl.leases
+            WHERE limit_id = ANY(ids) AND expires_at <= at FOR UPDATE SKIP LOCKED)
         RETURNING limit_id, occupy
     )
     SELECT array_agg(limit_id), array_agg(occupy) INTO freed_limits, freed_slots FROM gone;
@@ -273,6 +305,15 @@ BEGIN
 END
 $$;
 
+-- Remove a waiter from every queue it is in. Its limits are locked.
+CREATE FUNCTION pggcl._dequeue_waiter(waiter_id bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    WITH gone AS (DELETE FROM pggcl.waiters w WHERE w.id = waiter_id RETURNING w.limit_id)
+    UPDATE pggcl.limit_state l SET queued = l.queued - 1 FROM gone WHERE l.id = gone.limit_id;
+END
+$$;
+
 -- The grant step. On the locked limits `ids`, serve queued waiters in arrival order while room
 -- exists. A waiter blocks every later waiter on each of its active limits (head-of-line
 -- blocking: a large request is never starved by small ones). A waiter that also waits on limits
@@ -289,7 +330,7 @@ DECLARE
     granted bigint[] := '{}';
     why text;
 BEGIN
-    IF NOT EXISTS (SELECT FROM pggcl.waiters WHERE limit_id = ANY(ids)) THEN
+    IF NOT EXISTS (SELECT FROM pggcl.limit_state WHERE id = ANY(ids) AND queued > 0) THEN
         RETURN granted;
     END IF;
     active_ids := array(SELECT id FROM pggcl.limit_state WHERE id = ANY(ids) AND active);
@@ -305,13 +346,13 @@ BEGIN
         ELSE
             why := pggcl._impossible(w.limit_ids, w.occupy, w.mode);
             IF why IS NOT NULL THEN
-                DELETE FROM pggcl.waiters WHERE id = w.id;
+                PERFORM pggcl._dequeue_waiter(w.id);
                 PERFORM pggcl._notify(w.session_id, 'e', w.id, why);
             ELSIF (SELECT bool_and(pggcl._has_room(l, w.occupy, at))
                    FROM pggcl.limit_state l WHERE l.id = ANY(w.limit_ids)) THEN
                 PERFORM pggcl._take(w.limit_ids, pggcl._intersect(w.limit_ids, active_ids), w.occupy,
                                     w.mode, w.lease_id, w.session_id, w.holder, w.ttl_seconds, at);
-                DELETE FROM pggcl.waiters WHERE id = w.id;
+                PERFORM pggcl._dequeue_waiter(w.id);
                 PERFORM pggcl._notify(w.session_id, 'g', w.id);
                 granted := granted || w.id;
             ELSE

@@ -8,7 +8,7 @@ SELECT l.name,
        l.active,
        l.held + r.decaying AS active_slots,
        l.slot_decay_per_second,
-       (SELECT count(*) FROM pggcl.waiters w WHERE w.limit_id = l.id)::integer AS waiting,
+       l.queued AS waiting,
        l.created,
        l.updated,
        l.held AS held_slots,
@@ -40,7 +40,7 @@ CREATE FUNCTION pggcl.create_limit(name text, "limit" integer,
                                    slot_decay_per_second double precision DEFAULT 0,
                                    active boolean DEFAULT true)
 RETURNS pggcl.limits
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 DECLARE
     new_id bigint;
     result pggcl.limits;
@@ -71,7 +71,7 @@ CREATE FUNCTION pggcl.update_limit(name text, "limit" integer DEFAULT NULL,
                                    slot_decay_per_second double precision DEFAULT NULL,
                                    active boolean DEFAULT NULL, new_name text DEFAULT NULL)
 RETURNS pggcl.limits
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 DECLARE
     at timestamptz := clock_timestamp();
     l pggcl.limit_state;
@@ -107,7 +107,7 @@ $$;
 -- Delete a limit; false when there was none. Its waiters proceed as if the limit were missing
 -- (a waiter that also waits on other limits goes on waiting for those).
 CREATE FUNCTION pggcl.delete_limit(name text) RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 DECLARE
     at timestamptz := clock_timestamp();
     doomed bigint;
@@ -124,7 +124,8 @@ BEGIN
         UPDATE pggcl.waiters SET limit_ids = array_remove(limit_ids, doomed) WHERE id = w.id;
         PERFORM pggcl._notify(w.session_id, 'r', w.id);
     END LOOP;
-    DELETE FROM pggcl.leases WHERE limit_id = doomed;
+    DELETE FROM pggcl.leases WHERE (id, limit_id) IN (
+        SELECT id, limit_id FROM pggcl.leases WHERE limit_id = doomed FOR UPDATE SKIP LOCKED);
     DELETE FROM pggcl.limit_state WHERE id = doomed;
     RETURN true;
 END

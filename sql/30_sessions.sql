@@ -20,7 +20,7 @@
 -- leases survive a lost connection, to let a client reconnect and resume_session.
 CREATE FUNCTION pggcl.open_session(grace_seconds double precision DEFAULT 5)
 RETURNS TABLE (session_id integer, token uuid, channel text)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 DECLARE
     s pggcl.sessions;
 BEGIN
@@ -46,7 +46,7 @@ $$;
 -- again with everything it held; false when it was already reclaimed (its leases are gone).
 -- Raises GC008 while the old connection still holds it (try again shortly), GC007 on a wrong token.
 CREATE FUNCTION pggcl.resume_session(session_id integer, token uuid) RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 DECLARE
     s pggcl.sessions;
     mine integer := pggcl._connection_session();
@@ -75,7 +75,7 @@ $$;
 -- With no arguments, the session of this connection. Another connection must give the token.
 CREATE FUNCTION pggcl.close_session(session_id integer DEFAULT NULL, token uuid DEFAULT NULL)
 RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 DECLARE
     at timestamptz := clock_timestamp();
     mine integer := pggcl._connection_session();
@@ -84,6 +84,7 @@ DECLARE
     ids bigint[];
     freed_limits bigint[];
     freed_slots integer[];
+    dequeued bigint[];
 BEGIN
     SELECT * INTO s FROM pggcl.sessions x WHERE x.id = target;
     IF NOT FOUND THEN
@@ -95,12 +96,16 @@ BEGIN
         SELECT limit_id FROM pggcl.leases WHERE leases.session_id = target
         UNION SELECT limit_id FROM pggcl.waiters WHERE waiters.session_id = target));
     WITH gone AS (
-        DELETE FROM pggcl.leases WHERE limit_id = ANY(ids) AND leases.session_id = target
+        DELETE FROM pggcl.leases WHERE (id, limit_id) IN (
+            SELECT x.id, x.limit_id FROM pggcl.leases x
+            WHERE x.limit_id = ANY(ids) AND x.session_id = target FOR UPDATE SKIP LOCKED)
         RETURNING limit_id, occupy
     )
     SELECT array_agg(limit_id), array_agg(occupy) INTO freed_limits, freed_slots FROM gone;
     PERFORM pggcl._give_back(freed_limits, freed_slots);
-    DELETE FROM pggcl.waiters WHERE waiters.session_id = target;
+    WITH gone AS (DELETE FROM pggcl.waiters w WHERE w.session_id = target RETURNING w.limit_id)
+    SELECT array_agg(limit_id) INTO dequeued FROM gone;
+    PERFORM pggcl._dequeued(dequeued);
     PERFORM pggcl._grant(ids, at);
     DELETE FROM pggcl.sessions x WHERE x.id = target;
     IF target = mine THEN
@@ -116,7 +121,7 @@ $$;
 -- Returns seconds until the next known expiry there (call again by then), or NULL.
 -- Raises GC007 when the session no longer exists (it was closed or reclaimed).
 CREATE FUNCTION pggcl.heartbeat(session_id integer) RETURNS double precision
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 DECLARE
     at timestamptz := clock_timestamp();
     ids bigint[];

@@ -14,7 +14,8 @@ DECLARE
     lim pggcl.limit_state;
     ids bigint[] := '{}';
     active_ids bigint[] := '{}';
-    room boolean := true;
+    fits boolean := true;
+    fast_id bigint;
     next_at timestamptz;
     n text;
 BEGIN
@@ -27,14 +28,23 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'GC003', MESSAGE = format(
             'invalid mode: %s; it must be ''concurrency'' or ''rate_limit''', coalesce(quote_literal(mode), 'NULL'));
     END IF;
-    PERFORM pggcl._check_seconds('ttl_seconds', ttl_seconds);
+    IF NOT pggcl._valid_seconds(ttl_seconds) THEN
+        PERFORM pggcl._check_seconds('ttl_seconds', ttl_seconds);
+    END IF;
     IF names IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'GC003', MESSAGE = 'invalid names: an array of limit names is required';
     END IF;
-    wanted := CASE WHEN cardinality(names) = 1 THEN names
-                   ELSE array(SELECT DISTINCT x FROM unnest(names) x ORDER BY x) END;
+    -- (Conditions without subqueries are evaluated without starting the executor: the usual
+    -- path is written so that only its real work runs queries.)
+    IF cardinality(names) = 1 THEN
+        wanted := names;
+    ELSE
+        wanted := array(SELECT DISTINCT x FROM unnest(names) x ORDER BY x);
+    END IF;
     FOREACH n IN ARRAY wanted LOOP
-        PERFORM pggcl._check_name(n);
+        IF NOT pggcl._valid_name(n) THEN
+            PERFORM pggcl._check_name(n);
+        END IF;
     END LOOP;
     granted := cardinality(wanted) = 0;
     IF granted THEN
@@ -45,13 +55,41 @@ BEGIN
     -- to a session; plain SQL callers get this connection's session.
     IF session_id IS NULL AND (wait OR (mode = 'concurrency' AND ttl_seconds IS NULL)) THEN
         session_id := (SELECT s.session_id FROM pggcl.open_session() s);
-    ELSIF session_id IS NOT NULL
-          AND NOT EXISTS (SELECT FROM pggcl.sessions s WHERE s.id = session_id AND NOT s.reclaimed) THEN
-        RAISE EXCEPTION USING ERRCODE = 'GC007', MESSAGE = format(
-            'session %s does not exist (it was closed, or reclaimed after its connection was lost)', session_id);
     END IF;
 
-    -- 3. Lock the limits, in id order. Missing ones are created inactive (they never block),
+    -- 3. The usual case, one name with room and nobody queued, is one conditional UPDATE: it
+    -- locks the row and re-checks the condition on its latest version.
+    IF cardinality(wanted) = 1 THEN
+        IF mode = 'concurrency' THEN
+            UPDATE pggcl.limit_state s SET held = s.held + occupy
+            WHERE s.name = wanted[1] AND s.active AND s.queued = 0 AND pggcl._has_room(s, occupy, at)
+            RETURNING s.id INTO fast_id;
+        ELSE
+            UPDATE pggcl.limit_state s SET level = pggcl._level(s, at) + occupy, level_at = at
+            WHERE s.name = wanted[1] AND s.active AND s.queued = 0 AND s.slot_decay_per_second > 0
+              AND pggcl._has_room(s, occupy, at)
+            RETURNING s.id INTO fast_id;
+        END IF;
+        IF fast_id IS NOT NULL THEN
+            granted := true;
+            IF mode = 'concurrency' THEN
+                lease_id := gen_random_uuid();
+                INSERT INTO pggcl.leases (id, limit_id, occupy, session_id, holder, acquired_at, expires_at)
+                SELECT lease_id, fast_id, occupy, session_id, holder, at, at + make_interval(secs => ttl_seconds)
+                WHERE session_id IS NULL OR pggcl._session_exists(session_id);
+                IF NOT FOUND THEN
+                    PERFORM pggcl._require_session(session_id);
+                END IF;
+            END IF;
+            RETURN;
+        END IF;
+    END IF;
+
+    IF session_id IS NOT NULL THEN
+        PERFORM pggcl._require_session(session_id);
+    END IF;
+
+    -- 4. Lock the limits, in id order. Missing ones are created inactive (they never block),
     -- unless strict. Created rows have higher ids than the rows already locked, so locking
     -- them next keeps the id order.
     IF cardinality(wanted) = 1 THEN
@@ -79,7 +117,7 @@ BEGIN
         END IF;
     END IF;
 
-    -- 4. Refuse what can never be granted; see whether there is room now.
+    -- 5. Refuse what can never be granted; see whether there is room now.
     FOREACH lim IN ARRAY locked LOOP
         ids := ids || lim.id;
         CONTINUE WHEN NOT lim.active;
@@ -91,19 +129,18 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = 'GC005', MESSAGE = format(
                 'cannot rate limit on %L: its slot_decay_per_second is 0', lim.name);
         END IF;
-        room := room AND pggcl._has_room(lim, occupy, at);
+        fits := fits AND lim.queued = 0 AND pggcl._has_room(lim, occupy, at);
     END LOOP;
 
-    -- 5. Room on every active limit and nobody queued there: take it. This is the usual path.
-    IF room AND (cardinality(active_ids) = 0
-                 OR NOT EXISTS (SELECT FROM pggcl.waiters w WHERE w.limit_id = ANY(active_ids))) THEN
+    -- 6. Room on every active limit and nobody queued there: take it.
+    IF fits THEN
         granted := true;
         lease_id := CASE WHEN mode = 'concurrency' THEN gen_random_uuid() END;
         PERFORM pggcl._take(ids, active_ids, occupy, mode, lease_id, session_id, holder, ttl_seconds, at);
         RETURN;
     END IF;
 
-    -- 6. Reclaim what died here, serve those queued ahead of us, and look again.
+    -- 7. Reclaim what died here, serve those queued ahead of us, and look again.
     next_at := pggcl._reap(ids, at);
     PERFORM pggcl._grant(ids, at);
     IF pggcl._fits_now(ids, occupy, at) THEN
@@ -113,7 +150,7 @@ BEGIN
         RETURN;
     END IF;
 
-    -- 7. Refused: say when to look again, and queue when asked to.
+    -- 8. Refused: say when to look again, and queue when asked to.
     retry_after := pggcl._retry_after(ids, occupy, NULL, at, next_at);
     IF wait THEN
         waiter_id := nextval('pggcl.waiter_id_seq');
@@ -123,6 +160,7 @@ BEGIN
         SELECT waiter_id, x, ids, session_id, coalesce(lease_id, gen_random_uuid()), occupy, mode, holder,
                ttl_seconds, at
         FROM unnest(ids) x;
+        UPDATE pggcl.limit_state SET queued = queued + 1 WHERE id = ANY(ids);
     END IF;
 END
 $$;
@@ -134,9 +172,7 @@ LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN NOT EXISTS (
         SELECT FROM pggcl.limit_state l
-        WHERE l.id = ANY(ids) AND l.active
-          AND (NOT pggcl._has_room(l, occupy, at)
-               OR EXISTS (SELECT FROM pggcl.waiters w WHERE w.limit_id = l.id)));
+        WHERE l.id = ANY(ids) AND l.active AND (l.queued > 0 OR NOT pggcl._has_room(l, occupy, at)));
 END
 $$;
 
@@ -150,12 +186,17 @@ $$;
 -- occupy above an active limit, GC005 rate_limit on a limit without decay.
 CREATE FUNCTION pggcl.try_acquire(names text[], occupy integer DEFAULT 1, mode text DEFAULT 'concurrency',
                                   strict boolean DEFAULT false, ttl_seconds double precision DEFAULT NULL,
-                                  holder text DEFAULT NULL, session_id integer DEFAULT NULL)
-RETURNS TABLE (granted boolean, lease_id uuid, retry_after double precision)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+                                  holder text DEFAULT NULL, session_id integer DEFAULT NULL,
+                                  OUT granted boolean, OUT lease_id uuid, OUT retry_after double precision)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
+DECLARE
+    answer record;
 BEGIN
-    RETURN QUERY SELECT a.granted, a.lease_id, a.retry_after
-    FROM pggcl._acquire(names, occupy, mode, strict, ttl_seconds, holder, session_id, false) a;
+    -- A plain assignment, not SELECT ... FROM: it skips the set-returning function machinery.
+    answer := pggcl._acquire(names, occupy, mode, strict, ttl_seconds, holder, session_id, false);
+    granted := answer.granted;
+    lease_id := answer.lease_id;
+    retry_after := answer.retry_after;
 END
 $$;
 
@@ -166,13 +207,19 @@ $$;
 CREATE FUNCTION pggcl.acquire(names text[], occupy integer DEFAULT 1, mode text DEFAULT 'concurrency',
                               strict boolean DEFAULT false, ttl_seconds double precision DEFAULT NULL,
                               holder text DEFAULT NULL, session_id integer DEFAULT NULL,
-                              wait boolean DEFAULT true)
-RETURNS TABLE (granted boolean, lease_id uuid, waiter_id bigint, retry_after double precision,
-               created_limits text[])
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+                              wait boolean DEFAULT true,
+                              OUT granted boolean, OUT lease_id uuid, OUT waiter_id bigint,
+                              OUT retry_after double precision, OUT created_limits text[])
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
+DECLARE
+    answer record;
 BEGIN
-    RETURN QUERY SELECT * FROM pggcl._acquire(acquire.names, acquire.occupy, acquire.mode,
-        acquire.strict, acquire.ttl_seconds, acquire.holder, acquire.session_id, acquire.wait);
+    answer := pggcl._acquire(names, occupy, mode, strict, ttl_seconds, holder, session_id, wait);
+    granted := answer.granted;
+    lease_id := answer.lease_id;
+    waiter_id := answer.waiter_id;
+    retry_after := answer.retry_after;
+    created_limits := answer.created_limits;
 END
 $$;
 
@@ -181,7 +228,7 @@ $$;
 -- served on its limits, so it is what a client calls on an 'r:' notification or at retry_after.
 CREATE FUNCTION pggcl.recheck(waiter_id bigint, lease_id uuid DEFAULT NULL)
 RETURNS TABLE (status text, retry_after double precision)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 DECLARE
     at timestamptz := clock_timestamp();
     w pggcl.waiters;
@@ -211,14 +258,17 @@ $$;
 -- Stop waiting. 'cancelled' when the request was still queued (whoever it blocked is served);
 -- otherwise what recheck would say ('granted': the caller now holds lease_id and must release it).
 CREATE FUNCTION pggcl.cancel(waiter_id bigint, lease_id uuid DEFAULT NULL) RETURNS text
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 DECLARE
     at timestamptz := clock_timestamp();
     ids bigint[];
+    dequeued bigint[];
 BEGIN
     ids := pggcl._lock(array(SELECT limit_id FROM pggcl.waiters x WHERE x.id = cancel.waiter_id));
-    DELETE FROM pggcl.waiters x WHERE x.id = cancel.waiter_id;
-    IF FOUND THEN
+    WITH gone AS (DELETE FROM pggcl.waiters x WHERE x.id = cancel.waiter_id RETURNING x.limit_id)
+    SELECT array_agg(limit_id) INTO dequeued FROM gone;
+    IF dequeued IS NOT NULL THEN
+        PERFORM pggcl._dequeued(dequeued);
         PERFORM pggcl._grant(ids, at);
         RETURN 'cancelled';
     END IF;
@@ -229,29 +279,32 @@ $$;
 -- Give back a lease's slots and serve the queue. False when the lease is not held (already
 -- released, or reclaimed), and then nothing changes.
 CREATE FUNCTION pggcl.release(lease_id uuid) RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 DECLARE
     at timestamptz := clock_timestamp();
-    ids bigint[];
     freed_limits bigint[];
     freed_slots integer[];
+    waiting integer;
 BEGIN
-    SELECT array_agg(locked.id) INTO ids FROM (
-        SELECT s.id FROM pggcl.limit_state s
-        WHERE s.id IN (SELECT x.limit_id FROM pggcl.leases x WHERE x.id = release.lease_id)
-        ORDER BY s.id FOR NO KEY UPDATE
-    ) locked;
+    -- The lease rows go first; everyone who deletes lease rows under a limit lock skips rows
+    -- that are locked, so taking the limit locks afterwards cannot deadlock.
     WITH gone AS (
-        DELETE FROM pggcl.leases x WHERE x.id = release.lease_id AND x.limit_id = ANY(ids)
-        RETURNING x.limit_id, x.occupy
+        DELETE FROM pggcl.leases x WHERE x.id = release.lease_id RETURNING x.limit_id, x.occupy
     )
-    SELECT array_agg(gone.limit_id), array_agg(gone.occupy) INTO freed_limits, freed_slots FROM gone;
+    SELECT array_agg(gone.limit_id ORDER BY gone.limit_id), array_agg(gone.occupy ORDER BY gone.limit_id)
+      INTO freed_limits, freed_slots FROM gone;
     IF freed_limits IS NULL THEN
         RETURN false;
+    ELSIF cardinality(freed_limits) = 1 THEN
+        UPDATE pggcl.limit_state SET held = held - freed_slots[1] WHERE id = freed_limits[1]
+        RETURNING queued INTO waiting;
+    ELSE
+        PERFORM pggcl._lock(freed_limits);
+        PERFORM pggcl._give_back(freed_limits, freed_slots);
+        waiting := (SELECT sum(queued) FROM pggcl.limit_state WHERE id = ANY(freed_limits));
     END IF;
-    PERFORM pggcl._give_back(freed_limits, freed_slots);
-    IF EXISTS (SELECT FROM pggcl.waiters w WHERE w.limit_id = ANY(ids)) THEN
-        PERFORM pggcl._grant(ids, at);
+    IF waiting > 0 THEN
+        PERFORM pggcl._grant(freed_limits, at);
     END IF;
     RETURN true;
 END
@@ -259,7 +312,7 @@ $$;
 
 -- Extend a lease to end ttl_seconds from now. False when the lease is not held.
 CREATE FUNCTION pggcl.renew(lease_id uuid, ttl_seconds double precision) RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 BEGIN
     IF renew.ttl_seconds IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'GC003', MESSAGE = 'invalid ttl_seconds: it is required';
