@@ -29,3 +29,25 @@ def connect(pggcl_dsn: str) -> Iterator[Connect]:
 @pytest.fixture
 def db(connect: Connect) -> psycopg.Connection[Any]:
     return connect()
+
+
+BOOKKEEPING = """
+SELECT l.name, l.held, l.queued,
+       (SELECT coalesce(sum(x.occupy), 0) FROM pggcl.leases x WHERE x.limit_id = l.id) AS leased,
+       (SELECT count(*) FROM pggcl.waiters w WHERE w.limit_id = l.id) AS waiting
+FROM pggcl.limit_state l
+"""
+
+
+def assert_bookkeeping(dsn: str) -> None:
+    """Every limit's counters agree with the rows they count: `held` with its lease rows,
+    `queued` with its waiter rows."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for name, held, queued, leased, waiting in conn.execute(BOOKKEEPING):
+            assert (held, queued) == (leased, waiting), f"limit {name!r}: counters drifted"
+
+
+@pytest.fixture(autouse=True)
+def bookkeeping_holds(pggcl_dsn: str) -> Iterator[None]:
+    yield
+    assert_bookkeeping(pggcl_dsn)

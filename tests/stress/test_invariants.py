@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 
+from tests.sql.conftest import assert_bookkeeping
 from tests.stress.workers import cross_acquire, hold_and_record
 
 
@@ -45,6 +46,7 @@ def test_held_slots_never_exceed_the_limit_across_processes(pggcl_dsn: str) -> N
     with psycopg.connect(pggcl_dsn, autocommit=True) as conn:
         row: Any = conn.execute("SELECT active_slots, waiting FROM pggcl.limits").fetchone()
         assert row == (0, 0)
+    assert_bookkeeping(pggcl_dsn)
 
 
 def test_multi_limit_acquires_in_opposite_orders_never_deadlock(pggcl_dsn: str) -> None:
@@ -59,3 +61,4 @@ def test_multi_limit_acquires_in_opposite_orders_never_deadlock(pggcl_dsn: str) 
         assert conn.execute(
             "SELECT sum(active_slots), sum(waiting) FROM pggcl.limits"
         ).fetchone() == (0, 0)
+    assert_bookkeeping(pggcl_dsn)
