@@ -1,1 +1,36 @@
+"""pggcl: global concurrency limits and rate limits inside PostgreSQL."""
+
+from pggcl.asyncio import AsyncClient
+from pggcl.errors import (
+    AcquireConcurrencySlotTimeoutError,
+    ConcurrencySlotAcquisitionError,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    LimitExistsError,
+    LimitNotFoundError,
+    PggclError,
+    SessionLostError,
+    ValidationError,
+)
+from pggcl.models import ConcurrencyLimit, Holder, Waiter
+from pggcl.sync import Client
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "AcquireConcurrencySlotTimeoutError",
+    "AsyncClient",
+    "Client",
+    "ConcurrencyLimit",
+    "ConcurrencySlotAcquisitionError",
+    "ConfigurationError",
+    "DatabaseUnavailableError",
+    "Holder",
+    "LimitExistsError",
+    "LimitNotFoundError",
+    "PggclError",
+    "SessionLostError",
+    "ValidationError",
+    "Waiter",
+    "__version__",
+]

@@ -13,7 +13,8 @@ Every error pggcl raises derives from :class:`PggclError`::
     │                                        was lowered below the request
     ├── AcquireConcurrencySlotTimeoutError   timeout_seconds passed (also a TimeoutError)
     ├── SessionLostError                     the client's session was reclaimed (GC007/GC008)
-    └── DatabaseUnavailableError             the database cannot be reached
+    ├── DatabaseUnavailableError             the database cannot be reached
+    └── ConfigurationError                   the client is not set up (PGGCL_DSN unset)
 
 The engine raises SQLSTATEs of class ``GC``; :func:`error_for_sqlstate` maps them to these
 classes for both drivers, in one place.
@@ -55,6 +56,10 @@ class SessionLostError(PggclError):
 
 class DatabaseUnavailableError(PggclError):
     """The database cannot be reached."""
+
+
+class ConfigurationError(PggclError):
+    """The client is not configured: give a DSN or set PGGCL_DSN."""
 
 
 _BY_SQLSTATE: dict[str, type[PggclError]] = {

@@ -1,0 +1,299 @@
+"""The async port: an asyncpg pool, and the session connection watched by one task.
+
+It carries out what ``pggcl._core`` decides and nothing more. The session connection comes from
+``asyncpg.connect``, never from the pool (a pool reset runs ``UNLISTEN *`` and
+``pg_advisory_unlock_all()``). The supervisor task opens (or resumes) the session, listens,
+runs the heartbeat while this process has waiters, and reconnects with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+from pggcl import _queries as q
+from pggcl._core import Row, translate_error
+from pggcl._events import LOST, PING, RECHECK, Backoff, Dispatcher, Event, Stats, parse_payload
+from pggcl.errors import PggclError, SessionLostError
+
+log = logging.getLogger("pggcl")
+
+# What a dropped or unreachable connection raises.
+_CONNECTION_ERRORS = (
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    OSError,
+    TimeoutError,
+)
+
+
+def _translate(exc: BaseException) -> PggclError:
+    sqlstate = getattr(exc, "sqlstate", None)
+    lost = isinstance(exc, _CONNECTION_ERRORS)
+    return translate_error(sqlstate, str(exc) or type(exc).__name__, lost)
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Pool connections only run autocommit statements: nothing to reset, no round trip."""
+
+
+class _Box:
+    """A waiting task's mailbox."""
+
+    def __init__(self) -> None:
+        self._events: deque[Event] = deque()
+        self._ready = asyncio.Event()
+
+    def push(self, event: Event) -> None:
+        self._events.append(event)
+        self._ready.set()
+
+    async def get(self, timeout: float | None) -> Event | None:
+        if not self._events:
+            self._ready.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._ready.wait()
+            except TimeoutError:
+                return None
+        return self._events.popleft() if self._events else None
+
+
+class AsyncpgPort:
+    """Pool, session supervisor and dispatcher of one async client (one per loop and DSN)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int,
+        grace_seconds: float,
+        heartbeat_seconds: float,
+        connect_timeout: float,
+        on_session_lost: Callable[[str], None],
+    ) -> None:
+        self._dsn, self._pool_size = dsn, pool_size
+        self._grace, self._heartbeat, self._timeout = (
+            grace_seconds,
+            heartbeat_seconds,
+            connect_timeout,
+        )
+        self._on_session_lost = on_session_lost
+        self.stats = Stats()
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock: asyncio.Lock | None = None
+        self._dispatch: Dispatcher[_Box] = Dispatcher()
+        self._changed: asyncio.Condition | None = None
+        self._session: tuple[int, uuid.UUID, str] | None = None
+        self._generation = 0
+        self._failures = 0
+        self._last_error: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None
+
+    # --- AsyncPort --------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        return self._dispatch.epoch
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            self._pool_lock = self._pool_lock or asyncio.Lock()
+            async with self._pool_lock:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn, min_size=0, max_size=self._pool_size, reset=_no_reset,
+                        timeout=self._timeout,
+                    )  # fmt: skip
+        return self._pool
+
+    async def call(self, sql: str, args: tuple[Any, ...]) -> list[Row]:
+        try:
+            pool = await self._get_pool()
+            async with pool.acquire(timeout=self._timeout) as conn:
+                rows = await conn.fetch(sql, *args)
+        except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
+            raise _translate(exc) from exc
+        finally:
+            self.stats.calls += 1
+        return [tuple(r) for r in rows]
+
+    async def wait(self, waiter_id: int, timeout: float | None, epoch: int) -> Event | None:
+        box = self._dispatch.box(waiter_id)
+        if box is None:
+            box = _Box()
+            self._dispatch.register(waiter_id, box, epoch, time.monotonic())
+        return await box.get(timeout)
+
+    def forget(self, waiter_id: int) -> None:
+        self._dispatch.unregister(waiter_id)
+
+    # --- Session ----------------------------------------------------------------------------
+
+    def _cond(self) -> asyncio.Condition:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    async def _signal(self) -> None:
+        async with self._cond():
+            self._cond().notify_all()
+
+    async def session_id(self) -> int:
+        """The session id, starting the supervisor on first use; waits for the first session."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._supervise(), name="pggcl-session"
+            )
+        if self._session is None:
+            failures = self._failures
+            async with self._cond():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._cond().wait_for(
+                            lambda: self._session is not None or self._failures > failures
+                        ),
+                        self._timeout,
+                    )
+        if self._session is None:
+            raise translate_error(None, f"could not open a session ({self._last_error})", True)
+        return self._session[0]
+
+    async def wait_listening(self, after: int, timeout: float) -> int:
+        """Wait until the supervisor has (re)started listening more than ``after`` times."""
+        async with self._cond():
+            await asyncio.wait_for(self._cond().wait_for(lambda: self._generation > after), timeout)
+        return self._generation
+
+    async def close(self) -> None:
+        """Stop the supervisor (closing the session: its leases are released) and the pool."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._close_pool()
+
+    async def _close_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), self._timeout)
+            except (TimeoutError, *_CONNECTION_ERRORS):
+                pool.terminate()
+
+    # --- The supervisor task ----------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        backoff, attempt = Backoff(), 0
+        try:
+            while True:
+                try:
+                    conn = self._conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+                    self.stats.connects += 1
+                    lost = asyncio.Event()
+                    conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                    await conn.execute(q.KEEPALIVES)
+                    channel = await self._take_session(conn)
+                    await conn.add_listener(channel, self._on_notify)
+                    attempt = 0
+                    await self._listening()
+                    await self._serve(conn, lost)
+                except (asyncpg.PostgresError, PggclError, *_CONNECTION_ERRORS) as exc:
+                    self._last_error = exc
+                    self._failures += 1
+                    await self._signal()
+                    log.warning("pggcl session connection lost, reconnecting: %s", exc)
+                    if self._conn is not None:
+                        self._conn.terminate()
+                    await asyncio.sleep(backoff.delay(attempt))
+                    attempt += 1
+        except asyncio.CancelledError:
+            await self._shutdown()
+            raise
+
+    async def _shutdown(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.execute(q.CLOSE_SESSION), self._timeout)
+                await asyncio.wait_for(conn.close(), self._timeout)
+            except (asyncpg.PostgresError, *_CONNECTION_ERRORS):
+                conn.terminate()
+        self._session = None
+        await self._close_pool()
+
+    async def _take_session(self, conn: asyncpg.Connection) -> str:
+        """Resume our session on a new connection, or open one; returns the channel."""
+        if self._session is not None:
+            session_id, token, channel = self._session
+            deadline = time.monotonic() + self._grace + self._timeout
+            while True:
+                try:
+                    resumed = bool(await conn.fetchval(q.RESUME_SESSION, session_id, token))
+                    break
+                except asyncpg.PostgresError as exc:
+                    # GC008: the old connection still holds the session; it goes away soon.
+                    if exc.sqlstate != "GC008" or time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
+            if resumed:
+                return channel
+            self._lose_session(f"session {session_id} was reclaimed while disconnected")
+        row = await conn.fetchrow(q.OPEN_SESSION, self._grace)
+        assert row is not None
+        self._session = (row[0], uuid.UUID(str(row[1])), row[2])
+        self.stats.sessions_opened += 1
+        return str(row[2])
+
+    def _lose_session(self, why: str) -> None:
+        self.stats.sessions_lost += 1
+        self._session = None
+        self._dispatch.broadcast(Event(LOST, why))
+        self._on_session_lost(why)
+
+    async def _listening(self) -> None:
+        if self._generation > 0:
+            self.stats.reconnects += 1
+            self._dispatch.broadcast(Event(RECHECK))  # what was sent while we were away
+        self._generation += 1
+        self._last_error = None
+        await self._signal()
+
+    async def _serve(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self._heartbeat):
+                    await lost.wait()
+                raise ConnectionError("the session connection was closed")
+            except TimeoutError:
+                if len(self._dispatch) > 0:
+                    await self._beat(conn)
+
+    async def _beat(self, conn: asyncpg.Connection) -> None:
+        assert self._session is not None
+        try:
+            await conn.fetchval(q.HEARTBEAT, self._session[0], timeout=self._timeout)
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate != "GC007":
+                raise
+            self._lose_session(str(exc))
+            raise SessionLostError(str(exc)) from exc  # reconnect and open a new session
+        self.stats.heartbeats += 1
+
+    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        self.stats.notifications += 1
+        if payload == PING:
+            return
+        parsed = parse_payload(str(payload))
+        if parsed is not None:
+            self._dispatch.deliver(parsed[0], parsed[1], time.monotonic())

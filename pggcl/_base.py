@@ -1,0 +1,63 @@
+"""What the sync and async clients share besides the core: options, holder text, the DSN."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+from pggcl.errors import ConfigurationError
+
+log = logging.getLogger("pggcl")
+
+DSN_ENV = "PGGCL_DSN"
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Client options. All durations in seconds.
+
+    ``pool_size``: connections for acquire/release/management (the session connection is extra).
+    ``grace_seconds``: how long this client's leases survive a lost session connection.
+    ``heartbeat_seconds``: safety-net interval while this process has waiters.
+    ``connect_timeout``: how long to wait for a connection, or for the first session.
+    """
+
+    pool_size: int = 10
+    grace_seconds: float = 5.0
+    heartbeat_seconds: float = 2.0
+    connect_timeout: float = 10.0
+
+
+def env_dsn() -> str:
+    """The DSN of the module-level functions, from PGGCL_DSN."""
+    dsn = os.environ.get(DSN_ENV)
+    if not dsn:
+        raise ConfigurationError(
+            f"{DSN_ENV} is not set: set it to a PostgreSQL DSN (postgresql://user@host/db), "
+            "or use pggcl.Client(dsn) / pggcl.AsyncClient(dsn)"
+        )
+    return dsn
+
+
+def default_holder(worker: str | None) -> str:
+    """``host:pid`` plus the thread or task name: who holds a lease, as shown by pggcl.holders."""
+    base = f"{socket.gethostname()}:{os.getpid()}"
+    return f"{base}:{worker}" if worker else base
+
+
+class HeldLeases:
+    """Leases this client holds now, so that a lost session can be reported to the holders."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def session_lost(self, why: str) -> None:
+        if self.count:
+            log.error(
+                "pggcl session lost (%s): the %d lease(s) this process holds are gone and their "
+                "slots may be given to others",
+                why,
+                self.count,
+            )

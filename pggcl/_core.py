@@ -1,0 +1,335 @@
+"""What the clients do, decided once, for both drivers. Pure: no driver, no I/O.
+
+Every operation is a generator (a *flow*) that yields ops and receives their results:
+
+- :class:`Call` -> the result rows (tuples) of one autocommit statement on a pool connection;
+- :class:`Wait` -> the next :class:`~pggcl._events.Event` for a waiter, or None on timeout;
+- :data:`CHECKPOINT` -> None at once; a point where a deferred cancellation is delivered.
+
+A runner (``pggcl._runner``) carries the ops out and throws errors into the flow at the yield
+that failed. A flow that is interrupted (task cancelled, KeyboardInterrupt) while it waits or
+holds freshly granted slots yields the calls that give them back, then re-raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeVar
+
+from pggcl import _queries as q
+from pggcl._events import GRANTED, LOST, REJECTED, Event
+from pggcl.errors import (
+    AcquireConcurrencySlotTimeoutError,
+    ConcurrencySlotAcquisitionError,
+    DatabaseUnavailableError,
+    LimitNotFoundError,
+    PggclError,
+    SessionLostError,
+    ValidationError,
+    error_for_sqlstate,
+)
+from pggcl.models import ConcurrencyLimit, Holder, Waiter
+
+log = logging.getLogger("pggcl")
+
+Row = tuple[Any, ...]
+Mode = Literal["concurrency", "rate_limit"]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Run ``sql`` (``$n`` placeholders) with ``args``; the result is the list of rows."""
+
+    sql: str
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Wait at most ``timeout`` seconds (None: forever) for the next event of a waiter."""
+
+    waiter_id: int
+    timeout: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """No I/O: lets the runner deliver a cancellation that arrived during the last call."""
+
+
+CHECKPOINT: Final = Checkpoint()
+Op = Call | Wait | Checkpoint
+T = TypeVar("T")
+Flow = Generator[Op, Any, T]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request for ``occupy`` slots on every limit in ``names``; ``timeout`` in seconds."""
+
+    names: tuple[str, ...]
+    occupy: int
+    mode: Mode
+    timeout: float | None
+    strict: bool
+    holder: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Slots granted. ``lease_id`` identifies them in concurrency mode (None in rate mode,
+    or when no names were given)."""
+
+    names: tuple[str, ...]
+    occupy: int
+    lease_id: uuid.UUID | None
+
+
+def make_request(
+    names: str | Sequence[str],
+    occupy: int,
+    mode: Mode,
+    timeout_seconds: float | None,
+    strict: bool,
+    holder: str | None,
+) -> Request:
+    """Normalise and check the arguments of ``concurrency()`` / ``rate_limit()``."""
+    name_tuple = (names,) if isinstance(names, str) else tuple(names)
+    if not all(isinstance(n, str) for n in name_tuple):
+        raise ValidationError(f"invalid names: {names!r}; give a name or a list of names")
+    if isinstance(occupy, bool) or not isinstance(occupy, int) or occupy < 1:
+        raise ValidationError(
+            f"invalid occupy: {occupy!r}; it must be a whole number of slots, 1 or more"
+        )
+    if timeout_seconds is not None and not (0 <= timeout_seconds < float("inf")):
+        raise ValidationError(
+            f"invalid timeout_seconds: {timeout_seconds!r}; it must be None or a finite number of "
+            "seconds, 0 or more"
+        )
+    return Request(name_tuple, occupy, mode, timeout_seconds, strict, holder)
+
+
+# --- Errors -------------------------------------------------------------------------------
+
+# SQLSTATE classes that mean the connection is gone: connection exception, operator
+# intervention (admin shutdown, crash shutdown, cannot connect now).
+_LOST_CLASSES: Final = ("08", "57")
+
+
+def translate_error(sqlstate: str | None, message: str, connection_lost: bool) -> PggclError:
+    """The pggcl error for a driver error: the engine's own, unreachable, or a generic one."""
+    if (mapped := error_for_sqlstate(sqlstate, message)) is not None:
+        return mapped
+    if connection_lost or (sqlstate or "")[:2] in _LOST_CLASSES:
+        return DatabaseUnavailableError(f"the database is unreachable: {message}".strip())
+    if sqlstate in ("3F000", "42883", "42P01"):
+        return PggclError(f"{message} (is the pggcl schema installed? run `pggcl db upgrade`)")
+    return PggclError(message)
+
+
+def _describe(req: Request) -> str:
+    what = "slot" if req.occupy == 1 else "slots"
+    return f"{req.occupy} {what} on {', '.join(repr(n) for n in req.names)}"
+
+
+def _timeout(req: Request) -> AcquireConcurrencySlotTimeoutError:
+    return AcquireConcurrencySlotTimeoutError(
+        f"could not acquire {_describe(req)} within timeout_seconds={req.timeout}"
+    )
+
+
+# --- Acquire ------------------------------------------------------------------------------
+
+
+def acquire_flow(
+    req: Request, session_id: int, clock: Callable[[], float], started: float
+) -> Flow[Grant]:
+    """Take the slots, waiting in the engine's queue until granted (see module docstring).
+
+    ``started`` is ``clock()`` at the user's call: ``timeout`` counts from there.
+    """
+    if not req.names:
+        return Grant(req.names, req.occupy, None)
+    deadline = None if req.timeout is None else started + req.timeout
+    wait = req.timeout is None or req.timeout > 0
+    args = (list(req.names), req.occupy, req.mode, req.strict, None, req.holder, session_id, wait)
+    rows = yield Call(q.ACQUIRE, args)
+    granted, lease_id, waiter_id, retry_after, created = rows[0]
+    lease_id = _uuid(lease_id)
+    if created:
+        log.warning(
+            "created missing limit(s) %s inactive: they do not limit anything until activated",
+            ", ".join(repr(n) for n in created),
+        )
+    if not granted:
+        if waiter_id is None:
+            raise _timeout(req)
+        done = yield from _wait_for_grant(req, waiter_id, lease_id, retry_after, deadline, clock)
+        if not done:
+            raise _timeout(req)
+    try:
+        yield CHECKPOINT
+    except GeneratorExit:
+        raise
+    except BaseException:
+        if lease_id is not None:
+            yield Call(q.RELEASE, (lease_id,))
+        raise
+    return Grant(req.names, req.occupy, lease_id)
+
+
+def _wait_for_grant(
+    req: Request,
+    waiter_id: int,
+    lease_id: uuid.UUID | None,
+    retry_after: float | None,
+    deadline: float | None,
+    clock: Callable[[], float],
+) -> Flow[bool]:
+    """Sleep until granted: True when the slots are ours, False when the deadline passed
+    (and nothing is left queued or held)."""
+    while True:
+        now = clock()
+        if deadline is not None and now >= deadline:
+            return (yield from _give_up(req, waiter_id, lease_id))
+        timeout = None if deadline is None else deadline - now
+        if retry_after is not None:
+            # A floor, so that a zero retry_after can never spin.
+            timeout = (
+                max(retry_after, 0.001)
+                if timeout is None
+                else min(timeout, max(retry_after, 0.001))
+            )
+        event: Event | None = yield from _guarded(
+            Wait(waiter_id, timeout), req, waiter_id, lease_id
+        )
+        if event is None:
+            if deadline is not None and clock() >= deadline:
+                return (yield from _give_up(req, waiter_id, lease_id))
+        elif event.kind == GRANTED:
+            return True
+        elif event.kind == REJECTED:
+            raise ConcurrencySlotAcquisitionError(
+                f"cannot acquire {_describe(req)}: {event.detail or 'it can never be granted'}"
+            )
+        elif event.kind == LOST:
+            raise SessionLostError(f"gave up waiting for {_describe(req)}: {event.detail}")
+        # Re-check: after an 'r' notification, a reconnect, or when retry_after has passed.
+        rows = yield from _guarded(Call(q.RECHECK, (waiter_id, lease_id)), req, waiter_id, lease_id)
+        status, retry_after = rows[0]
+        if status == "granted":
+            return True
+        if status == "rejected":
+            raise ConcurrencySlotAcquisitionError(
+                f"cannot acquire {_describe(req)}: a limit was lowered below the request"
+            )
+        if status == "gone":
+            if req.mode == "rate_limit":
+                return True  # a rate-limit grant leaves no trace: it was delivered
+            raise SessionLostError(
+                f"the request for {_describe(req)} vanished: the session was reclaimed"
+            )
+
+
+def _guarded(op: Op, req: Request, waiter_id: int, lease_id: uuid.UUID | None) -> Flow[Any]:
+    """Yield ``op``; if interrupted there, leave nothing queued or held, then re-raise."""
+    try:
+        return (yield op)
+    except GeneratorExit:
+        raise
+    except BaseException:
+        yield from _abandon(req, waiter_id, lease_id)
+        raise
+
+
+def _abandon(req: Request, waiter_id: int, lease_id: uuid.UUID | None) -> Flow[str]:
+    rows = yield Call(q.CANCEL, (waiter_id, lease_id))
+    status: str = rows[0][0]
+    if status == "granted" and lease_id is not None:
+        yield Call(q.RELEASE, (lease_id,))
+    return status
+
+
+def _give_up(req: Request, waiter_id: int, lease_id: uuid.UUID | None) -> Flow[bool]:
+    try:
+        status = yield from _abandon(req, waiter_id, lease_id)
+    except GeneratorExit:
+        raise
+    except BaseException:
+        yield from _abandon(req, waiter_id, lease_id)  # the interrupted attempt may not have run
+        raise
+    # A rate-limit grant that raced the timeout was consumed: it counts as acquired.
+    return bool(status == "gone" and req.mode == "rate_limit")
+
+
+def release_flow(lease_id: uuid.UUID) -> Flow[bool]:
+    """Give the slots back; False when the lease was no longer held (reclaimed)."""
+    rows = yield Call(q.RELEASE, (lease_id,))
+    return bool(rows[0][0])
+
+
+def _uuid(value: Any) -> uuid.UUID | None:
+    # asyncpg returns its own UUID type; psycopg a uuid.UUID.
+    if value is None or type(value) is uuid.UUID:
+        return value
+    return uuid.UUID(str(value))
+
+
+# --- Management ---------------------------------------------------------------------------
+
+
+def _limit(row: Row) -> ConcurrencyLimit:
+    name, limit, active, active_slots, decay, waiting, created, updated, held, decaying = row
+    return ConcurrencyLimit(
+        name, limit, active, float(active_slots), float(decay), waiting, created, updated,
+        held, float(decaying),
+    )  # fmt: skip
+
+
+def create_limit_flow(
+    name: str, limit: int, slot_decay_per_second: float, active: bool
+) -> Flow[ConcurrencyLimit]:
+    """Create a limit of ``limit`` slots; ``slot_decay_per_second`` in slots per second."""
+    rows = yield Call(q.CREATE_LIMIT, (name, limit, slot_decay_per_second, active))
+    return _limit(rows[0])
+
+
+def read_limit_flow(name: str) -> Flow[ConcurrencyLimit]:
+    rows = yield Call(q.READ_LIMIT, (name,))
+    if not rows:
+        raise LimitNotFoundError(f"limit {name!r} does not exist")
+    return _limit(rows[0])
+
+
+def list_limits_flow() -> Flow[list[ConcurrencyLimit]]:
+    rows = yield Call(q.LIST_LIMITS, ())
+    return [_limit(r) for r in rows]
+
+
+def update_limit_flow(
+    name: str,
+    limit: int | None,
+    slot_decay_per_second: float | None,
+    active: bool | None,
+    new_name: str | None,
+) -> Flow[ConcurrencyLimit]:
+    rows = yield Call(q.UPDATE_LIMIT, (name, limit, slot_decay_per_second, active, new_name))
+    return _limit(rows[0])
+
+
+def delete_limit_flow(name: str) -> Flow[bool]:
+    rows = yield Call(q.DELETE_LIMIT, (name,))
+    return bool(rows[0][0])
+
+
+def holders_flow(name: str | None) -> Flow[list[Holder]]:
+    rows = yield Call(q.HOLDERS, (name,))
+    return [Holder(_uuid(r[0]) or uuid.UUID(int=0), *r[1:]) for r in rows]
+
+
+def queue_flow(name: str | None) -> Flow[list[Waiter]]:
+    rows = yield Call(q.QUEUE, (name,))
+    return [Waiter(*r) for r in rows]

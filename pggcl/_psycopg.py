@@ -1,0 +1,319 @@
+"""The sync port: psycopg 3 connections, a tiny pool and the listener thread.
+
+It carries out what ``pggcl._core`` decides and nothing more. The listener is one daemon thread
+owning the session connection: it opens (or resumes) the session, LISTENs on its channel,
+routes notifications to waiting threads, runs the heartbeat while this process has waiters,
+and reconnects with backoff when the connection drops.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import psycopg
+
+from pggcl import _queries as q
+from pggcl._core import Row, translate_error
+from pggcl._events import LOST, PING, RECHECK, Backoff, Dispatcher, Event, Stats, parse_payload
+from pggcl.errors import DatabaseUnavailableError, PggclError, SessionLostError
+
+log = logging.getLogger("pggcl")
+
+
+def _connect(dsn: str, timeout: float) -> psycopg.Connection[Any]:
+    return psycopg.Connection.connect(
+        dsn,
+        autocommit=True,
+        connect_timeout=max(1, round(timeout)),
+        cursor_factory=psycopg.RawCursor,
+    )
+
+
+def _translate(exc: psycopg.Error, conn: psycopg.Connection[Any] | None) -> PggclError:
+    lost = isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) and (
+        conn is None or conn.closed or conn.broken
+    )
+    return translate_error(exc.sqlstate, str(exc), lost)
+
+
+class _Pool:
+    """At most ``size`` autocommit connections, made on demand, dropped when broken."""
+
+    def __init__(self, dsn: str, size: int, connect_timeout: float) -> None:
+        self._dsn, self._timeout = dsn, connect_timeout
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._slots = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._slots:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                try:
+                    conn = _connect(self._dsn, self._timeout)
+                except psycopg.Error as exc:
+                    raise _translate(exc, None) from exc
+            try:
+                yield conn
+            finally:
+                if conn.closed or conn.broken or conn.info.transaction_status != 0:
+                    conn.close()
+                else:
+                    with self._lock:
+                        self._idle.append(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+class _Box:
+    """A waiting thread's mailbox."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._events: deque[Event] = deque()
+
+    def push(self, event: Event) -> None:
+        with self._cond:
+            self._events.append(event)
+            self._cond.notify()
+
+    def get(self, timeout: float | None) -> Event | None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._events, timeout)
+            return self._events.popleft() if self._events else None
+
+
+class PsycopgPort:
+    """Pool, listener and dispatcher of one sync client (one per process and DSN)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int,
+        grace_seconds: float,
+        heartbeat_seconds: float,
+        connect_timeout: float,
+        on_session_lost: Callable[[str], None],
+    ) -> None:
+        self._dsn = dsn
+        self._grace, self._heartbeat, self._timeout = (
+            grace_seconds,
+            heartbeat_seconds,
+            connect_timeout,
+        )
+        self._on_session_lost = on_session_lost
+        self.stats = Stats()
+        self._pool = _Pool(dsn, pool_size, connect_timeout)
+        self._lock = threading.Lock()  # guards the dispatcher, the session and the thread
+        self._dispatch: Dispatcher[_Box] = Dispatcher()
+        self._changed = threading.Condition(self._lock)
+        self._session: tuple[int, uuid.UUID, str] | None = None
+        self._generation = 0  # grows each time the listener (re)starts listening
+        self._last_error: BaseException | None = None
+        self._failures = 0  # connection attempts of the listener that failed
+        self._thread: threading.Thread | None = None
+        self._session_conn: psycopg.Connection[Any] | None = None
+        self._stopping = threading.Event()
+
+    # --- SyncPort ---------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        return self._dispatch.epoch
+
+    def call(self, sql: str, args: tuple[Any, ...]) -> list[Row]:
+        with self._pool.connection() as conn:
+            try:
+                rows = conn.execute(sql, args).fetchall()
+            except psycopg.Error as exc:
+                raise _translate(exc, conn) from exc
+            finally:
+                self.stats.calls += 1
+        return rows
+
+    def wait(self, waiter_id: int, timeout: float | None, epoch: int) -> Event | None:
+        with self._lock:
+            box = self._dispatch.box(waiter_id)
+            if box is None:
+                box = _Box()
+                self._dispatch.register(waiter_id, box, epoch, time.monotonic())
+        return box.get(timeout)
+
+    def forget(self, waiter_id: int) -> None:
+        with self._lock:
+            self._dispatch.unregister(waiter_id)
+
+    # --- Session ----------------------------------------------------------------------------
+
+    def session_id(self) -> int:
+        """The session id, starting the listener on first use; waits for the first session."""
+        with self._lock:
+            if self._thread is None:
+                self._stopping.clear()
+                self._thread = threading.Thread(
+                    target=self._listen, name="pggcl-listener", daemon=True
+                )
+                self._thread.start()
+            if self._session is None:
+                failures = self._failures
+                self._changed.wait_for(
+                    lambda: self._session is not None or self._failures > failures, self._timeout
+                )
+            if self._session is None:
+                raise DatabaseUnavailableError(
+                    f"the database is unreachable: could not open a session ({self._last_error})"
+                )
+            return self._session[0]
+
+    def wait_listening(self, after: int, timeout: float) -> int:
+        """Block until the listener has (re)started listening more than ``after`` times."""
+        with self._lock:
+            if not self._changed.wait_for(lambda: self._generation > after, timeout):
+                raise TimeoutError(f"the listener did not listen again within {timeout} s")
+            return self._generation
+
+    def ping(self) -> None:
+        """Wake the listener by notifying our own channel."""
+        if self._session is not None:
+            self.call(q.NOTIFY, (self._session[2], PING))
+
+    def close(self) -> None:
+        """Stop the listener (closing the session: its leases are released) and the pool."""
+        thread = self._thread
+        if thread is not None:
+            self._stopping.set()
+            with suppress(PggclError):
+                self.ping()
+            thread.join(self._timeout + 2)
+        self._pool.close()
+
+    # --- The listener thread ----------------------------------------------------------------
+
+    def _listen(self) -> None:
+        backoff, attempt = Backoff(), 0
+        while not self._stopping.is_set():
+            conn: psycopg.Connection[Any] | None = None
+            try:
+                conn = _connect(self._dsn, self._timeout)
+                self._session_conn = conn
+                self.stats.connects += 1
+                conn.execute(q.KEEPALIVES)
+                channel = self._take_session(conn)
+                conn.execute(q.listen(channel))
+                attempt = 0
+                self._listening()
+                self._serve(conn)
+            except (psycopg.Error, OSError, PggclError) as exc:
+                if self._stopping.is_set():
+                    break
+                with self._lock:
+                    self._last_error = exc
+                    self._failures += 1
+                    self._changed.notify_all()
+                log.warning("pggcl session connection lost, reconnecting: %s", exc)
+                self._stopping.wait(backoff.delay(attempt))
+                attempt += 1
+            finally:
+                if conn is not None:
+                    self._finish(conn)
+
+    def _finish(self, conn: psycopg.Connection[Any]) -> None:
+        if self._stopping.is_set() and not (conn.closed or conn.broken):
+            with suppress(psycopg.Error):
+                conn.execute(q.CLOSE_SESSION)
+            with self._lock:
+                self._session = None
+        conn.close()
+        self._session_conn = None
+
+    def _take_session(self, conn: psycopg.Connection[Any]) -> str:
+        """Resume our session on a new connection, or open one; returns the channel."""
+        if self._session is not None:
+            session_id, token, channel = self._session
+            deadline = time.monotonic() + self._grace + self._timeout
+            while True:
+                try:
+                    row = conn.execute(q.RESUME_SESSION, (session_id, token)).fetchone()
+                    resumed = bool(row and row[0])
+                    break
+                except psycopg.Error as exc:
+                    # GC008: the old connection still holds the session; it goes away soon.
+                    if exc.sqlstate != "GC008" or time.monotonic() > deadline:
+                        raise
+                    self._stopping.wait(0.05)
+            if resumed:
+                return channel
+            self._lose_session(f"session {session_id} was reclaimed while disconnected")
+        row = conn.execute(q.OPEN_SESSION, (self._grace,)).fetchone()
+        assert row is not None
+        with self._lock:
+            self._session = (row[0], row[1], row[2])
+        self.stats.sessions_opened += 1
+        return str(row[2])
+
+    def _lose_session(self, why: str) -> None:
+        self.stats.sessions_lost += 1
+        with self._lock:
+            self._session = None
+            self._dispatch.broadcast(Event(LOST, why))
+        self._on_session_lost(why)
+
+    def _listening(self) -> None:
+        with self._lock:
+            if self._generation > 0:
+                self.stats.reconnects += 1
+                self._dispatch.broadcast(Event(RECHECK))  # what was sent while we were away
+            self._generation += 1
+            self._last_error = None
+            self._changed.notify_all()
+
+    def _serve(self, conn: psycopg.Connection[Any]) -> None:
+        next_beat: float | None = None
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            with self._lock:
+                waiting = len(self._dispatch) > 0
+            if not waiting:
+                next_beat = None
+            elif next_beat is None:
+                next_beat = now + self._heartbeat
+            elif now >= next_beat:
+                self._beat(conn)
+                next_beat = now + self._heartbeat
+            tick = 1.0 if next_beat is None else min(1.0, max(0.0, next_beat - now))
+            for notify in conn.notifies(timeout=tick):
+                self._deliver(notify.payload)
+                if self._stopping.is_set():
+                    return
+
+    def _beat(self, conn: psycopg.Connection[Any]) -> None:
+        assert self._session is not None
+        try:
+            conn.execute(q.HEARTBEAT, (self._session[0],))
+        except psycopg.Error as exc:
+            if exc.sqlstate != "GC007":
+                raise
+            self._lose_session(str(exc))
+            raise SessionLostError(str(exc)) from exc  # reconnect and open a new session
+        self.stats.heartbeats += 1
+
+    def _deliver(self, payload: str) -> None:
+        self.stats.notifications += 1
+        parsed = parse_payload(payload)
+        if parsed is not None:
+            with self._lock:
+                self._dispatch.deliver(parsed[0], parsed[1], time.monotonic())

@@ -1,0 +1,66 @@
+"""Every SQL statement the clients run, once, with ``$n`` placeholders and explicit casts.
+
+asyncpg runs them as they are; psycopg runs them through its raw cursor. Each statement is one
+autocommit round trip. (Named ``_queries`` because the wheel ships the engine's ``sql/`` files
+as the ``pggcl/_sql`` directory.)
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+ACQUIRE: Final = (
+    "SELECT granted, lease_id, waiter_id, retry_after, created_limits FROM pggcl.acquire("
+    "$1::text[], $2::integer, $3::text, $4::boolean, $5::double precision, $6::text,"
+    " $7::integer, $8::boolean)"
+)
+RECHECK: Final = "SELECT status, retry_after FROM pggcl.recheck($1::bigint, $2::uuid)"
+CANCEL: Final = "SELECT pggcl.cancel($1::bigint, $2::uuid)"
+RELEASE: Final = "SELECT pggcl.release($1::uuid)"
+
+# The session connection.
+KEEPALIVES: Final = (
+    "SELECT set_config('tcp_keepalives_idle', '5', false),"
+    " set_config('tcp_keepalives_interval', '2', false),"
+    " set_config('tcp_keepalives_count', '3', false)"
+)
+OPEN_SESSION: Final = (
+    "SELECT session_id, token, channel FROM pggcl.open_session($1::double precision)"
+)
+RESUME_SESSION: Final = "SELECT pggcl.resume_session($1::integer, $2::uuid)"
+CLOSE_SESSION: Final = "SELECT pggcl.close_session()"
+HEARTBEAT: Final = "SELECT pggcl.heartbeat($1::integer)"
+NOTIFY: Final = "SELECT pg_notify($1::text, $2::text)"
+
+
+def listen(channel: str) -> str:
+    """LISTEN cannot take a parameter; the channel comes from the engine (``pggcl_<int>``)."""
+    if not channel.startswith("pggcl_") or not channel[6:].isdigit():
+        raise ValueError(f"unexpected channel name {channel!r}")
+    return f'LISTEN "{channel}"'
+
+
+# Management.
+_LIMIT_COLUMNS: Final = (
+    'name, "limit", active, active_slots, slot_decay_per_second, waiting, created, updated,'
+    " held_slots, decaying_slots"
+)
+CREATE_LIMIT: Final = (
+    f"SELECT {_LIMIT_COLUMNS} FROM pggcl.create_limit("
+    "$1::text, $2::integer, $3::double precision, $4::boolean)"
+)
+READ_LIMIT: Final = f"SELECT {_LIMIT_COLUMNS} FROM pggcl.limits WHERE name = $1::text"
+LIST_LIMITS: Final = f"SELECT {_LIMIT_COLUMNS} FROM pggcl.limits ORDER BY name"
+UPDATE_LIMIT: Final = (
+    f"SELECT {_LIMIT_COLUMNS} FROM pggcl.update_limit("
+    "$1::text, $2::integer, $3::double precision, $4::boolean, $5::text)"
+)
+DELETE_LIMIT: Final = "SELECT pggcl.delete_limit($1::text)"
+HOLDERS: Final = (
+    "SELECT lease_id, name, slots, holder, session_id, since, expires FROM pggcl.holders"
+    " WHERE $1::text IS NULL OR name = $1::text ORDER BY name, since, lease_id"
+)
+QUEUE: Final = (
+    "SELECT waiter_id, name, position, occupy, mode, holder, session_id, since FROM pggcl.queue"
+    " WHERE $1::text IS NULL OR name = $1::text ORDER BY name, position"
+)
