@@ -155,8 +155,20 @@ def acquire_flow(
         return Grant(req.names, req.occupy, None)
     deadline = None if req.timeout is None else started + req.timeout
     wait = req.timeout is None or req.timeout > 0
-    args = (list(req.names), req.occupy, req.mode, req.strict, None, req.holder, session_id, wait)
-    rows = yield Call(q.ACQUIRE, args)
+    # Our own request id: if the answer is lost (interrupted mid-call, connection dropped), the
+    # request can still be found, cancelled and its slots released by this id.
+    request_id = uuid.uuid4()
+    args = (
+        list(req.names), req.occupy, req.mode, req.strict, None, req.holder, session_id, wait,
+        request_id,
+    )  # fmt: skip
+    try:
+        rows = yield Call(q.ACQUIRE, args)
+    except GeneratorExit:
+        raise
+    except BaseException:
+        yield from _abandon(req, None, request_id)
+        raise
     granted, lease_id, waiter_id, retry_after, created = rows[0]
     lease_id = _uuid(lease_id)
     if created:
@@ -245,7 +257,9 @@ def _guarded(op: Op, req: Request, waiter_id: int, lease_id: uuid.UUID | None) -
         raise
 
 
-def _abandon(req: Request, waiter_id: int, lease_id: uuid.UUID | None) -> Flow[str]:
+def _abandon(req: Request, waiter_id: int | None, lease_id: uuid.UUID | None) -> Flow[str]:
+    """Leave nothing queued or held. ``waiter_id`` None: find the waiter by ``lease_id``, the
+    request id given to acquire (whose answer was lost)."""
     rows = yield Call(q.CANCEL, (waiter_id, lease_id))
     status: str = rows[0][0]
     if status == "granted" and lease_id is not None:

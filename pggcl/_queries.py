@@ -12,7 +12,7 @@ from typing import Final
 ACQUIRE: Final = (
     "SELECT granted, lease_id, waiter_id, retry_after, created_limits FROM pggcl.acquire("
     "$1::text[], $2::integer, $3::text, $4::boolean, $5::double precision, $6::text,"
-    " $7::integer, $8::boolean)"
+    " $7::integer, $8::boolean, $9::uuid)"
 )
 RECHECK: Final = "SELECT status, retry_after FROM pggcl.recheck($1::bigint, $2::uuid)"
 CANCEL: Final = "SELECT pggcl.cancel($1::bigint, $2::uuid)"

@@ -3,7 +3,7 @@
 -- The one acquire path behind pggcl.acquire and pggcl.try_acquire. All names or none.
 CREATE FUNCTION pggcl._acquire(names text[], occupy integer, mode text, strict boolean,
                                ttl_seconds double precision, holder text, session_id integer,
-                               wait boolean,
+                               wait boolean, request_id uuid,
                                OUT granted boolean, OUT lease_id uuid, OUT waiter_id bigint,
                                OUT retry_after double precision, OUT created_limits text[])
 LANGUAGE plpgsql VOLATILE AS $$
@@ -73,7 +73,7 @@ BEGIN
         IF fast_id IS NOT NULL THEN
             granted := true;
             IF mode = 'concurrency' THEN
-                lease_id := gen_random_uuid();
+                lease_id := coalesce(request_id, gen_random_uuid());
                 INSERT INTO pggcl.leases (id, limit_id, occupy, session_id, holder, acquired_at, expires_at)
                 SELECT lease_id, fast_id, occupy, session_id, holder, at, at + make_interval(secs => ttl_seconds)
                 WHERE session_id IS NULL OR pggcl._session_exists(session_id);
@@ -135,7 +135,7 @@ BEGIN
     -- 6. Room on every active limit and nobody queued there: take it.
     IF fits THEN
         granted := true;
-        lease_id := CASE WHEN mode = 'concurrency' THEN gen_random_uuid() END;
+        lease_id := CASE WHEN mode = 'concurrency' THEN coalesce(request_id, gen_random_uuid()) END;
         PERFORM pggcl._take(ids, active_ids, occupy, mode, lease_id, session_id, holder, ttl_seconds, at);
         RETURN;
     END IF;
@@ -145,7 +145,7 @@ BEGIN
     PERFORM pggcl._grant(ids, at);
     IF pggcl._fits_now(ids, occupy, at) THEN
         granted := true;
-        lease_id := CASE WHEN mode = 'concurrency' THEN gen_random_uuid() END;
+        lease_id := CASE WHEN mode = 'concurrency' THEN coalesce(request_id, gen_random_uuid()) END;
         PERFORM pggcl._take(ids, active_ids, occupy, mode, lease_id, session_id, holder, ttl_seconds, at);
         RETURN;
     END IF;
@@ -154,10 +154,10 @@ BEGIN
     retry_after := pggcl._retry_after(ids, occupy, NULL, at, next_at);
     IF wait THEN
         waiter_id := nextval('pggcl.waiter_id_seq');
-        lease_id := CASE WHEN mode = 'concurrency' THEN gen_random_uuid() END;
+        lease_id := CASE WHEN mode = 'concurrency' THEN coalesce(request_id, gen_random_uuid()) END;
         INSERT INTO pggcl.waiters (id, limit_id, limit_ids, session_id, lease_id, occupy, mode, holder,
                                    ttl_seconds, enqueued_at)
-        SELECT waiter_id, x, ids, session_id, coalesce(lease_id, gen_random_uuid()), occupy, mode, holder,
+        SELECT waiter_id, x, ids, session_id, coalesce(lease_id, request_id, gen_random_uuid()), occupy, mode, holder,
                ttl_seconds, at
         FROM unnest(ids) x;
         UPDATE pggcl.limit_state SET queued = queued + 1 WHERE id = ANY(ids);
@@ -193,7 +193,7 @@ DECLARE
     answer record;
 BEGIN
     -- A plain assignment, not SELECT ... FROM: it skips the set-returning function machinery.
-    answer := pggcl._acquire(names, occupy, mode, strict, ttl_seconds, holder, session_id, false);
+    answer := pggcl._acquire(names, occupy, mode, strict, ttl_seconds, holder, session_id, false, NULL);
     granted := answer.granted;
     lease_id := answer.lease_id;
     retry_after := answer.retry_after;
@@ -204,17 +204,20 @@ $$;
 -- the session is notified on its channel when it is granted (see the protocol in
 -- 30_sessions.sql). When granted at once, waiter_id is NULL. lease_id is the lease the request
 -- holds or will hold (concurrency mode). created_limits names the limits created inactive.
+-- `request_id`, a fresh UUID of the caller's choosing, becomes that lease id: a caller who lost
+-- the answer (interrupted, disconnected) can still cancel(NULL, request_id) and release it.
 CREATE FUNCTION pggcl.acquire(names text[], occupy integer DEFAULT 1, mode text DEFAULT 'concurrency',
                               strict boolean DEFAULT false, ttl_seconds double precision DEFAULT NULL,
                               holder text DEFAULT NULL, session_id integer DEFAULT NULL,
-                              wait boolean DEFAULT true,
+                              wait boolean DEFAULT true, request_id uuid DEFAULT NULL,
                               OUT granted boolean, OUT lease_id uuid, OUT waiter_id bigint,
                               OUT retry_after double precision, OUT created_limits text[])
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 DECLARE
     answer record;
 BEGIN
-    answer := pggcl._acquire(names, occupy, mode, strict, ttl_seconds, holder, session_id, wait);
+    answer := pggcl._acquire(names, occupy, mode, strict, ttl_seconds, holder, session_id, wait,
+                             request_id);
     granted := answer.granted;
     lease_id := answer.lease_id;
     waiter_id := answer.waiter_id;
@@ -257,6 +260,7 @@ $$;
 
 -- Stop waiting. 'cancelled' when the request was still queued (whoever it blocked is served);
 -- otherwise what recheck would say ('granted': the caller now holds lease_id and must release it).
+-- With waiter_id NULL, the waiter is found by the request id given to acquire (as lease_id).
 CREATE FUNCTION pggcl.cancel(waiter_id bigint, lease_id uuid DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 DECLARE
@@ -264,6 +268,9 @@ DECLARE
     ids bigint[];
     dequeued bigint[];
 BEGIN
+    IF cancel.waiter_id IS NULL THEN  -- the caller knows only the request id it chose
+        waiter_id := (SELECT x.id FROM pggcl.waiters x WHERE x.lease_id = cancel.lease_id LIMIT 1);
+    END IF;
     ids := pggcl._lock(array(SELECT limit_id FROM pggcl.waiters x WHERE x.id = cancel.waiter_id));
     WITH gone AS (DELETE FROM pggcl.waiters x WHERE x.id = cancel.waiter_id RETURNING x.limit_id)
     SELECT array_agg(limit_id) INTO dequeued FROM gone;

@@ -8,7 +8,7 @@ GRANT USAGE ON SCHEMA pggcl TO pggcl_user, pggcl_admin;
 GRANT SELECT ON pggcl.limits, pggcl.holders, pggcl.queue TO pggcl_user;
 GRANT EXECUTE ON FUNCTION
     pggcl.try_acquire(text[], integer, text, boolean, double precision, text, integer),
-    pggcl.acquire(text[], integer, text, boolean, double precision, text, integer, boolean),
+    pggcl.acquire(text[], integer, text, boolean, double precision, text, integer, boolean, uuid),
     pggcl.recheck(bigint, uuid),
     pggcl.cancel(bigint, uuid),
     pggcl.release(uuid),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import psycopg
@@ -210,3 +211,20 @@ def test_waiting_needs_no_explicit_session(db: Conn) -> None:
     acquire(db, ["db"])
     session = one(db, "SELECT * FROM pggcl.open_session()")  # returns the existing one
     assert value(db, "SELECT session_id FROM pggcl.queue") == session["session_id"]
+
+
+def test_a_request_id_finds_a_request_whose_answer_was_lost(db: Conn, connect: Any) -> None:
+    """The caller's own request id becomes the lease id; cancel(NULL, id) undoes the request
+    without knowing the waiter id (the answer of acquire may never have arrived)."""
+    db.execute("SELECT pggcl.create_limit('db', 1)")
+    conn = connect()
+    open_session(conn)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    granted = acquire(conn, ["db"], request_id=first)
+    assert granted["granted"] and granted["lease_id"] == first
+    queued = acquire(conn, ["db"], request_id=second)
+    assert not queued["granted"] and queued["lease_id"] == second
+    assert value(conn, "SELECT pggcl.cancel(NULL, %s)", second) == "cancelled"
+    assert value(db, "SELECT count(*) FROM pggcl.queue") == 0
+    assert value(conn, "SELECT pggcl.cancel(NULL, %s)", first) == "granted"
+    assert release(conn, first)
