@@ -21,7 +21,17 @@ import asyncpg
 
 from pggcl import _queries as q
 from pggcl._core import Row, translate_error
-from pggcl._events import LOST, PING, RECHECK, Backoff, Dispatcher, Event, Stats, parse_payload
+from pggcl._events import (
+    LOST,
+    PING,
+    RECHECK,
+    Backoff,
+    Dispatcher,
+    Event,
+    Stats,
+    next_heartbeat,
+    parse_payload,
+)
 from pggcl.errors import PggclError, SessionLostError
 
 log = logging.getLogger("pggcl")
@@ -270,25 +280,29 @@ class AsyncpgPort:
         await self._signal()
 
     async def _serve(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        next_beat = next_heartbeat(loop.time(), self._heartbeat, None)
         while True:
             try:
-                async with asyncio.timeout(self._heartbeat):
+                async with asyncio.timeout_at(next_beat):
                     await lost.wait()
                 raise ConnectionError("the session connection was closed")
             except TimeoutError:
-                if len(self._dispatch) > 0:
-                    await self._beat(conn)
+                expiry_in = await self._beat(conn) if len(self._dispatch) > 0 else None
+                next_beat = next_heartbeat(loop.time(), self._heartbeat, expiry_in)
 
-    async def _beat(self, conn: asyncpg.Connection) -> None:
+    async def _beat(self, conn: asyncpg.Connection) -> float | None:
+        """Run the heartbeat; returns the seconds until the next expiry it knows of."""
         assert self._session is not None
         try:
-            await conn.fetchval(q.HEARTBEAT, self._session[0], timeout=self._timeout)
+            expiry_in = await conn.fetchval(q.HEARTBEAT, self._session[0], timeout=self._timeout)
         except asyncpg.PostgresError as exc:
             if exc.sqlstate != "GC007":
                 raise
             self._lose_session(str(exc))
             raise SessionLostError(str(exc)) from exc  # reconnect and open a new session
         self.stats.heartbeats += 1
+        return None if expiry_in is None else float(expiry_in)
 
     def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
         self.stats.notifications += 1

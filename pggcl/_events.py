@@ -147,3 +147,13 @@ class Stats:
     reconnects: int = 0
     sessions_opened: int = 0
     sessions_lost: int = 0
+
+
+def next_heartbeat(now: float, interval: float, expiry_in: float | None) -> float:
+    """When to run the next heartbeat (monotonic seconds): every ``interval`` seconds while this
+    process has waiters, and sooner when the last heartbeat named the next expiry on their limits
+    (a dead holder's grace period or a TTL ending), just after it, so a slot is reclaimed the
+    moment it may be."""
+    if expiry_in is None:
+        return now + interval
+    return now + min(interval, expiry_in + 0.01)

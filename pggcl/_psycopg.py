@@ -21,7 +21,17 @@ import psycopg
 
 from pggcl import _queries as q
 from pggcl._core import Row, translate_error
-from pggcl._events import LOST, PING, RECHECK, Backoff, Dispatcher, Event, Stats, parse_payload
+from pggcl._events import (
+    LOST,
+    PING,
+    RECHECK,
+    Backoff,
+    Dispatcher,
+    Event,
+    Stats,
+    next_heartbeat,
+    parse_payload,
+)
 from pggcl.errors import DatabaseUnavailableError, PggclError, SessionLostError
 
 log = logging.getLogger("pggcl")
@@ -292,24 +302,25 @@ class PsycopgPort:
             elif next_beat is None:
                 next_beat = now + self._heartbeat
             elif now >= next_beat:
-                self._beat(conn)
-                next_beat = now + self._heartbeat
+                next_beat = next_heartbeat(now, self._heartbeat, self._beat(conn))
             tick = 1.0 if next_beat is None else min(1.0, max(0.0, next_beat - now))
             for notify in conn.notifies(timeout=tick):
                 self._deliver(notify.payload)
                 if self._stopping.is_set():
                     return
 
-    def _beat(self, conn: psycopg.Connection[Any]) -> None:
+    def _beat(self, conn: psycopg.Connection[Any]) -> float | None:
+        """Run the heartbeat; returns the seconds until the next expiry it knows of."""
         assert self._session is not None
         try:
-            conn.execute(q.HEARTBEAT, (self._session[0],))
+            row = conn.execute(q.HEARTBEAT, (self._session[0],)).fetchone()
         except psycopg.Error as exc:
             if exc.sqlstate != "GC007":
                 raise
             self._lose_session(str(exc))
             raise SessionLostError(str(exc)) from exc  # reconnect and open a new session
         self.stats.heartbeats += 1
+        return None if row is None or row[0] is None else float(row[0])
 
     def _deliver(self, payload: str) -> None:
         self.stats.notifications += 1
