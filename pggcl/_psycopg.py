@@ -38,11 +38,17 @@ log = logging.getLogger("pggcl")
 
 
 def _connect(dsn: str, timeout: float) -> psycopg.Connection[Any]:
+    # TCP keepalives: a peer that vanished without closing the connection (a dead machine, a
+    # dropped NAT entry) is noticed in about 11 s, and the session connection is re-made.
     return psycopg.Connection.connect(
         dsn,
         autocommit=True,
         connect_timeout=max(1, round(timeout)),
         cursor_factory=psycopg.RawCursor,
+        keepalives=1,
+        keepalives_idle=5,
+        keepalives_interval=2,
+        keepalives_count=3,
     )
 
 
