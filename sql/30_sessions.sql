@@ -37,6 +37,14 @@ BEGIN
                 'session id %s is locked by another connection; try again', s.id);
         END IF;
         PERFORM set_config('pggcl.session_id', s.id::text, false);
+        -- Forget a few sessions that died holding nothing: no reclaim would ever visit them.
+        DELETE FROM pggcl.sessions x
+        WHERE x.id IN (SELECT y.id FROM pggcl.sessions y
+                       WHERE y.id <> s.id
+                         AND NOT EXISTS (SELECT FROM pggcl.leases l WHERE l.session_id = y.id)
+                         AND NOT EXISTS (SELECT FROM pggcl.waiters w WHERE w.session_id = y.id)
+                       ORDER BY y.created LIMIT 10)
+          AND NOT pggcl._session_alive(x.id);
     END IF;
     RETURN QUERY SELECT s.id, s.token, 'pggcl_' || s.id;
 END

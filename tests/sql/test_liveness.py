@@ -177,3 +177,15 @@ def test_close_session_releases_everything_and_serves_the_queue(db: Conn, connec
     assert value(owner, "SELECT pggcl.close_session()") is False
     # The connection can register again afterwards.
     assert one(owner, "SELECT * FROM pggcl.open_session()")["session_id"] is not None
+
+
+def test_sessions_that_died_holding_nothing_are_forgotten(db: Conn, connect: Any) -> None:
+    gone = connect()
+    dead = value(gone, "SELECT session_id FROM pggcl.open_session()")
+    db.execute("SELECT pg_terminate_backend(%s, 5000)", (value(gone, "SELECT pg_backend_pid()"),))
+    alive = connect()
+    alive_id = value(alive, "SELECT session_id FROM pggcl.open_session()")
+    connect().execute("SELECT pggcl.open_session()")  # any new session sweeps a few
+    ids = {row[0] for row in db.execute("SELECT id FROM pggcl.sessions")}
+    assert dead not in ids
+    assert alive_id in ids
