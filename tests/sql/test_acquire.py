@@ -171,14 +171,14 @@ def test_decay_is_continuous_whatever_happens_in_between(db: Conn) -> None:
 
 
 def test_slow_decay_still_decays(db: Conn) -> None:
-    """The level is a float: 0.1 slot/s must drain by 0.001 after 10 ms, not round to 0."""
+    """The level is a float: at 0.1 slot/s it drains by 0.001 in 10 ms, not rounded to 0."""
     db.execute("SELECT pggcl.create_limit('slow', 1, 0.1)")
     assert try_acquire(db, ["slow"], 1, "rate_limit")["granted"]
     db.execute("SELECT pg_sleep(0.01)")
     level = limit(db, "slow")["decaying_slots"]
-    assert 0.99 < level < 1.0
+    assert 0.9 < level < 1.0
     retry = try_acquire(db, ["slow"], 1, "rate_limit")["retry_after"]
-    assert 9.8 < retry < 10.0
+    assert 9.0 < retry < 10.0
 
 
 def test_decay_rate_change_applies_from_now(db: Conn) -> None:
