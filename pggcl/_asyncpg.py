@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from pggcl import _queries as q
-from pggcl._core import Row, translate_error
+from pggcl._core import Row, check_session_kept, translate_error
 from pggcl._events import (
     LOST,
     PING,
@@ -214,6 +214,8 @@ class AsyncpgPort:
                     conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
                     await conn.execute(q.KEEPALIVES)
                     channel = await self._take_session(conn)
+                    assert self._session is not None
+                    check_session_kept(self._session[0], await conn.fetchval(q.SESSION_SETTING))
                     await conn.add_listener(channel, self._on_notify)
                     attempt = 0
                     await self._listening()

@@ -24,6 +24,7 @@ from pggcl._events import GRANTED, LOST, REJECTED, Event
 from pggcl.errors import (
     AcquireConcurrencySlotTimeoutError,
     ConcurrencySlotAcquisitionError,
+    ConfigurationError,
     DatabaseUnavailableError,
     LimitNotFoundError,
     PggclError,
@@ -128,6 +129,18 @@ def translate_error(sqlstate: str | None, message: str, connection_lost: bool) -
     if sqlstate in ("3F000", "42883", "42P01"):
         return PggclError(f"{message} (is the pggcl schema installed? run `pggcl db upgrade`)")
     return PggclError(message)
+
+
+def check_session_kept(session_id: int, setting: str | None) -> None:
+    """The session connection must keep its server session from one statement to the next: the
+    LISTEN and the liveness lock live there. Behind PgBouncer in transaction (or statement)
+    pooling mode it does not, and the engine's per-connection setting shows it."""
+    if setting != str(session_id):
+        raise ConfigurationError(
+            "the session connection does not keep its PostgreSQL session between statements "
+            "(PgBouncer in transaction or statement pooling mode?): pggcl's session connection "
+            "needs a direct connection, or PgBouncer in session pooling mode"
+        )
 
 
 def _describe(req: Request) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 
 from pggcl import _queries as q
-from pggcl._core import Row, translate_error
+from pggcl._core import Row, check_session_kept, translate_error
 from pggcl._events import (
     LOST,
     PING,
@@ -229,6 +229,9 @@ class PsycopgPort:
                 self.stats.connects += 1
                 conn.execute(q.KEEPALIVES)
                 channel = self._take_session(conn)
+                assert self._session is not None
+                kept = conn.execute(q.SESSION_SETTING).fetchone()
+                check_session_kept(self._session[0], kept[0] if kept else None)
                 conn.execute(q.listen(channel))
                 attempt = 0
                 self._listening()

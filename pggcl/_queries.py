@@ -30,6 +30,8 @@ OPEN_SESSION: Final = (
 RESUME_SESSION: Final = "SELECT pggcl.resume_session($1::integer, $2::uuid)"
 CLOSE_SESSION: Final = "SELECT pggcl.close_session()"
 HEARTBEAT: Final = "SELECT pggcl.heartbeat($1::integer)"
+# The engine keeps the session id in a per-connection setting; see _core.check_session_kept.
+SESSION_SETTING: Final = "SELECT current_setting('pggcl.session_id', true)"
 NOTIFY: Final = "SELECT pg_notify($1::text, $2::text)"
 
 
