@@ -40,7 +40,7 @@ CREATE FUNCTION pggcl.create_limit(name text, "limit" integer,
                                    slot_decay_per_second double precision DEFAULT 0,
                                    active boolean DEFAULT true)
 RETURNS pggcl.limits
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     new_id bigint;
     result pggcl.limits;
@@ -71,7 +71,7 @@ CREATE FUNCTION pggcl.update_limit(name text, "limit" integer DEFAULT NULL,
                                    slot_decay_per_second double precision DEFAULT NULL,
                                    active boolean DEFAULT NULL, new_name text DEFAULT NULL)
 RETURNS pggcl.limits
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     at timestamptz := clock_timestamp();
     l pggcl.limit_state;
@@ -107,7 +107,7 @@ $$;
 -- Delete a limit; false when there was none. Its waiters proceed as if the limit were missing
 -- (a waiter that also waits on other limits goes on waiting for those).
 CREATE FUNCTION pggcl.delete_limit(name text) RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     at timestamptz := clock_timestamp();
     doomed bigint;

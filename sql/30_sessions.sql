@@ -20,7 +20,7 @@
 -- leases survive a lost connection, to let a client reconnect and resume_session.
 CREATE FUNCTION pggcl.open_session(grace_seconds double precision DEFAULT 5)
 RETURNS TABLE (session_id integer, token uuid, channel text)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s pggcl.sessions;
 BEGIN
@@ -54,7 +54,7 @@ $$;
 -- again with everything it held; false when it was already reclaimed (its leases are gone).
 -- Raises GC008 while the old connection still holds it (try again shortly), GC007 on a wrong token.
 CREATE FUNCTION pggcl.resume_session(session_id integer, token uuid) RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s pggcl.sessions;
     mine integer := pggcl._connection_session();
@@ -83,7 +83,7 @@ $$;
 -- With no arguments, the session of this connection. Another connection must give the token.
 CREATE FUNCTION pggcl.close_session(session_id integer DEFAULT NULL, token uuid DEFAULT NULL)
 RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     at timestamptz := clock_timestamp();
     mine integer := pggcl._connection_session();
@@ -129,7 +129,7 @@ $$;
 -- Returns seconds until the next known expiry there (call again by then), or NULL.
 -- Raises GC007 when the session no longer exists (it was closed or reclaimed).
 CREATE FUNCTION pggcl.heartbeat(session_id integer) RETURNS double precision
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     at timestamptz := clock_timestamp();
     ids bigint[];

@@ -1,4 +1,8 @@
 -- Acquiring and releasing slots.
+--
+-- These functions run for every acquire and release, so they pin two planner settings: generic
+-- plans (planned once per connection, never re-planned per call) and no sequential scans (the
+-- first plan is made while the tables are small, and must stay right as they grow).
 
 -- The one acquire path behind pggcl.acquire and pggcl.try_acquire. All names or none.
 CREATE FUNCTION pggcl._acquire(names text[], occupy integer, mode text, strict boolean,
