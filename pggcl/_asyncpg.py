@@ -20,7 +20,13 @@ from typing import Any
 import asyncpg
 
 from pggcl import _queries as q
-from pggcl._core import Row, check_session_kept, translate_error
+from pggcl._core import (
+    Row,
+    check_session_kept,
+    reconnect_warning,
+    session_failure,
+    translate_error,
+)
 from pggcl._events import (
     LOST,
     PING,
@@ -105,7 +111,7 @@ class AsyncpgPort:
         self._session: tuple[int, uuid.UUID, str] | None = None
         self._generation = 0
         self._failures = 0
-        self._last_error: BaseException | None = None
+        self._last_error: PggclError | None = None
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
 
@@ -175,7 +181,7 @@ class AsyncpgPort:
                         self._timeout,
                     )
         if self._session is None:
-            raise translate_error(None, f"could not open a session ({self._last_error})", True)
+            raise session_failure(self._last_error)
         return self._session[0]
 
     async def wait_listening(self, after: int, timeout: float) -> int:
@@ -221,10 +227,11 @@ class AsyncpgPort:
                     await self._listening()
                     await self._serve(conn, lost)
                 except (asyncpg.PostgresError, PggclError, *_CONNECTION_ERRORS) as exc:
-                    self._last_error = exc
+                    error = exc if isinstance(exc, PggclError) else _translate(exc)
+                    self._last_error = error
                     self._failures += 1
                     await self._signal()
-                    log.warning("pggcl session connection lost, reconnecting: %s", exc)
+                    log.warning(reconnect_warning(self._generation > 0, error))
                     if self._conn is not None:
                         self._conn.terminate()
                     await asyncio.sleep(backoff.delay(attempt))

@@ -126,9 +126,27 @@ def translate_error(sqlstate: str | None, message: str, connection_lost: bool) -
         return mapped
     if connection_lost or (sqlstate or "")[:2] in _LOST_CLASSES:
         return DatabaseUnavailableError(f"the database is unreachable: {message}".strip())
+    if sqlstate == "22003":  # numeric value out of range: a limit above 2**31 - 1, say
+        return ValidationError(f"a value is out of range: {message}")
     if sqlstate in ("3F000", "42883", "42P01"):
         return PggclError(f"{message} (is the pggcl schema installed? run `pggcl db upgrade`)")
     return PggclError(message)
+
+
+def session_failure(last_error: PggclError | None) -> PggclError:
+    """The error for a caller who needs a session that could not be opened: the same kind as
+    the last failure (unreachable, schema missing, ...), saying what could not be done."""
+    if last_error is None:
+        return DatabaseUnavailableError("could not open a session: the database did not answer")
+    return type(last_error)(f"could not open a session: {last_error}")
+
+
+def reconnect_warning(ever_listened: bool, error: PggclError) -> str:
+    """The log line for a failed attempt of the session connection, on one line."""
+    first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if ever_listened:
+        return f"pggcl session connection lost, reconnecting: {first_line}"
+    return f"pggcl could not open its session connection, retrying: {first_line}"
 
 
 def check_session_kept(session_id: int, setting: str | None) -> None:

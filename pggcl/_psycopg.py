@@ -20,7 +20,13 @@ from typing import Any
 import psycopg
 
 from pggcl import _queries as q
-from pggcl._core import Row, check_session_kept, translate_error
+from pggcl._core import (
+    Row,
+    check_session_kept,
+    reconnect_warning,
+    session_failure,
+    translate_error,
+)
 from pggcl._events import (
     LOST,
     PING,
@@ -32,7 +38,7 @@ from pggcl._events import (
     next_heartbeat,
     parse_payload,
 )
-from pggcl.errors import DatabaseUnavailableError, PggclError, SessionLostError
+from pggcl.errors import PggclError, SessionLostError
 
 log = logging.getLogger("pggcl")
 
@@ -56,7 +62,16 @@ def _translate(exc: psycopg.Error, conn: psycopg.Connection[Any] | None) -> Pggc
     lost = isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) and (
         conn is None or conn.closed or conn.broken
     )
-    return translate_error(exc.sqlstate, str(exc), lost)
+    # The primary message alone: str(exc) adds the statement's LINE/caret context.
+    return translate_error(exc.sqlstate, exc.diag.message_primary or str(exc), lost)
+
+
+def _session_error(exc: BaseException, conn: psycopg.Connection[Any] | None) -> PggclError:
+    if isinstance(exc, PggclError):
+        return exc
+    if isinstance(exc, psycopg.Error):
+        return _translate(exc, conn)
+    return translate_error(None, str(exc), True)
 
 
 class _Pool:
@@ -139,7 +154,7 @@ class PsycopgPort:
         self._changed = threading.Condition(self._lock)
         self._session: tuple[int, uuid.UUID, str] | None = None
         self._generation = 0  # grows each time the listener (re)starts listening
-        self._last_error: BaseException | None = None
+        self._last_error: PggclError | None = None
         self._failures = 0  # connection attempts of the listener that failed
         self._thread: threading.Thread | None = None
         self._session_conn: psycopg.Connection[Any] | None = None
@@ -190,9 +205,7 @@ class PsycopgPort:
                     lambda: self._session is not None or self._failures > failures, self._timeout
                 )
             if self._session is None:
-                raise DatabaseUnavailableError(
-                    f"the database is unreachable: could not open a session ({self._last_error})"
-                )
+                raise session_failure(self._last_error)
             return self._session[0]
 
     def wait_listening(self, after: int, timeout: float) -> int:
@@ -239,11 +252,12 @@ class PsycopgPort:
             except (psycopg.Error, OSError, PggclError) as exc:
                 if self._stopping.is_set():
                     break
+                error = _session_error(exc, conn)
                 with self._lock:
-                    self._last_error = exc
+                    self._last_error = error
                     self._failures += 1
                     self._changed.notify_all()
-                log.warning("pggcl session connection lost, reconnecting: %s", exc)
+                log.warning(reconnect_warning(self._generation > 0, error))
                 self._stopping.wait(backoff.delay(attempt))
                 attempt += 1
             finally:
