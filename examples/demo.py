@@ -1,23 +1,14 @@
-"""pggcl demo (stub): install the schema into $PGGCL_DSN or a throwaway server."""
+"""The pggcl demo, runnable from a checkout: `python examples/demo.py` is `pggcl demo`.
+
+The scenes themselves, short and meant to be read, are in pggcl/cli/demo_scenes.py.
+Uses $PGGCL_DSN when set, or else starts a throwaway PostgreSQL from local server binaries.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import os
+import sys
 
-from pggcl import schema
-from pggcl.testing import TempPostgres
-
-
-def main() -> None:
-    with contextlib.ExitStack() as stack:
-        dsn = os.environ.get("PGGCL_DSN")
-        if not dsn:
-            dsn = stack.enter_context(TempPostgres()).dsn
-            print(f"started a throwaway PostgreSQL at {dsn}")
-        schema.upgrade(dsn)
-        print(f"schema installed (revision {schema.current(dsn)})")
-
+from pggcl.cli import main
 
 if __name__ == "__main__":
-    main()
+    main(["demo", *sys.argv[1:]], prog_name="pggcl")

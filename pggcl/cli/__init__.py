@@ -1,4 +1,9 @@
-"""The `pggcl` command. Each command group lives in its own module and is added below."""
+"""The `pggcl` command. Each command group lives in its own module and is added below.
+
+The verbs and flags are those of `prefect gcl` (create, inspect, ls, update, enable, disable,
+delete), plus `holders`, `release`, `run`, `demo` and `db`. Commands call only the public
+sync client, `pggcl.Client`.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,11 @@ import os
 import click
 
 from pggcl import __version__
+from pggcl.cli import holders, limits, run
 from pggcl.cli._base import CliGroup
 from pggcl.cli.db import db
+from pggcl.cli.demo import demo
+from pggcl.cli.ui import ui
 
 
 @click.group(cls=CliGroup)
@@ -21,10 +29,15 @@ from pggcl.cli.db import db
 @click.version_option(__version__, prog_name="pggcl")
 @click.pass_context
 def main(ctx: click.Context, dsn: str | None) -> None:
-    """Global concurrency limits and rate limits inside PostgreSQL."""
+    """Global concurrency limits and rate limits inside PostgreSQL.
+
+    New here? Run `pggcl demo`.
+    """
     ctx.obj = dsn or os.environ.get("PGGCL_DSN") or None
 
 
-main.add_command(db)
+for command in (*limits.COMMANDS, *holders.COMMANDS, *run.COMMANDS, demo, db):
+    main.add_command(command)
+main.add_command(ui)
 
 __all__ = ["main"]

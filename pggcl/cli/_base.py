@@ -1,10 +1,20 @@
-"""What every command shares: the DSN, and errors as one line without a traceback."""
+"""What every command shares: the DSN, the client, and errors as one line without a traceback."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import click
+
+import pggcl
+from pggcl.errors import LimitExistsError, LimitNotFoundError
+
+# Messages of a database where `pggcl db upgrade` was never run (the engine's objects are missing).
+_NOT_INSTALLED = ('schema "pggcl" does not exist', 'relation "pggcl.', "function pggcl.")
+_INSTALL_HINT = "pggcl is not installed in this database (run `pggcl db upgrade`)"
 
 
 def require_dsn(ctx: click.Context) -> str:
@@ -15,22 +25,95 @@ def require_dsn(ctx: click.Context) -> str:
     return str(dsn)
 
 
+@contextlib.contextmanager
+def open_client(ctx: click.Context) -> Iterator[pggcl.Client]:
+    """A sync client on the command's DSN, closed when the command is done."""
+    dsn = require_dsn(ctx)
+    with pggcl.Client(dsn) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def about_limit(name: str) -> Iterator[None]:
+    """Name the limit in the error when it does not exist, or exists already."""
+    try:
+        yield
+    except LimitNotFoundError:
+        raise click.ClickException(f"global concurrency limit {name!r} not found") from None
+    except LimitExistsError:
+        raise click.ClickException(f"global concurrency limit {name!r} already exists") from None
+
+
+INT4_MAX = 2**31 - 1
+
+
+def check_slots(option: str, value: int | None) -> None:
+    """Slot counts are PostgreSQL integers: name the option when one is too large (the engine
+    itself refuses negative values, naming the limit)."""
+    if value is not None and value > INT4_MAX:
+        raise click.ClickException(f"invalid {option}: {value}; at most {INT4_MAX} slots")
+
+
+class ClientLog(logging.Handler):
+    """What the client logs (a limit created inactive, a lease reclaimed, a lost session), one
+    line each on stderr. Held back until the command has got through (`show`), and dropped when
+    it fails: then its one error line says what went wrong, without the client's retries."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+        self.live = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = "Error" if record.levelno >= logging.ERROR else "Warning"
+        line = f"{prefix}: {(record.getMessage().strip().splitlines() or [''])[0]}"
+        if self.live:
+            click.echo(line, err=True)  # through click at each record, for click's test runner
+        else:
+            self.lines.append(line)
+
+    def show(self) -> None:
+        """Print what was held back, and from now on each record as it comes."""
+        self.live = True
+        for line in self.lines:
+            click.echo(line, err=True)
+        self.lines.clear()
+
+    @classmethod
+    def of(cls, ctx: click.Context) -> ClientLog:
+        log: ClientLog = ctx.find_root().meta.setdefault("pggcl.client_log", cls())
+        return log
+
+
 def one_line(exc: BaseException) -> str:
     # SQLAlchemy wraps the driver's error and appends a background link: show the driver's.
     inner = getattr(exc, "orig", None) or exc
     text = str(inner).strip() or type(inner).__name__
-    return text.splitlines()[0]
+    first = text.splitlines()[0]
+    if any(marker in first for marker in _NOT_INSTALLED):
+        return _INSTALL_HINT
+    return first
 
 
 class CliGroup(click.Group):
     """A group that turns any unexpected exception into `Error: <one line>`, exit 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
+        if ctx.parent is not None:  # only the outermost group translates
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
+        log = ClientLog.of(ctx)
+        logger = logging.getLogger("pggcl")
+        logger.addHandler(log)
+        try:
+            result = super().invoke(ctx)
+        except click.exceptions.Exit:
+            log.show()
+            raise
+        except (click.ClickException, click.Abort):
             raise
         except Exception as exc:
-            if ctx.parent is not None:  # only the outermost group translates
-                raise
             raise click.ClickException(one_line(exc)) from exc
+        finally:
+            logger.removeHandler(log)
+        log.show()
+        return result

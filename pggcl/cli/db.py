@@ -1,10 +1,13 @@
-"""`pggcl db`: install, upgrade, inspect and remove the schema."""
+"""`pggcl db`: install, upgrade, inspect and remove the schema.
+
+`pggcl.schema` (alembic, SQLAlchemy) is imported by the commands that use it: the other
+commands start faster without it.
+"""
 
 from __future__ import annotations
 
 import click
 
-from pggcl import schema
 from pggcl.cli._base import require_dsn
 
 
@@ -18,6 +21,8 @@ def db() -> None:
 @click.pass_context
 def upgrade(ctx: click.Context, revision: str) -> None:
     """Install or upgrade the schema to REVISION (default: head)."""
+    from pggcl import schema
+
     dsn = require_dsn(ctx)
     schema.upgrade(dsn, revision)
     click.echo(f"pggcl schema at revision {schema.current(dsn) or 'base'}")
@@ -28,6 +33,8 @@ def upgrade(ctx: click.Context, revision: str) -> None:
 @click.pass_context
 def downgrade(ctx: click.Context, revision: str) -> None:
     """Downgrade the schema to REVISION (`base` drops schema pggcl and its data)."""
+    from pggcl import schema
+
     dsn = require_dsn(ctx)
     schema.downgrade(dsn, revision)
     click.echo(f"pggcl schema at revision {schema.current(dsn) or 'base'}")
@@ -37,10 +44,14 @@ def downgrade(ctx: click.Context, revision: str) -> None:
 @click.pass_context
 def current(ctx: click.Context) -> None:
     """Print the installed revision (`base` when pggcl is not installed)."""
+    from pggcl import schema
+
     click.echo(schema.current(require_dsn(ctx)) or "base")
 
 
 @db.command("sql")
 def sql_() -> None:
     """Print the fresh-install SQL script (run it with `psql -1 -f`)."""
+    from pggcl import schema
+
     click.echo(schema.schema_sql(), nl=False)

@@ -1,0 +1,107 @@
+"""How commands print: plain aligned tables for people, stable JSON for programs.
+
+JSON keeps the field names and order of the records in `pggcl.models`; timestamps are ISO 8601
+with their UTC offset, lease ids are strings, numbers stay numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import click
+
+from pggcl.models import ConcurrencyLimit, Holder, Waiter
+
+#: `--output json` on the reading commands (the only format besides the default table).
+output_option = click.option(
+    "--output",
+    "-o",
+    type=click.Choice(["json"]),
+    default=None,
+    help="Print JSON instead of a table.",
+)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def record(obj: ConcurrencyLimit | Holder | Waiter) -> dict[str, Any]:
+    """A model as a JSON-ready dict, fields in declaration order."""
+    return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def slots(value: float) -> str:
+    """Occupancy for people: whole slots as integers, a decaying level to two decimals."""
+    return str(round(value)) if abs(value - round(value)) < 0.005 else f"{value:.2f}"
+
+
+def number(value: float) -> str:
+    return f"{value:g}"
+
+
+def yes_no(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def when(value: datetime | None) -> str:
+    """A timestamp in local time, to the second, with its offset; `-` for none."""
+    return "-" if value is None else value.astimezone().isoformat(timespec="seconds")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
+    """Columns padded to their widest cell; columns listed in `right` are right-aligned."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+    lines = []
+    for row in (headers, *rows):
+        cells = [
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def holders_table(holders: Sequence[Holder]) -> str:
+    rows = [
+        [str(h.lease_id), h.name, str(h.slots), h.holder or "-", when(h.since), when(h.expires)]
+        for h in holders
+    ]
+    return table(["LEASE", "LIMIT", "SLOTS", "HOLDER", "SINCE", "EXPIRES"], rows, right=[2])
+
+
+def queue_table(waiters: Sequence[Waiter]) -> str:
+    rows = [
+        [str(w.position), w.name, str(w.occupy), w.mode, w.holder or "-", when(w.since)]
+        for w in waiters
+    ]
+    return table(["POSITION", "LIMIT", "OCCUPY", "MODE", "HOLDER", "SINCE"], rows, right=[0, 2])
+
+
+def limits_table(limits: Sequence[ConcurrencyLimit]) -> str:
+    rows = [
+        [
+            lim.name,
+            str(lim.limit),
+            yes_no(lim.active),
+            slots(lim.active_slots),
+            number(lim.slot_decay_per_second),
+            str(lim.waiting),
+        ]
+        for lim in limits
+    ]
+    headers = ["NAME", "LIMIT", "ACTIVE", "ACTIVE SLOTS", "SLOT DECAY/S", "WAITING"]
+    return table(headers, rows, right=[1, 3, 4, 5])

@@ -1,0 +1,196 @@
+"""Managing limits, as `prefect gcl` does: create, inspect, ls, update, enable, disable, delete.
+
+Unlike `prefect gcl`, every failure exits 1 with one line on stderr, and `ls` has no row cap.
+"""
+
+from __future__ import annotations
+
+import click
+
+from pggcl.cli._base import about_limit, check_slots, open_client
+from pggcl.cli._output import (
+    echo_json,
+    holders_table,
+    limits_table,
+    number,
+    output_option,
+    queue_table,
+    record,
+    slots,
+    when,
+    yes_no,
+)
+
+# Negative numbers are the engine's to refuse (exit 1, naming the value), not click's (exit 2).
+_limit_option = click.option("--limit", type=int, help="Maximum number of slots (0 or more).")
+_decay_option = click.option(
+    "--slot-decay-per-second",
+    type=float,
+    help="Slots freed per second; above 0 makes the limit usable as a rate limit.",
+)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--limit", type=int, required=True, help="Maximum number of slots (0 or more).")
+@click.option(
+    "--slot-decay-per-second",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Slots freed per second; above 0 makes the limit usable as a rate limit.",
+)
+@click.option("--disable", is_flag=True, help="Create the limit inactive (it blocks nobody).")
+@click.pass_context
+def create(
+    ctx: click.Context, name: str, limit: int, slot_decay_per_second: float, disable: bool
+) -> None:
+    """Create the global concurrency limit NAME."""
+    check_slots("--limit", limit)
+    with open_client(ctx) as client, about_limit(name):
+        client.create_limit(
+            name, limit, slot_decay_per_second=slot_decay_per_second, active=not disable
+        )
+    click.echo(f"Created global concurrency limit with name {name!r}.")
+
+
+@click.command()
+@click.argument("name")
+@output_option
+@click.pass_context
+def inspect(ctx: click.Context, name: str, output: str | None) -> None:
+    """Show the limit NAME with its live occupancy, holders and waiters."""
+    with open_client(ctx) as client, about_limit(name):
+        limit = client.read_limit(name)
+        holders = client.holders(name)
+        waiters = client.queue(name)
+    if output == "json":
+        echo_json(
+            {
+                **record(limit),
+                "holders": [record(h) for h in holders],
+                "queue": [record(w) for w in waiters],
+            }
+        )
+        return
+    fields = [
+        ("name", limit.name),
+        ("limit", str(limit.limit)),
+        ("active", yes_no(limit.active)),
+        (
+            "active slots (now)",
+            f"{slots(limit.active_slots)} (held {limit.held_slots}, "
+            f"decaying {slots(limit.decaying_slots)})",
+        ),
+        ("slot decay per second", number(limit.slot_decay_per_second)),
+        ("waiting", str(limit.waiting)),
+        ("created", when(limit.created)),
+        ("updated", when(limit.updated)),
+    ]
+    width = max(len(label) for label, _ in fields) + 1
+    for label, value in fields:
+        click.echo(f"{label + ':':<{width}} {value}")
+    click.echo(f"\nholders ({len(holders)}):")
+    if holders:
+        click.echo(_indent(holders_table(holders)))
+    click.echo(f"\nwaiting ({len(waiters)}):")
+    if waiters:
+        click.echo(_indent(queue_table(waiters)))
+
+
+@click.command()
+@output_option
+@click.pass_context
+def ls(ctx: click.Context, output: str | None) -> None:
+    """List every global concurrency limit, sorted by name."""
+    with open_client(ctx) as client:
+        limits = sorted(client.list_limits(), key=lambda lim: lim.name)
+    if output == "json":
+        echo_json([record(lim) for lim in limits])
+    elif not limits:
+        click.echo("No global concurrency limits found.")
+    else:
+        click.echo(limits_table(limits))
+
+
+@click.command()
+@click.argument("name")
+@_limit_option
+@_decay_option
+@click.option("--enable", is_flag=True, help="Make the limit active.")
+@click.option("--disable", is_flag=True, help="Make the limit inactive (it blocks nobody).")
+@click.pass_context
+def update(
+    ctx: click.Context,
+    name: str,
+    limit: int | None,
+    slot_decay_per_second: float | None,
+    enable: bool,
+    disable: bool,
+) -> None:
+    """Change the limit NAME; options not given keep their value."""
+    if enable and disable:
+        raise click.ClickException("--enable and --disable exclude each other: give one")
+    if limit is None and slot_decay_per_second is None and not (enable or disable):
+        raise click.ClickException(
+            "nothing to update: give --limit, --slot-decay-per-second, --enable or --disable"
+        )
+    check_slots("--limit", limit)
+    active = True if enable else False if disable else None
+    with open_client(ctx) as client, about_limit(name):
+        client.update_limit(
+            name, limit=limit, slot_decay_per_second=slot_decay_per_second, active=active
+        )
+    click.echo(f"Updated global concurrency limit with name {name!r}.")
+
+
+@click.command()
+@click.argument("name")
+@click.pass_context
+def enable(ctx: click.Context, name: str) -> None:
+    """Make the limit NAME active: it blocks when full."""
+    with open_client(ctx) as client, about_limit(name):
+        client.update_limit(name, active=True)
+    click.echo(f"Enabled global concurrency limit with name {name!r}.")
+
+
+@click.command()
+@click.argument("name")
+@click.pass_context
+def disable(ctx: click.Context, name: str) -> None:
+    """Make the limit NAME inactive: it blocks nobody.
+
+    Requests waiting on it go ahead at once.
+    """
+    with open_client(ctx) as client, about_limit(name):
+        client.update_limit(name, active=False)
+    click.echo(f"Disabled global concurrency limit with name {name!r}.")
+
+
+@click.command()
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def delete(ctx: click.Context, name: str, yes: bool) -> None:
+    """Delete the limit NAME. Its holders keep running; its waiters go ahead."""
+    with open_client(ctx) as client, about_limit(name):
+        client.read_limit(name)  # a missing limit is an error before any question
+        question = f"Are you sure you want to delete global concurrency limit {name!r}?"
+        try:
+            confirmed = yes or click.confirm(question, default=False)
+        except click.Abort:  # end of input, or Ctrl-C, at the question
+            raise click.ClickException(
+                "no answer, so nothing was deleted (--yes skips the question)"
+            ) from None
+        if not confirmed:
+            raise click.ClickException("deletion aborted; nothing was changed")
+        if not client.delete_limit(name):
+            raise click.ClickException(f"global concurrency limit {name!r} not found")
+    click.echo(f"Deleted global concurrency limit with name {name!r}.")
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+COMMANDS = [create, inspect, ls, update, enable, disable, delete]

@@ -1,0 +1,246 @@
+"""`pggcl run`: hold slots while a command runs, so shell scripts and cron jobs share limits.
+
+Like `flock` for one machine, but the limit is global. Exit statuses: COMMAND's own; 128+N when
+signal N ended it (as the shell reports it); 127/126 when it cannot be found/executed; 1 when
+pggcl itself fails (no slots within --timeout, a bad limit, no database).
+
+Signals: SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to pggcl are passed to COMMAND, and the slots
+are released once COMMAND has exited. A Ctrl-C typed at the terminal already reaches COMMAND
+directly (the terminal signals the whole foreground process group), so it is not sent twice.
+While pggcl still waits for slots, such a signal stops the wait and gives up the request.
+If pggcl is killed outright (SIGKILL), the server reclaims its slots when its session ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from types import FrameType
+
+import click
+
+from pggcl.cli._base import ClientLog, check_slots, open_client
+from pggcl.errors import AcquireConcurrencySlotTimeoutError
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+# Signals a terminal sends to its whole foreground process group, COMMAND included.
+FROM_TERMINAL = (signal.SIGINT, signal.SIGQUIT)
+
+
+class Interrupted(BaseException):
+    """A signal arrived before COMMAND started. A BaseException, like KeyboardInterrupt, so
+    that the client gives up the queued request however it catches errors."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminal_signals_child() -> bool:
+    """Whether this process is in its terminal's foreground process group; COMMAND, in the
+    same group, then gets Ctrl-C from the terminal itself."""
+    try:
+        fd = os.open(os.ctermid(), os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return False  # no controlling terminal: cron, a service, a CI runner
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+class SignalRelay:
+    """Signal handling across the phases of a run.
+
+    waiting: a signal raises Interrupted, which abandons the wait.
+    starting: signals are kept, and passed on once COMMAND exists (no orphan, no lost signal).
+    running: signals are passed to COMMAND.
+    done: signals are ignored, so that nothing interrupts giving the slots back.
+    """
+
+    def __init__(self) -> None:
+        self.phase = "waiting"
+        self.child: subprocess.Popen[bytes] | None = None
+        self.pending: list[int] = []
+        self.terminal_signals_child = _terminal_signals_child()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.phase == "waiting":
+            raise Interrupted(signum)
+        if self.phase == "starting":
+            self.pending.append(signum)
+        elif self.phase == "running":
+            self._forward(signum)
+
+    def _forward(self, signum: int) -> None:
+        if self.child is None or self.child.returncode is not None:
+            return
+        if signum in FROM_TERMINAL and self.terminal_signals_child:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.child.pid, signum)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[SignalRelay]:
+        previous = {signum: signal.signal(signum, self._handle) for signum in FORWARDED}
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def run(self, command: list[str]) -> int:
+        """Start COMMAND, pass signals to it until it exits, and return its exit status."""
+        self.phase = "starting"
+        try:
+            try:
+                self.child = subprocess.Popen(command)
+            except FileNotFoundError:
+                raise CommandFailed(127, f"command not found: {command[0]}") from None
+            except OSError as exc:
+                raise CommandFailed(126, f"cannot run {command[0]}: {exc.strerror}") from None
+            self.phase = "running"
+            for signum in self.pending:
+                self._forward(signum)
+            returncode = self.child.wait()  # signal handlers run during the wait
+        finally:
+            self.phase = "done"
+        return 128 - returncode if returncode < 0 else returncode
+
+
+class CommandFailed(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _holder(command: list[str]) -> str:
+    return f"{socket.gethostname()}:{os.getpid()} {shlex.join(command)}"[:200]
+
+
+class RunCommand(click.Command):
+    """Options may come before or after NAME; the first word after NAME (or everything after
+    `--`) starts COMMAND, so COMMAND's own options are never taken for pggcl's."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        takes_value = {opt: False for opt in self.get_help_option_names(ctx)}
+        for param in self.params:
+            if isinstance(param, click.Option):
+                for opt in (*param.opts, *param.secondary_opts):
+                    takes_value[opt] = not param.is_flag
+        options: list[str] = []
+        positional: list[str] = []
+        rest = list(args)
+        while rest:
+            arg = rest.pop(0)
+            if arg == "--":
+                positional += rest
+                break
+            if positional and not arg.startswith("-"):  # NAME is there: COMMAND begins
+                positional += [arg, *rest]
+                break
+            if arg.startswith("-") and arg != "-":
+                options.append(arg)
+                if takes_value.get(arg) and rest:
+                    options.append(rest.pop(0))
+            else:
+                positional.append(arg)
+        return super().parse_args(ctx, [*options, "--", *positional])
+
+
+@click.command(cls=RunCommand)
+@click.argument("names", metavar="NAME[,NAME...]")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--occupy", type=int, default=1, show_default=True, help="Slots to take.")
+@click.option(
+    "--timeout",
+    "timeout_seconds",
+    type=float,
+    metavar="SECONDS",
+    help="Give up (exit 1) when the slots are not granted within SECONDS; default: wait.",
+)
+@click.option(
+    "--rate",
+    is_flag=True,
+    help="Take rate-limit slots (they decay away) instead of holding slots during COMMAND.",
+)
+@click.option("--strict", is_flag=True, help="Fail when a limit does not exist.")
+@click.pass_context
+def run(
+    ctx: click.Context,
+    names: str,
+    command: tuple[str, ...],
+    occupy: int,
+    timeout_seconds: float | None,
+    rate: bool,
+    strict: bool,
+) -> None:
+    """Hold slots on each limit NAME while COMMAND runs.
+
+    \b
+        pggcl run database -- pg_dump mydb
+        pggcl run database,gpu --occupy 2 --timeout 60 -- ./train.sh
+        pggcl run api --rate -- curl https://example.com/
+
+    pggcl's options come before COMMAND; `--` may mark where COMMAND begins. A missing limit
+    is created inactive (it limits nothing), as in Python code, with a warning; --strict
+    fails instead. Exits with COMMAND's status (128+N when signal N ended it). SIGINT,
+    SIGTERM, SIGHUP and SIGQUIT are passed to COMMAND; the slots are released after it exits.
+    """
+    limit_names = list(dict.fromkeys(n.strip() for n in names.split(",")))
+    if "" in limit_names:
+        raise click.ClickException(f"invalid limit names {names!r}: a name is empty")
+    check_slots("--occupy", occupy)
+    if timeout_seconds is not None and not 0 <= timeout_seconds < float("inf"):
+        raise click.ClickException(
+            f"invalid --timeout: {timeout_seconds:g}; it must be a finite number of seconds, "
+            "0 or more"
+        )
+    argv = list(command)
+    relay = SignalRelay()
+
+    def start() -> int:
+        ClientLog.of(ctx).show()  # what the client said while acquiring, then live
+        return relay.run(argv)
+
+    with relay.installed():
+        try:
+            with open_client(ctx) as client:
+                if rate:
+                    client.rate_limit(
+                        limit_names, occupy=occupy, timeout_seconds=timeout_seconds, strict=strict
+                    )
+                    status = start()
+                else:
+                    with client.concurrency(
+                        limit_names,
+                        occupy=occupy,
+                        timeout_seconds=timeout_seconds,
+                        strict=strict,
+                        holder=_holder(argv),
+                    ):
+                        status = start()
+        except Interrupted as stop:
+            name = signal.Signals(stop.signum).name
+            click.echo(f"Error: interrupted by {name} while waiting for slots", err=True)
+            ctx.exit(128 + stop.signum)
+        except AcquireConcurrencySlotTimeoutError:
+            what = "slot" if occupy == 1 else "slots"
+            raise click.ClickException(
+                f"timed out after {timeout_seconds or 0:g} seconds waiting for {occupy} {what} "
+                f"on {', '.join(repr(n) for n in limit_names)}"
+            ) from None
+        except CommandFailed as failed:
+            click.echo(f"Error: {failed}", err=True)
+            ctx.exit(failed.status)
+    ctx.exit(status)
+
+
+COMMANDS = [run]
