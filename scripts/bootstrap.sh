@@ -25,6 +25,15 @@ if [ -z "${PGGCL_TEST_DSN:-}" ] && ! have_server_binaries; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
 fi
 
+# The web UI's browser tests drive Debian's Chromium (Playwright never downloads a browser).
+if [ ! -x /usr/bin/chromium ]; then
+    echo "bootstrap: installing chromium (apt-get)" >&2
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     echo "bootstrap: creating .venv" >&2

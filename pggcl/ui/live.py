@@ -1,0 +1,262 @@
+"""The live-update hub: one sampler per UI server, pushing what changed to the open pages.
+
+The engine does not announce acquires and releases: a NOTIFY on each would slow the hot path
+and serialise commits. Instead, while at least one page listens, one task here reads the public
+views through the client about once per second (every limit, plus holders and queue when a
+limit page is open): the same few queries however many browsers are open, and plain reads that
+take no lock an acquire or a release waits for. It keeps the last minutes of occupancy in memory
+for the charts and hands each subscriber what changed for its page; the page's stream sends it.
+The sampler stops a few seconds (``linger``) after the last page closed, so that moving from one
+page to another keeps the chart's history, and forgets that history when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pggcl.models import ConcurrencyLimit, Holder, Waiter
+from pggcl.ui.present import holder_view, limit_view, matches, waiter_view
+
+log = logging.getLogger("pggcl.ui")
+
+#: One chart point: (time in epoch seconds, held slots, decaying slots, limit).
+Sample = tuple[float, int, float, int]
+
+
+class Reader(Protocol):
+    """What the hub reads: a subset of :class:`pggcl.AsyncClient`."""
+
+    async def list_limits(self) -> list[ConcurrencyLimit]: ...
+    async def holders(self, name: str | None = None) -> list[Holder]: ...
+    async def queue(self, name: str | None = None) -> list[Waiter]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsTopic:
+    """The limits page, with its name filter."""
+
+    query: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitTopic:
+    """One limit's page: the limit, its holders and queue, and its chart."""
+
+    name: str
+
+
+Topic = LimitsTopic | LimitTopic
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class Subscriber:
+    """One open page's mailbox: the latest data of each event, sent when it changed.
+
+    A slow browser never makes the hub wait or queue: a newer value replaces an unsent one.
+    """
+
+    def __init__(self, topic: Topic) -> None:
+        self.topic = topic
+        self.closed = False
+        self._pending: dict[str, str] = {}
+        self._sent: dict[str, str] = {}
+        self._wake = asyncio.Event()
+
+    def offer(self, event: str, data: str, *, always: bool = False) -> None:
+        """Queue ``data`` as ``event``, unless it equals what was last offered (or ``always``)."""
+        if not always and self._sent.get(event) == data:
+            return
+        self._sent[event] = data
+        self._pending.pop(event, None)  # re-inserted last: events keep their order of change
+        self._pending[event] = data
+        self._wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
+    async def next(self, timeout: float) -> list[tuple[str, str]]:
+        """The events pending now, waiting up to ``timeout`` seconds for one; [] on timeout."""
+        if not self._pending and not self.closed:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+        batch = list(self._pending.items())
+        self._pending.clear()
+        return batch
+
+
+class Hub:
+    """Samples the limits while pages listen and fans the results out to them.
+
+    ``interval`` seconds between samples; ``window`` seconds of chart history kept;
+    ``linger`` seconds the sampler keeps running after the last page closed.
+    """
+
+    def __init__(
+        self,
+        reader: Reader,
+        *,
+        interval: float = 1.0,
+        window: float = 300.0,
+        linger: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._reader = reader
+        self.interval, self.window, self._linger, self._clock = interval, window, linger, clock
+        self._subs: set[Subscriber] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._history: dict[str, deque[Sample]] = {}
+        self._since: float | None = None
+        #: Samples taken since this hub was made (each is one round of reads).
+        self.ticks = 0
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
+
+    def subscribe(self, topic: Topic) -> Subscriber:
+        """A mailbox for ``topic``; starts the sampler if it is not running."""
+        sub = Subscriber(topic)
+        self._subs.add(sub)
+        if isinstance(topic, LimitTopic):
+            sub.offer("history", _json(self._history_of(topic.name)))
+        if self._task is None:
+            self._since = self._clock()
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="pggcl-ui-sampler"
+            )
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        sub.close()
+        self._subs.discard(sub)
+
+    def end_streams(self) -> None:
+        """Close every open stream (the server is shutting down)."""
+        for sub in list(self._subs):
+            self.unsubscribe(sub)
+
+    async def close(self) -> None:
+        self.end_streams()
+        task = self._task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # --- The sampler --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        idle_since: float | None = None
+        try:
+            while True:
+                started = time.monotonic()
+                await self._tick()
+                if self._subs:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = started
+                if idle_since is not None and started - idle_since >= self._linger:
+                    return
+                # Pacing, not synchronisation: the next sample is due one interval later.
+                await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+        finally:
+            # No await between the last check of _subs and here: a subscribe either saw the
+            # task running or starts a new one.
+            self._task, self._since = None, None
+            self._history.clear()
+
+    async def _tick(self) -> None:
+        watched = {s.topic.name for s in self._subs if isinstance(s.topic, LimitTopic)}
+        holders: list[Holder] = []
+        queue: list[Waiter] = []
+        try:
+            limits = await self._reader.list_limits()
+            if watched:
+                only = next(iter(watched)) if len(watched) == 1 else None
+                holders, queue = await asyncio.gather(
+                    self._reader.holders(only), self._reader.queue(only)
+                )
+        except Exception as exc:  # the sampler must outlive a database outage
+            log.warning("pggcl ui: sampling failed: %s", exc)
+            status = _json({"error": str(exc) or type(exc).__name__})
+            for sub in list(self._subs):
+                sub.offer("status", status)
+            return
+        now = self._clock()
+        self.ticks += 1
+        self._record(now, limits)
+        self._fan_out(now, limits, holders, queue)
+
+    def _record(self, now: float, limits: list[ConcurrencyLimit]) -> None:
+        """Keep a point per limit when its occupancy changed; drop what left the window."""
+        cutoff = now - self.window
+        for limit in limits:
+            point: Sample = (now, limit.held_slots, round(limit.decaying_slots, 3), limit.limit)
+            points = self._history.setdefault(limit.name, deque())
+            if not points or points[-1][1:] != point[1:]:
+                points.append(point)
+            # Keep the last point before the window: it is the value at the window's start.
+            while len(points) >= 2 and points[1][0] <= cutoff:
+                points.popleft()
+        for gone in self._history.keys() - {limit.name for limit in limits}:
+            del self._history[gone]
+
+    def _history_of(self, name: str) -> dict[str, Any]:
+        now = self._clock()
+        since = self._since if self._since is not None else now
+        return {
+            "since": max(since, now - self.window),
+            "window": self.window,
+            "samples": list(self._history.get(name, ())),
+        }
+
+    def _fan_out(
+        self, now: float, limits: list[ConcurrencyLimit], holders: list[Holder], queue: list[Waiter]
+    ) -> None:
+        ok = _json({"error": None})
+        by_name = {limit.name: limit for limit in limits}
+        encoded: dict[Topic, str] = {}  # pages showing the same thing share one encoding
+        for sub in list(self._subs):
+            sub.offer("status", ok)
+            topic = sub.topic
+            if isinstance(topic, LimitsTopic):
+                if topic not in encoded:
+                    shown = [limit_view(lim) for lim in limits if matches(lim.name, topic.query)]
+                    encoded[topic] = _json(shown)
+                sub.offer("limits", encoded[topic])
+                continue
+            limit = by_name.get(topic.name)
+            if topic not in encoded:
+                encoded[topic] = _json(
+                    {
+                        "limit": limit_view(limit) if limit else None,
+                        "holders": [holder_view(h) for h in holders if h.name == topic.name],
+                        "queue": [waiter_view(w) for w in queue if w.name == topic.name],
+                    }
+                )
+            sub.offer("limit", encoded[topic])
+            if limit is not None:
+                sample = (now, limit.held_slots, round(limit.decaying_slots, 3), limit.limit)
+                sub.offer("sample", _json(sample), always=True)

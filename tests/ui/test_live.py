@@ -1,0 +1,120 @@
+"""The live-update hub against a real database: one sampler, whatever the number of pages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from typing import Any
+
+import pggcl
+from pggcl.models import ConcurrencyLimit, Holder, Waiter
+from pggcl.ui.live import Hub, LimitsTopic, LimitTopic, Subscriber
+
+
+class CountingReader:
+    """The async client, counting the reads the hub makes."""
+
+    def __init__(self, client: pggcl.AsyncClient) -> None:
+        self.client = client
+        self.calls: Counter[str] = Counter()
+
+    async def list_limits(self) -> list[ConcurrencyLimit]:
+        self.calls["list_limits"] += 1
+        return await self.client.list_limits()
+
+    async def holders(self, name: str | None = None) -> list[Holder]:
+        self.calls["holders"] += 1
+        return await self.client.holders(name)
+
+    async def queue(self, name: str | None = None) -> list[Waiter]:
+        self.calls["queue"] += 1
+        return await self.client.queue(name)
+
+
+async def next_event(sub: Subscriber, event: str, timeout: float = 10.0) -> Any:
+    """The data of the next `event` the subscriber gets (other events are skipped)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            for name, data in await sub.next(timeout):
+                if name == event:
+                    return json.loads(data)
+
+
+async def test_one_sampler_reads_once_per_tick_for_any_number_of_pages(pggcl_dsn: str) -> None:
+    async with pggcl.AsyncClient(pggcl_dsn) as client:
+        reader = CountingReader(client)
+        hub = Hub(reader, interval=0.05, linger=0)
+        pages = [hub.subscribe(LimitsTopic()) for _ in range(5)]
+        filtered = hub.subscribe(LimitsTopic("GP"))
+        for page in pages:
+            assert await next_event(page, "limits") == []
+        await client.create_limit("gpu", 2)
+        await client.create_limit("database", 5)
+        for page in pages:
+            seen = await next_event(page, "limits")
+            while len(seen) < 2:
+                seen = await next_event(page, "limits")
+            assert [view["name"] for view in seen] == ["database", "gpu"]
+        assert [view["name"] for view in await next_event(filtered, "limits")] == ["gpu"]
+        # One read of the limits per sample, never one per page; no holders without a limit page.
+        assert reader.calls["list_limits"] == hub.ticks
+        assert reader.calls["holders"] == reader.calls["queue"] == 0
+        await hub.close()
+
+
+async def test_a_limit_page_gets_holders_queue_samples_and_history(pggcl_dsn: str) -> None:
+    async with pggcl.AsyncClient(pggcl_dsn) as client:
+        await client.create_limit("gpu", 1)
+        hub = Hub(client, interval=0.05, linger=0)
+        page = hub.subscribe(LimitTopic("gpu"))
+        assert (await next_event(page, "history"))["samples"] == []
+        assert (await next_event(page, "limit"))["holders"] == []
+        async with client.concurrency("gpu", holder="worker-1"):
+            detail = await next_event(page, "limit")
+            while not detail["holders"]:
+                detail = await next_event(page, "limit")
+            assert detail["holders"][0]["holder"] == "worker-1"
+            assert detail["limit"]["bar"]["text"] == "1 / 1"
+            sample = await next_event(page, "sample")
+            assert sample[1:] == [1, 0, 1]  # held, decaying, limit
+            # A page opened now gets the chart so far: 0 held, then 1.
+            later = hub.subscribe(LimitTopic("gpu"))
+            history = await next_event(later, "history")
+            assert [point[1] for point in history["samples"]] == [0, 1]
+        await client.delete_limit("gpu")
+        detail = await next_event(page, "limit")
+        while detail["limit"] is not None:
+            detail = await next_event(page, "limit")
+        await hub.close()
+
+
+async def test_the_sampler_stops_when_the_last_page_closes(pggcl_dsn: str) -> None:
+    async with pggcl.AsyncClient(pggcl_dsn) as client:
+        hub = Hub(client, interval=0.05, linger=0)
+        assert not hub.running
+        page = hub.subscribe(LimitsTopic())
+        await next_event(page, "limits")
+        task = hub.task
+        assert task is not None
+        hub.unsubscribe(page)
+        await asyncio.wait_for(task, 10)
+        assert not hub.running and hub.subscribers == 0
+        # The next page starts it again.
+        again = hub.subscribe(LimitsTopic())
+        assert hub.running
+        await next_event(again, "limits")
+        await hub.close()
+        assert not hub.running
+
+
+async def test_a_database_outage_is_reported_and_sampling_goes_on() -> None:
+    async with pggcl.AsyncClient(
+        "postgresql://nobody@127.0.0.1:1/none", connect_timeout=2
+    ) as client:
+        hub = Hub(client, interval=0.05, linger=0)
+        page = hub.subscribe(LimitsTopic())
+        status = await next_event(page, "status")
+        assert "unreachable" in status["error"]
+        assert hub.running
+        await hub.close()
