@@ -14,6 +14,7 @@ import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.pool import NullPool
 
@@ -50,6 +51,23 @@ def schema_sql() -> str:
     """The fresh-install script: every `sql/*.sql` file, concatenated in file-name order."""
     parts = [f"-- sql/{p.name}\n{p.read_text(encoding='utf-8').rstrip()}\n" for p in sql_files()]
     return "\n".join(parts)
+
+
+def install_sql() -> str:
+    """What `pggcl db sql` prints: the fresh install, then the alembic version row that
+    `pggcl db upgrade` would have written, so that upgrades later take over from there."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    return (
+        schema_sql()
+        + f"""
+-- Record the revision, as `pggcl db upgrade` does: later upgrades start from here.
+CREATE TABLE {VERSION_TABLE} (
+    version_num varchar(32) NOT NULL,
+    CONSTRAINT {VERSION_TABLE}_pkc PRIMARY KEY (version_num)
+);
+INSERT INTO {VERSION_TABLE} (version_num) VALUES ('{head}');
+"""
+    )
 
 
 def libpq_dsn(dsn: str) -> str:

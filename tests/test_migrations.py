@@ -41,10 +41,14 @@ def test_fresh_install_equals_migration_chain(
     empty_dsn: str, pggcl_dsn: str, psql: Callable[..., str]
 ) -> None:
     # pggcl_dsn was built by the alembic chain (the template); empty_dsn gets the script.
-    psql(schema.schema_sql(), empty_dsn, "--single-transaction")
+    psql(schema.install_sql(), empty_dsn, "--single-transaction")
     fresh, migrated = snapshot(empty_dsn), snapshot(pggcl_dsn)
     assert fresh["schema"] and fresh["relations"], "the snapshot saw nothing: check the queries"
     assert fresh == migrated
+    # The script records the revision: alembic sees the same state, and upgrading is a no-op.
+    assert schema.current(empty_dsn) == schema.current(pggcl_dsn) is not None
+    schema.upgrade(empty_dsn)
+    assert snapshot(empty_dsn) == migrated
 
 
 def test_schema_sql_is_every_file_in_order() -> None:

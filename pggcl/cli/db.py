@@ -51,7 +51,8 @@ def current(ctx: click.Context) -> None:
 
 @db.command("sql")
 def sql_() -> None:
-    """Print the fresh-install SQL script (run it with `psql -1 -f`)."""
+    """Print the fresh-install SQL script (run it with `psql -1 -f`); it records the revision,
+    so `pggcl db upgrade` takes over later."""
     from pggcl import schema
 
-    click.echo(schema.schema_sql(), nl=False)
+    click.echo(schema.install_sql(), nl=False)

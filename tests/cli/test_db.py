@@ -22,7 +22,7 @@ def test_version() -> None:
 def test_sql_prints_the_fresh_install_script() -> None:
     code, out, _ = run("db", "sql")
     assert code == 0
-    assert out == schema.schema_sql()
+    assert out == schema.install_sql()
 
 
 def test_missing_dsn_is_one_line_on_stderr() -> None:
