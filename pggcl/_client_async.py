@@ -1,0 +1,204 @@
+"""The async client: the source of ``pggcl/_client_sync.py``.
+
+The sync client is generated from this file by ``tools/async_to_sync.py`` (``async``/``await``
+dropped, names mapped: asyncpg's port to psycopg's, ``_acompat`` to ``_compat``, ...). Change
+this file, then run ``python tools/async_to_sync.py``; a test checks the two agree.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+from pggcl import _core as core
+from pggcl._acompat import worker_name
+from pggcl._asyncpg import AsyncpgPort
+from pggcl._base import HeldLeases, Options, default_holder
+from pggcl._core import Flow, Grant
+from pggcl._events import Stats
+from pggcl._runner import run_async
+from pggcl.models import ConcurrencyLimit, Holder, Waiter
+
+__all__ = ["AsyncClient"]
+
+T = TypeVar("T")
+
+# Ports of a forked parent: kept alive so that no destructor touches the parent's sockets.
+_abandoned: list[AsyncpgPort] = []
+
+
+class AsyncClient:
+    """A pggcl client: one session connection plus a small pool, whatever the number of
+    waiters. The async client serves the tasks of one event loop; the sync client serves
+    threads and may be shared between them. Both start afresh in a child after ``fork()``.
+
+    Durations are in seconds; see :class:`pggcl._base.Options` for the keyword options.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int = 10,
+        grace_seconds: float = 5.0,
+        heartbeat_seconds: float = 2.0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.dsn = dsn
+        self._options = Options(pool_size, grace_seconds, heartbeat_seconds, connect_timeout)
+        self._held = HeldLeases()
+        self._pid = os.getpid()
+        self._port_ = self._new_port()
+
+    def _new_port(self) -> AsyncpgPort:
+        o = self._options
+        return AsyncpgPort(
+            self.dsn,
+            pool_size=o.pool_size,
+            grace_seconds=o.grace_seconds,
+            heartbeat_seconds=o.heartbeat_seconds,
+            connect_timeout=o.connect_timeout,
+            on_session_lost=self._held.session_lost,
+        )
+
+    @property
+    def _port(self) -> AsyncpgPort:
+        if self._pid != os.getpid():  # forked: the parent's connections are not ours
+            _abandoned.append(self._port_)
+            self._pid, self._held, self._port_ = os.getpid(), HeldLeases(), self._new_port()
+        return self._port_
+
+    @property
+    def stats(self) -> Stats:
+        """Counters (calls, notifications, heartbeats, reconnects...) of this client."""
+        return self._port.stats
+
+    async def _run(self, flow: Flow[T]) -> T:
+        return await run_async(flow, self._port)
+
+    async def close(self) -> None:
+        """Close the session (releasing what it still holds) and every connection."""
+        await self._port.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- Acquiring --------------------------------------------------------------------------
+
+    async def _acquire(self, req: core.Request, started: float) -> Grant:
+        port = self._port
+        session_id = await port.session_id()
+        return await run_async(core.acquire_flow(req, session_id, time.monotonic, started), port)
+
+    @asynccontextmanager
+    async def concurrency(
+        self,
+        names: str | Sequence[str],
+        occupy: int = 1,
+        timeout_seconds: float | None = None,
+        strict: bool = False,
+        holder: str | None = None,
+    ) -> AsyncIterator[Grant]:
+        """Hold ``occupy`` slots on every limit in ``names`` for the body of the block.
+
+        Waits until granted (first come, first served), at most ``timeout_seconds`` seconds
+        (None: no limit; 0: do not wait), then raises AcquireConcurrencySlotTimeoutError.
+        Missing limits are created inactive, or raise with ``strict=True``.
+        """
+        started = time.monotonic()
+        holder = holder or default_holder(worker_name())
+        req = core.make_request(names, occupy, "concurrency", timeout_seconds, strict, holder)
+        if not req.names:
+            yield Grant(req.names, req.occupy, None)
+            return
+        grant = await self._acquire(req, started)
+        self._held.count += 1
+        try:
+            yield grant
+        finally:
+            self._held.count -= 1
+            assert grant.lease_id is not None
+            await self._release(grant.lease_id, req.names)
+
+    async def _release(self, lease_id: uuid.UUID, names: Sequence[str]) -> None:
+        if not await self._run(core.release_flow(lease_id)):
+            core.log.error(
+                "lease %s on %s was gone when released: it was reclaimed", lease_id, names
+            )
+
+    async def rate_limit(
+        self,
+        names: str | Sequence[str],
+        occupy: int = 1,
+        timeout_seconds: float | None = None,
+        strict: bool = False,
+    ) -> None:
+        """Take ``occupy`` slots on every limit in ``names``; they decay away at each limit's
+        ``slot_decay_per_second``. Waits until they fit (see :meth:`concurrency`)."""
+        started = time.monotonic()
+        holder = default_holder(worker_name())
+        req = core.make_request(names, occupy, "rate_limit", timeout_seconds, strict, holder)
+        if req.names:
+            await self._acquire(req, started)
+
+    async def release(self, lease_id: uuid.UUID) -> bool:
+        """Release a lease by id (e.g. one seen in :meth:`holders`); False when not held."""
+        return await self._run(core.release_flow(lease_id))
+
+    # --- Managing ---------------------------------------------------------------------------
+
+    async def create_limit(
+        self, name: str, limit: int, slot_decay_per_second: float = 0.0, active: bool = True
+    ) -> ConcurrencyLimit:
+        """Create a limit of ``limit`` slots (rate limits: ``slot_decay_per_second`` > 0)."""
+        return await self._run(core.create_limit_flow(name, limit, slot_decay_per_second, active))
+
+    async def read_limit(self, name: str) -> ConcurrencyLimit:
+        """The limit called ``name``; LimitNotFoundError when there is none."""
+        return await self._run(core.read_limit_flow(name))
+
+    async def list_limits(self) -> list[ConcurrencyLimit]:
+        """Every limit, sorted by name."""
+        return await self._run(core.list_limits_flow())
+
+    async def update_limit(
+        self,
+        name: str,
+        *,
+        limit: int | None = None,
+        slot_decay_per_second: float | None = None,
+        active: bool | None = None,
+        new_name: str | None = None,
+    ) -> ConcurrencyLimit:
+        """Change what is given (None leaves it); ``new_name`` renames."""
+        return await self._run(
+            core.update_limit_flow(name, limit, slot_decay_per_second, active, new_name)
+        )
+
+    async def delete_limit(self, name: str) -> bool:
+        """Delete a limit; False when there was none. Its waiters proceed."""
+        return await self._run(core.delete_limit_flow(name))
+
+    async def holders(self, name: str | None = None) -> list[Holder]:
+        """Slots held now, one row per lease and limit (of ``name`` only, if given)."""
+        return await self._run(core.holders_flow(name))
+
+    async def queue(self, name: str | None = None) -> list[Waiter]:
+        """Queued requests, in the order they will be served (of ``name`` only, if given)."""
+        return await self._run(core.queue_flow(name))
+
+    # --- Test hooks -------------------------------------------------------------------------
+
+    async def _session_id(self) -> int:
+        return await self._port.session_id()
+
+    async def _wait_listening(self, after: int = 0, timeout: float = 10.0) -> int:
+        """Wait until the session connection has started listening more than ``after`` times."""
+        return await self._port.wait_listening(after, timeout)
