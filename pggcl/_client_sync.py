@@ -12,11 +12,11 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from pggcl import _core as core
-from pggcl._compat import worker_name
-from pggcl._psycopg import PsycopgPort
 from pggcl._base import HeldLeases, Options, default_holder
+from pggcl._compat import worker_name
 from pggcl._core import Flow, Grant
 from pggcl._events import Stats
+from pggcl._psycopg import PsycopgPort
 from pggcl._runner import run_sync
 from pggcl.models import ConcurrencyLimit, Holder, Waiter
 

@@ -45,14 +45,17 @@ def convert(source: str) -> str:
 
 
 def formatted(text: str) -> str:
-    ruff = Path(sys.executable).parent / "ruff"
-    return subprocess.run(
-        [str(ruff), "format", "--stdin-filename", str(TARGET), "-"],
-        input=text,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    """``text`` with its imports sorted (renamed modules sort elsewhere) and formatted."""
+    ruff = str(Path(sys.executable).parent / "ruff")
+    for command in (["check", "--select", "I", "--fix", "--quiet"], ["format"]):
+        text = subprocess.run(
+            [ruff, *command, "--stdin-filename", str(TARGET), "-"],
+            input=text,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    return text
 
 
 def main(argv: list[str]) -> int:
