@@ -13,8 +13,8 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 import psycopg
@@ -41,6 +41,8 @@ from pggcl._events import (
 from pggcl.errors import PggclError, SessionLostError
 
 log = logging.getLogger("pggcl")
+
+_IDLE = psycopg.pq.TransactionStatus.IDLE
 
 
 def _connect(dsn: str, timeout: float) -> psycopg.Connection[Any]:
@@ -75,38 +77,64 @@ def _session_error(exc: BaseException, conn: psycopg.Connection[Any] | None) -> 
 
 
 class _Pool:
-    """At most ``size`` autocommit connections, made on demand, dropped when broken."""
+    """At most ``size`` autocommit connections, made on demand, dropped when broken.
+
+    Each connection keeps one cursor: a cursor made per statement costs about as much client
+    time as the rest of the call (measured by bench/, workload A). Taking and returning a
+    connection is one uncontended lock each.
+    """
 
     def __init__(self, dsn: str, size: int, connect_timeout: float) -> None:
-        self._dsn, self._timeout = dsn, connect_timeout
-        self._idle: list[psycopg.Connection[Any]] = []
-        self._slots = threading.BoundedSemaphore(size)
-        self._lock = threading.Lock()
+        self._dsn, self._timeout, self._size = dsn, connect_timeout, size
+        self._idle: list[psycopg.RawCursor[Any]] = []
+        self._open = 0  # connections made and not dropped (idle or in use)
+        self._waiting = 0  # threads waiting for a connection
+        self._cond = threading.Condition(threading.Lock())
 
-    @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        with self._slots:
-            with self._lock:
-                conn = self._idle.pop() if self._idle else None
-            if conn is None:
+    def get(self) -> psycopg.RawCursor[Any]:
+        """A cursor of an idle connection, or of a new one while fewer than ``size`` are open;
+        blocks until one is returned otherwise. Give it back with :meth:`put`."""
+        with self._cond:
+            while not self._idle and self._open >= self._size:
+                self._waiting += 1
                 try:
-                    conn = _connect(self._dsn, self._timeout)
-                except psycopg.Error as exc:
-                    raise _translate(exc, None) from exc
-            try:
-                yield conn
-            finally:
-                if conn.closed or conn.broken or conn.info.transaction_status != 0:
-                    conn.close()
-                else:
-                    with self._lock:
-                        self._idle.append(conn)
+                    self._cond.wait()
+                finally:
+                    self._waiting -= 1
+            if self._idle:
+                return self._idle.pop()
+            self._open += 1
+        try:
+            return psycopg.RawCursor(_connect(self._dsn, self._timeout))
+        except BaseException as exc:
+            self._dropped()
+            if isinstance(exc, psycopg.Error):
+                raise _translate(exc, None) from exc
+            raise
+
+    def put(self, cur: psycopg.RawCursor[Any]) -> None:
+        conn = cur.connection
+        if conn.closed or conn.broken or conn.pgconn.transaction_status != _IDLE:
+            conn.close()
+            self._dropped()
+            return
+        with self._cond:
+            self._idle.append(cur)
+            if self._waiting:
+                self._cond.notify()
+
+    def _dropped(self) -> None:
+        with self._cond:
+            self._open -= 1
+            if self._waiting:
+                self._cond.notify()
 
     def close(self) -> None:
-        with self._lock:
+        with self._cond:
             idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+            self._open -= len(idle)
+        for cur in idle:
+            cur.connection.close()
 
 
 class _Box:
@@ -159,6 +187,9 @@ class PsycopgPort:
         self._thread: threading.Thread | None = None
         self._session_conn: psycopg.Connection[Any] | None = None
         self._stopping = threading.Event()
+        # When this process went from no waiters to some: the heartbeat counts from there, not
+        # from when the listener (which looks at most once a second while idle) noticed.
+        self._waiting_since = 0.0
 
     # --- SyncPort ---------------------------------------------------------------------------
 
@@ -167,21 +198,25 @@ class PsycopgPort:
         return self._dispatch.epoch
 
     def call(self, sql: str, args: tuple[Any, ...]) -> list[Row]:
-        with self._pool.connection() as conn:
-            try:
-                rows = conn.execute(sql, args).fetchall()
-            except psycopg.Error as exc:
-                raise _translate(exc, conn) from exc
-            finally:
-                self.stats.calls += 1
-        return rows
+        cur = self._pool.get()
+        try:
+            cur.execute(sql, args)
+            return cur.fetchall()
+        except psycopg.Error as exc:
+            raise _translate(exc, cur.connection) from exc
+        finally:
+            self.stats.calls += 1
+            self._pool.put(cur)
 
     def wait(self, waiter_id: int, timeout: float | None, epoch: int) -> Event | None:
         with self._lock:
             box = self._dispatch.box(waiter_id)
             if box is None:
                 box = _Box()
-                self._dispatch.register(waiter_id, box, epoch, time.monotonic())
+                now = time.monotonic()
+                if len(self._dispatch) == 0:
+                    self._waiting_since = now
+                self._dispatch.register(waiter_id, box, epoch, now)
         return box.get(timeout)
 
     def forget(self, waiter_id: int) -> None:
@@ -323,7 +358,7 @@ class PsycopgPort:
             if not waiting:
                 next_beat = None
             elif next_beat is None:
-                next_beat = now + self._heartbeat
+                next_beat = min(now, self._waiting_since) + self._heartbeat
             elif now >= next_beat:
                 next_beat = next_heartbeat(now, self._heartbeat, self._beat(conn))
             tick = 1.0 if next_beat is None else min(1.0, max(0.0, next_beat - now))

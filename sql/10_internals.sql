@@ -91,9 +91,13 @@ LANGUAGE sql STABLE AS $$
     SELECT nullif(current_setting('pggcl.session_id', true), '')::integer
 $$;
 
+-- (PL/pgSQL, not SQL: a SQL function whose body has a subquery is never inlined, so it would be
+-- parsed and planned again at every call.)
 CREATE FUNCTION pggcl._session_exists(session_id integer) RETURNS boolean
-LANGUAGE sql STABLE AS $$
-    SELECT EXISTS (SELECT FROM pggcl.sessions s WHERE s.id = session_id AND NOT s.reclaimed)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN EXISTS (SELECT FROM pggcl.sessions s WHERE s.id = session_id AND NOT s.reclaimed);
+END
 $$;
 
 CREATE FUNCTION pggcl._require_session(session_id integer) RETURNS void

@@ -80,7 +80,8 @@ BEGIN
                 lease_id := coalesce(request_id, gen_random_uuid());
                 INSERT INTO pggcl.leases (id, limit_id, occupy, session_id, holder, acquired_at, expires_at)
                 SELECT lease_id, fast_id, occupy, session_id, holder, at, at + make_interval(secs => ttl_seconds)
-                WHERE session_id IS NULL OR pggcl._session_exists(session_id);
+                WHERE session_id IS NULL
+                   OR EXISTS (SELECT FROM pggcl.sessions x WHERE x.id = session_id AND NOT x.reclaimed);
                 IF NOT FOUND THEN
                     PERFORM pggcl._require_session(session_id);
                 END IF;

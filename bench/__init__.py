@@ -1,0 +1,1 @@
+"""pggcl's benchmark suite: ``python -m bench`` (see bench/README.md)."""

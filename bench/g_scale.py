@@ -1,0 +1,256 @@
+"""G: scale. 1,000 waiters blocked in one process (asyncio tasks; then, separately, 200
+threads), then 10,000 limits.
+
+Waiters: this process holds the only slot of a limit; a child process starts the waiters
+(``concurrency(name, holder="w00042")``) on one client with ``pool_size=2``. Once all are
+queued: the child's server connections (by application_name), the queries the whole server
+runs while they wait idle (pg_stat_statements calls, else xact_commit), and the child's RSS
+growth. Then this process releases, and every waiter must be granted in the engine's queue
+order (the ``pggcl.queue`` view, read before the release).
+
+Limits: the median acquire latency (call -> body start, sync client) on 10 limits, and then with
+10,000 limits (picked at random), alternating in rounds; the ratio is the figure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+import urllib.parse
+from multiprocessing.connection import Connection
+
+from psycopg.conninfo import make_conninfo
+
+import pggcl
+from bench._common import (
+    Env,
+    Figure,
+    connect,
+    median,
+    processes,
+    progress,
+    rss_bytes,
+    wait_for,
+    waiting,
+)
+from pggcl._events import Stats
+
+ID = "G"
+TITLE = "scale: 1,000 waiters in one process, 10,000 limits"
+APP = "pggcl-bench-g"
+POOL_SIZE = 2
+MAX_CONNECTIONS, MAX_RSS_MB, MAX_LATENCY_RATIO = 3, 20.0, 1.10
+
+
+def run(env: Env) -> list[Figure]:
+    figures = _waiters(env, "asyncio tasks", env.count(1000, 50))
+    figures += _waiters(env, "threads", env.count(200, 20))
+    figures.append(_limits(env, env.count(10_000, 200), env.count(3, 1)))
+    return figures
+
+
+# --- Waiters ------------------------------------------------------------------------------
+
+
+def _waiters(env: Env, kind: str, n: int) -> list[Figure]:
+    idle = env.size(6.0, 0.5)
+    progress(f"G: {n} waiters ({kind}); {idle:g} s idle")
+    name, warm = env.create_limit("g", 1), env.create_limit("g-warm", 1)
+    ours, theirs = processes().Pipe()
+    target = _task_waiters if kind == "asyncio tasks" else _thread_waiters
+    dsn = _with_application_name(env.dsn, APP)
+    child = processes().Process(target=target, args=(dsn, name, warm, n, theirs), daemon=True)
+    try:
+        with pggcl.Client(env.dsn) as client, client.concurrency(name):
+            child.start()
+            assert ours.recv() == "started"
+            wait_for(lambda: waiting(env, name) == n, f"{n} waiters are queued", timeout=120)
+            connections = _connections(env)
+            ours.send("stats")
+            client_before, before = ours.recv(), _activity(env)
+            time.sleep(idle)
+            after = _activity(env)
+            ours.send("stats")
+            client_after = ours.recv()
+            ours.send("rss")
+            rss_mb = ours.recv() / 2**20
+            queue = [
+                h for (h,) in env.sql(
+                    "SELECT holder FROM pggcl.queue WHERE name = $1 ORDER BY position", name
+                )
+            ]  # fmt: skip
+        released = time.monotonic()  # the with block above released the slot
+        order, last = ours.recv()
+        child.join(30)
+    finally:
+        if child.is_alive():
+            child.kill()
+    queries = {q: after.get(q, 0) - before.get(q, 0) for q in after}
+    queries = {q: c for q, c in queries.items() if c > 0}
+    per_second = sum(queries.values()) / idle
+    client_calls = {k: client_after[k] - client_before[k] for k in client_after}
+    fifo = [f"w{i:05d}" for i in order] == queue
+    progress(
+        f"G: {connections} connection(s), {per_second:.2f} queries/s idle ({queries}; the "
+        f"client counted {client_calls}), "
+        f"+{rss_mb:.1f} MB, FIFO {'kept' if fifo else 'BROKEN'}"
+    )
+    what = f"{n} waiters ({kind})"
+    rate = n / (last - released) if last > released else None
+    details = {
+        "queries_while_idle": queries,
+        "client_counted": client_calls,
+        "idle_seconds": idle,
+        "handoffs_per_second": rate,
+    }
+    return [
+        Figure(ID, f"{what}: server connections (pool_size={POOL_SIZE})", connections, "",
+               target=f"<= {MAX_CONNECTIONS}", ok=connections <= MAX_CONNECTIONS),
+        Figure(ID, f"{what}: queries/s while they wait idle (server-wide)", per_second, "/s",
+               target="0 (heartbeat: 0.5/s)", ok=None, details=details),
+        Figure(ID, f"{what}: client RSS growth", rss_mb, "MB",
+               target=f"< {MAX_RSS_MB:g} MB", ok=rss_mb < MAX_RSS_MB),
+        Figure(ID, f"{what}: granted in queue order", float(fifo), "",
+               target="1 (FIFO)", ok=fifo, details={"granted": len(order)}),
+    ]  # fmt: skip
+
+
+def _with_application_name(dsn: str, name: str) -> str:
+    if dsn.startswith(("postgresql://", "postgres://")):
+        parts = urllib.parse.urlsplit(dsn)
+        query = [*urllib.parse.parse_qsl(parts.query), ("application_name", name)]
+        return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+    return make_conninfo(dsn, application_name=name)
+
+
+def _connections(env: Env) -> int:
+    rows = env.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", APP)
+    return int(rows[0][0])
+
+
+def _activity(env: Env) -> dict[str, int]:
+    """Calls per statement so far (pg_stat_statements), or committed transactions."""
+    if env.statements:
+        rows = env.sql(
+            # One text can have several entries (the drivers type parameters differently).
+            "SELECT query, sum(calls) FROM pg_stat_statements"
+            " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND query NOT LIKE '%pg_stat_%' GROUP BY query"
+        )
+        return {str(q): int(c) for q, c in rows}
+    rows = env.sql("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+    return {"transactions (pg_stat_database.xact_commit; this probe adds 1)": int(rows[0][0])}
+
+
+def _task_waiters(dsn: str, name: str, warm: str, n: int, pipe: Connection) -> None:
+    asyncio.run(_task_waiters_main(dsn, name, warm, n, pipe))
+
+
+async def _task_waiters_main(dsn: str, name: str, warm: str, n: int, pipe: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    order: list[int] = []
+    async with pggcl.AsyncClient(dsn, pool_size=POOL_SIZE) as client:
+        async with client.concurrency(warm):  # the session and the pool exist
+            pass
+        base = rss_bytes()
+
+        async def one(i: int) -> None:
+            async with client.concurrency(name, holder=f"w{i:05d}", timeout_seconds=600):
+                order.append(i)
+
+        tasks = [asyncio.create_task(one(i)) for i in range(n)]
+        pipe.send("started")
+        while await loop.run_in_executor(None, pipe.recv) != "rss":
+            pipe.send(_stats(client.stats))
+        pipe.send(rss_bytes() - base)
+        await asyncio.gather(*tasks)
+        pipe.send((order, time.monotonic()))
+
+
+def _thread_waiters(dsn: str, name: str, warm: str, n: int, pipe: Connection) -> None:
+    order: list[int] = []
+    with pggcl.Client(dsn, pool_size=POOL_SIZE) as client:
+        with client.concurrency(warm):
+            pass
+        base = rss_bytes()
+
+        def one(i: int) -> None:
+            with client.concurrency(name, holder=f"w{i:05d}", timeout_seconds=600):
+                order.append(i)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        pipe.send("started")
+        while pipe.recv() != "rss":
+            pipe.send(_stats(client.stats))
+        pipe.send(rss_bytes() - base)
+        for t in threads:
+            t.join()
+        pipe.send((order, time.monotonic()))
+
+
+def _stats(stats: Stats) -> dict[str, int]:
+    """What the client says it sent: statements on its pool, and heartbeats."""
+    return {"statements": stats.calls, "heartbeats": stats.heartbeats}
+
+
+# --- Limits -------------------------------------------------------------------------------
+
+
+def _limits(env: Env, many: int, rounds: int) -> Figure:
+    cycles = env.count(1000, 50)
+    progress(f"G: acquire latency, 10 limits vs {many:,}, {rounds} round(s) of {cycles} cycles")
+    prefix = env.name("g-lim")
+    few = [f"{prefix}-{i:05d}" for i in range(10)]
+    others = [f"{prefix}-{i:05d}" for i in range(10, many)]
+    env.sql("SELECT pggcl.create_limit(n, 1) FROM unnest($1::text[]) n", few)
+    small: list[float] = []
+    large: list[float] = []
+    rng = random.Random(5)
+    with pggcl.Client(env.dsn) as client:
+        for r in range(rounds):
+            for grow in (False, True) if r % 2 == 0 else (True, False):
+                if grow:
+                    env.sql("SELECT pggcl.create_limit(n, 1) FROM unnest($1::text[]) n", others)
+                    _vacuum(env)
+                    large.append(_latency(client, rng.choices(few + others, k=cycles)))
+                    env.sql("SELECT pggcl.delete_limit(n) FROM unnest($1::text[]) n", others)
+                    _vacuum(env)
+                else:
+                    small.append(_latency(client, rng.choices(few, k=cycles)))
+    env.sql("SELECT pggcl.delete_limit(n) FROM unnest($1::text[]) n", few)
+    ratios = [b / a for a, b in zip(small, large, strict=True)]
+    value = median(ratios)
+    progress(
+        f"G: latency {median(small) * 1e3:.3f} ms (10) vs {median(large) * 1e3:.3f} ms ({many:,})"
+    )
+    return Figure(
+        ID, f"acquire latency with {many:,} limits", median(large) * 1000, "ms",
+        median(small) * 1000, "with 10 limits", value, f"<= {MAX_LATENCY_RATIO:g}x",
+        value <= MAX_LATENCY_RATIO, runs=[x * 1000 for x in large],
+        details={"with_10_ms": [x * 1000 for x in small]},
+    )  # fmt: skip
+
+
+def _latency(client: pggcl.Client, names: list[str]) -> float:
+    for name in names[:20]:  # warm up
+        with client.concurrency(name):
+            pass
+    samples = []
+    for name in names:
+        began = time.perf_counter()
+        with client.concurrency(name):
+            samples.append(time.perf_counter() - began)
+    return median(samples)
+
+
+def _vacuum(env: Env) -> None:
+    """Start each measurement from a tidy table (needs ownership; skipped without)."""
+    try:
+        with connect(env.dsn) as conn:
+            conn.execute("VACUUM ANALYZE pggcl.limit_state")
+    except Exception as exc:  # a missing right only makes the figure noisier
+        progress(f"G: VACUUM skipped: {exc}")
