@@ -248,6 +248,7 @@ DECLARE
     freed_limits bigint[];
     freed_slots integer[];
     owner record;
+    alive boolean;
     s pggcl.sessions;
     dead_since timestamptz;
 BEGIN
@@ -269,12 +270,14 @@ BEGIN
             SELECT session_id FROM pggcl.waiters WHERE limit_id = ANY(ids)
         ) claims
     LOOP
-        -- The row lock orders us against resume_session: a session is either resumed or
-        -- reclaimed, never both.
-        SELECT * INTO s FROM pggcl.sessions WHERE id = owner.session_id FOR NO KEY UPDATE;
+        -- Probe first: a live session costs no write. A dead one's advisory lock is now ours
+        -- until commit, so resume_session cannot take it meanwhile: a session is either resumed
+        -- or reclaimed, never both.
+        alive := pggcl._session_alive(owner.session_id);
+        SELECT * INTO s FROM pggcl.sessions WHERE id = owner.session_id;
         IF NOT FOUND OR s.reclaimed THEN
             PERFORM pggcl._drop_session_claims(owner.session_id, ids);
-        ELSIF pggcl._session_alive(s.id) THEN
+        ELSIF alive THEN
             IF s.dead_since IS NOT NULL THEN
                 UPDATE pggcl.sessions SET dead_since = NULL WHERE id = s.id;
             END IF;

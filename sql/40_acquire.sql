@@ -1,16 +1,24 @@
 -- Acquiring and releasing slots.
 --
--- These functions run for every acquire and release, so they pin two planner settings: generic
--- plans (planned once per connection, never re-planned per call) and no sequential scans (the
--- first plan is made while the tables are small, and must stay right as they grow).
+-- These functions run for every acquire and release, so they pin planner settings: generic
+-- plans (planned once per connection, never re-planned per call), no sequential scans (the
+-- first plan is made while the tables are small, and must stay right as they grow), and no JIT
+-- (a plan costed high by the seqscan penalty must not trigger a compile).
 
--- The one acquire path behind pggcl.acquire and pggcl.try_acquire. All names or none.
-CREATE FUNCTION pggcl._acquire(names text[], occupy integer, mode text, strict boolean,
-                               ttl_seconds double precision, holder text, session_id integer,
-                               wait boolean, request_id uuid,
-                               OUT granted boolean, OUT lease_id uuid, OUT waiter_id bigint,
-                               OUT retry_after double precision, OUT created_limits text[])
-LANGUAGE plpgsql VOLATILE AS $$
+-- Take `occupy` slots on every limit in `names` now, or queue the request (when `wait`) and
+-- return its waiter_id: the session is notified on its channel when it is granted (see the
+-- protocol in 30_sessions.sql). When granted at once, waiter_id is NULL. lease_id is the lease
+-- the request holds or will hold (concurrency mode). created_limits names the limits created
+-- inactive. `request_id`, a fresh UUID of the caller's choosing, becomes that lease id: a
+-- caller who lost the answer (interrupted, disconnected) can still cancel(NULL, request_id).
+-- All names or none. pggcl.try_acquire is this without waiting.
+CREATE FUNCTION pggcl.acquire(names text[], occupy integer DEFAULT 1, mode text DEFAULT 'concurrency',
+                              strict boolean DEFAULT false, ttl_seconds double precision DEFAULT NULL,
+                              holder text DEFAULT NULL, session_id integer DEFAULT NULL,
+                              wait boolean DEFAULT true, request_id uuid DEFAULT NULL,
+                              OUT granted boolean, OUT lease_id uuid, OUT waiter_id bigint,
+                              OUT retry_after double precision, OUT created_limits text[])
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off AS $$
 DECLARE
     at timestamptz := clock_timestamp();
     wanted text[];
@@ -68,6 +76,18 @@ BEGIN
             UPDATE pggcl.limit_state s SET held = s.held + occupy
             WHERE s.name = wanted[1] AND s.active AND s.queued = 0 AND pggcl._has_room(s, occupy, at)
             RETURNING s.id INTO fast_id;
+            IF fast_id IS NOT NULL THEN
+                lease_id := coalesce(request_id, gen_random_uuid());
+                INSERT INTO pggcl.leases (id, limit_id, occupy, session_id, holder, acquired_at,
+                                          expires_at)
+                SELECT lease_id, fast_id, occupy, session_id, holder, at,
+                       at + make_interval(secs => ttl_seconds)
+                WHERE session_id IS NULL
+                   OR EXISTS (SELECT FROM pggcl.sessions x WHERE x.id = session_id AND NOT x.reclaimed);
+                IF NOT FOUND THEN
+                    PERFORM pggcl._require_session(session_id);  -- raises: the UPDATE is undone
+                END IF;
+            END IF;
         ELSE
             UPDATE pggcl.limit_state s SET level = pggcl._level(s, at) + occupy, level_at = at
             WHERE s.name = wanted[1] AND s.active AND s.queued = 0 AND s.slot_decay_per_second > 0
@@ -76,16 +96,6 @@ BEGIN
         END IF;
         IF fast_id IS NOT NULL THEN
             granted := true;
-            IF mode = 'concurrency' THEN
-                lease_id := coalesce(request_id, gen_random_uuid());
-                INSERT INTO pggcl.leases (id, limit_id, occupy, session_id, holder, acquired_at, expires_at)
-                SELECT lease_id, fast_id, occupy, session_id, holder, at, at + make_interval(secs => ttl_seconds)
-                WHERE session_id IS NULL
-                   OR EXISTS (SELECT FROM pggcl.sessions x WHERE x.id = session_id AND NOT x.reclaimed);
-                IF NOT FOUND THEN
-                    PERFORM pggcl._require_session(session_id);
-                END IF;
-            END IF;
             RETURN;
         END IF;
     END IF;
@@ -193,41 +203,15 @@ CREATE FUNCTION pggcl.try_acquire(names text[], occupy integer DEFAULT 1, mode t
                                   strict boolean DEFAULT false, ttl_seconds double precision DEFAULT NULL,
                                   holder text DEFAULT NULL, session_id integer DEFAULT NULL,
                                   OUT granted boolean, OUT lease_id uuid, OUT retry_after double precision)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off AS $$
 DECLARE
     answer record;
 BEGIN
     -- A plain assignment, not SELECT ... FROM: it skips the set-returning function machinery.
-    answer := pggcl._acquire(names, occupy, mode, strict, ttl_seconds, holder, session_id, false, NULL);
+    answer := pggcl.acquire(names, occupy, mode, strict, ttl_seconds, holder, session_id, false);
     granted := answer.granted;
     lease_id := answer.lease_id;
     retry_after := answer.retry_after;
-END
-$$;
-
--- Like try_acquire, but when refused (and `wait`), queue the request and return its waiter_id:
--- the session is notified on its channel when it is granted (see the protocol in
--- 30_sessions.sql). When granted at once, waiter_id is NULL. lease_id is the lease the request
--- holds or will hold (concurrency mode). created_limits names the limits created inactive.
--- `request_id`, a fresh UUID of the caller's choosing, becomes that lease id: a caller who lost
--- the answer (interrupted, disconnected) can still cancel(NULL, request_id) and release it.
-CREATE FUNCTION pggcl.acquire(names text[], occupy integer DEFAULT 1, mode text DEFAULT 'concurrency',
-                              strict boolean DEFAULT false, ttl_seconds double precision DEFAULT NULL,
-                              holder text DEFAULT NULL, session_id integer DEFAULT NULL,
-                              wait boolean DEFAULT true, request_id uuid DEFAULT NULL,
-                              OUT granted boolean, OUT lease_id uuid, OUT waiter_id bigint,
-                              OUT retry_after double precision, OUT created_limits text[])
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
-DECLARE
-    answer record;
-BEGIN
-    answer := pggcl._acquire(names, occupy, mode, strict, ttl_seconds, holder, session_id, wait,
-                             request_id);
-    granted := answer.granted;
-    lease_id := answer.lease_id;
-    waiter_id := answer.waiter_id;
-    retry_after := answer.retry_after;
-    created_limits := answer.created_limits;
 END
 $$;
 
@@ -236,7 +220,7 @@ $$;
 -- served on its limits, so it is what a client calls on an 'r:' notification or at retry_after.
 CREATE FUNCTION pggcl.recheck(waiter_id bigint, lease_id uuid DEFAULT NULL)
 RETURNS TABLE (status text, retry_after double precision)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off AS $$
 DECLARE
     at timestamptz := clock_timestamp();
     w pggcl.waiters;
@@ -267,7 +251,7 @@ $$;
 -- otherwise what recheck would say ('granted': the caller now holds lease_id and must release it).
 -- With waiter_id NULL, the waiter is found by the request id given to acquire (as lease_id).
 CREATE FUNCTION pggcl.cancel(waiter_id bigint, lease_id uuid DEFAULT NULL) RETURNS text
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off AS $$
 DECLARE
     at timestamptz := clock_timestamp();
     ids bigint[];
@@ -291,7 +275,7 @@ $$;
 -- Give back a lease's slots and serve the queue. False when the lease is not held (already
 -- released, or reclaimed), and then nothing changes.
 CREATE FUNCTION pggcl.release(lease_id uuid) RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off AS $$
 DECLARE
     at timestamptz := clock_timestamp();
     freed_limits bigint[];
@@ -324,7 +308,7 @@ $$;
 
 -- Extend a lease to end ttl_seconds from now. False when the lease is not held.
 CREATE FUNCTION pggcl.renew(lease_id uuid, ttl_seconds double precision) RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off AS $$
 BEGIN
     IF renew.ttl_seconds IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'GC003', MESSAGE = 'invalid ttl_seconds: it is required';

@@ -243,7 +243,7 @@ def test_keyboard_interrupt_while_holding_releases(client: Client) -> None:
 
 
 def test_rate_limit_waits_exactly_as_told(client: Client) -> None:
-    client.create_limit("api", 1, slot_decay_per_second=50.0)
+    client.create_limit("api", 1, slot_decay_per_second=5.0)
     calls = client.stats.calls
     for _ in range(4):
         client.rate_limit("api")
