@@ -10,9 +10,11 @@ from psycopg.rows import dict_row
 
 
 def one(conn: psycopg.Connection[Any], query: str, *args: Any) -> dict[str, Any]:
-    """Run `query` and return its single row as a dict."""
+    """Run `query` and return its single row as a dict. A single dict argument fills named
+    placeholders."""
+    params = args[0] if len(args) == 1 and isinstance(args[0], dict) else args
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query, args)
+        cur.execute(query, params)
         row = cur.fetchone()
     assert row is not None, query
     return row
@@ -24,6 +26,22 @@ def value(conn: psycopg.Connection[Any], query: str, *args: Any) -> Any:
     return row[0]
 
 
+def _call_acquire(
+    function: str,
+    conn: psycopg.Connection[Any],
+    names: list[str],
+    occupy: int,
+    mode: str,
+    kwargs: dict[str, Any],
+) -> dict[str, Any]:
+    named = "".join(f", {k} => %({k})s" for k in kwargs)
+    return one(
+        conn,
+        f"SELECT * FROM pggcl.{function}(%(names)s, %(occupy)s, %(mode)s{named})",
+        {"names": names, "occupy": occupy, "mode": mode, **kwargs},
+    )
+
+
 def try_acquire(
     conn: psycopg.Connection[Any],
     names: list[str],
@@ -31,15 +49,7 @@ def try_acquire(
     mode: str = "concurrency",
     **kwargs: Any,
 ) -> dict[str, Any]:
-    params = "".join(f", {k} => %({k})s" for k in kwargs)
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            f"SELECT * FROM pggcl.try_acquire(%(names)s, %(occupy)s, %(mode)s{params})",
-            {"names": names, "occupy": occupy, "mode": mode, **kwargs},
-        )
-        row = cur.fetchone()
-    assert row is not None
-    return row
+    return _call_acquire("try_acquire", conn, names, occupy, mode, kwargs)
 
 
 def acquire(
@@ -50,15 +60,7 @@ def acquire(
     **kwargs: Any,
 ) -> dict[str, Any]:
     """pggcl.acquire (queues when refused) on this connection's own session."""
-    params = "".join(f", {k} => %({k})s" for k in kwargs)
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            f"SELECT * FROM pggcl.acquire(%(names)s, %(occupy)s, %(mode)s{params})",
-            {"names": names, "occupy": occupy, "mode": mode, **kwargs},
-        )
-        row = cur.fetchone()
-    assert row is not None
-    return row
+    return _call_acquire("acquire", conn, names, occupy, mode, kwargs)
 
 
 def release(conn: psycopg.Connection[Any], lease_id: uuid.UUID) -> bool:
