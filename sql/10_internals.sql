@@ -298,6 +298,24 @@ BEGIN
 END
 $$;
 
+-- Lock the given limits, reclaim what died there and serve whoever that lets in. Returns the
+-- seconds until the next known expiry there, or NULL.
+CREATE FUNCTION pggcl._reclaim(ids bigint[]) RETURNS double precision
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    at timestamptz := clock_timestamp();
+    next_at timestamptz;
+BEGIN
+    ids := pggcl._lock(ids);
+    IF cardinality(ids) = 0 THEN
+        RETURN NULL;
+    END IF;
+    next_at := pggcl._reap(ids, at);
+    PERFORM pggcl._grant(ids, at);
+    RETURN pggcl._seconds_until(next_at, at);
+END
+$$;
+
 -- Why a request can never be granted on these limits, or NULL when it can.
 CREATE FUNCTION pggcl._impossible(ids bigint[], occupy integer, mode text) RETURNS text
 LANGUAGE plpgsql STABLE AS $$

@@ -130,22 +130,21 @@ $$;
 -- Raises GC007 when the session no longer exists (it was closed or reclaimed).
 CREATE FUNCTION pggcl.heartbeat(session_id integer) RETURNS double precision
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    at timestamptz := clock_timestamp();
-    ids bigint[];
-    next_at timestamptz;
 BEGIN
-    IF NOT EXISTS (SELECT FROM pggcl.sessions x WHERE x.id = heartbeat.session_id AND NOT x.reclaimed) THEN
-        RAISE EXCEPTION USING ERRCODE = 'GC007', MESSAGE = format(
-            'session %s does not exist (it was closed, or reclaimed after its connection was lost)',
-            heartbeat.session_id);
-    END IF;
-    ids := pggcl._lock(array(SELECT DISTINCT limit_id FROM pggcl.waiters w WHERE w.session_id = heartbeat.session_id));
-    IF cardinality(ids) = 0 THEN
-        RETURN NULL;
-    END IF;
-    next_at := pggcl._reap(ids, at);
-    PERFORM pggcl._grant(ids, at);
-    RETURN pggcl._seconds_until(next_at, at);
+    PERFORM pggcl._require_session(heartbeat.session_id);
+    RETURN pggcl._reclaim(array(SELECT DISTINCT limit_id FROM pggcl.waiters w
+                                WHERE w.session_id = heartbeat.session_id));
+END
+$$;
+
+-- The same on every limit that anyone holds or waits for: for deployments that want dead
+-- holders reclaimed even while nobody waits, e.g. every few seconds from pg_cron:
+--     SELECT cron.schedule('pggcl-reclaim', '5 seconds', 'SELECT pggcl.reclaim()');
+-- Nothing needs it for correctness. Returns seconds until the next known expiry, or NULL.
+CREATE FUNCTION pggcl.reclaim() RETURNS double precision
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN pggcl._reclaim(array(SELECT limit_id FROM pggcl.leases
+                                UNION SELECT limit_id FROM pggcl.waiters));
 END
 $$;

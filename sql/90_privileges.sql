@@ -16,7 +16,8 @@ GRANT EXECUTE ON FUNCTION
     pggcl.open_session(double precision),
     pggcl.resume_session(integer, uuid),
     pggcl.close_session(integer, uuid),
-    pggcl.heartbeat(integer)
+    pggcl.heartbeat(integer),
+    pggcl.reclaim()
 TO pggcl_user;
 
 GRANT EXECUTE ON FUNCTION

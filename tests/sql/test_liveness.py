@@ -189,3 +189,20 @@ def test_sessions_that_died_holding_nothing_are_forgotten(db: Conn, connect: Any
     ids = {row[0] for row in db.execute("SELECT id FROM pggcl.sessions")}
     assert dead not in ids
     assert alive_id in ids
+
+
+def test_reclaim_frees_a_dead_holders_slots_with_nobody_waiting(db: Conn, pggcl_dsn: str) -> None:
+    """pggcl.reclaim() (for pg_cron, say) does on every limit what a heartbeat does."""
+    db.execute("SELECT pggcl.create_limit('db', 1)")
+    proc = start_holder(pggcl_dsn, 0.3)
+    kill(proc)
+    dead_session = value(db, "SELECT session_id FROM pggcl.holders")
+    wait_until_backend_gone(db, dead_session)
+    db.execute("SELECT pggcl.cancel(waiter_id) FROM pggcl.queue")  # nobody waits
+    next_check = value(db, "SELECT pggcl.reclaim()")
+    assert 0 < next_check <= 0.3  # seen dead: its grace ends then
+    assert value(db, "SELECT held_slots FROM pggcl.limits") == 1
+    time.sleep(next_check)
+    assert value(db, "SELECT pggcl.reclaim()") is None
+    assert value(db, "SELECT held_slots FROM pggcl.limits") == 0
+    assert value(db, "SELECT count(*) FROM pggcl.sessions WHERE id = %s", dead_session) == 0
