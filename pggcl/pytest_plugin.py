@@ -24,9 +24,12 @@ from pggcl.testing import (
     PostgresNotFound,
     TempPostgres,
     create_database,
+    create_login_role,
     drop_database,
+    drop_role,
     psql,
     random_database_name,
+    with_user,
 )
 
 ENV_DSN = "PGGCL_TEST_DSN"
@@ -114,3 +117,18 @@ def empty_dsn(pggcl_server_dsn: str) -> Iterator[str]:
 def psql_fixture() -> Callable[..., str]:
     """`psql(sql, dsn, *args, check=True) -> stdout`: see pggcl.testing.psql."""
     return psql
+
+
+@pytest.fixture
+def pggcl_role_dsn(pggcl_dsn: str) -> Iterator[Callable[[str], str]]:
+    """`make(member_of) -> dsn`: a DSN of `pggcl_dsn`'s database that logs in as a new role,
+    a member of `member_of` (`pggcl_user` or `pggcl_admin`); the roles go after the test."""
+    made: list[str] = []
+
+    def make(member_of: str) -> str:
+        made.append(create_login_role(pggcl_dsn, member_of))
+        return with_user(pggcl_dsn, made[-1])
+
+    yield make
+    for name in made:
+        drop_role(pggcl_dsn, name)

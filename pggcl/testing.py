@@ -124,6 +124,34 @@ def with_database(dsn: str, dbname: str) -> str:
     return make_conninfo(dsn, dbname=dbname)
 
 
+def with_user(dsn: str, user: str) -> str:
+    """The same connection string, logging in as `user` (no password)."""
+    if dsn.startswith(("postgresql://", "postgres://")):
+        parts = urllib.parse.urlsplit(dsn)
+        host = parts.netloc.rpartition("@")[2]
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"{urllib.parse.quote(user)}@{host}"))
+    return make_conninfo(dsn, user=user)
+
+
+def create_login_role(admin_dsn: str, member_of: str) -> str:
+    """CREATE ROLE with LOGIN, a member of `member_of` (e.g. pggcl_user); returns its name."""
+    name = f"u_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(
+                sql.Identifier(name), sql.Identifier(member_of)
+            )
+        )
+    return name
+
+
+def drop_role(admin_dsn: str, name: str) -> None:
+    """DROP OWNED BY and DROP ROLE, in the database of `admin_dsn`."""
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
 def create_database(admin_dsn: str, dbname: str, template: str | None = None) -> str:
     """CREATE DATABASE `dbname` (optionally from `template`); returns its DSN."""
     stmt = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname))

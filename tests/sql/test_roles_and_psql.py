@@ -2,41 +2,21 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
-from pggcl.testing import PsqlError, with_database
+from pggcl.testing import PsqlError
 
 Psql = Callable[..., str]
 
 
 @pytest.fixture
-def login_as(pggcl_dsn: str) -> Iterator[Callable[[str], str]]:
+def login_as(pggcl_role_dsn: Callable[[str], str]) -> Callable[[str], str]:
     """Make a login role that is a member of the given pggcl role; return its DSN."""
-    made: list[str] = []
-
-    def make(member_of: str) -> str:
-        name = f"u_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(pggcl_dsn, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(
-                    sql.Identifier(name), sql.Identifier(member_of)
-                )
-            )
-        made.append(name)
-        dsn = with_database(pggcl_dsn, psycopg.conninfo.conninfo_to_dict(pggcl_dsn)["dbname"])  # type: ignore[arg-type]
-        return dsn.replace("postgres@", f"{name}@", 1)
-
-    yield make
-    with psycopg.connect(pggcl_dsn, autocommit=True) as conn:
-        for name in made:
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+    return pggcl_role_dsn
 
 
 def test_user_role_acquires_releases_and_reads_but_manages_nothing(

@@ -5,10 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 
-import psycopg
 import pytest
 from click.testing import CliRunner
-from psycopg import sql
 from starlette.testclient import TestClient
 
 import pggcl
@@ -147,25 +145,9 @@ def test_filter_by_name_and_missing_limit(http: TestClient, pggcl_dsn: str) -> N
 
 
 @pytest.fixture
-def user_dsn(pggcl_dsn: str) -> Iterator[Callable[[str], str]]:
+def user_dsn(pggcl_role_dsn: Callable[[str], str]) -> Callable[[str], str]:
     """Make a login role in the given pggcl role; returns its DSN."""
-    made: list[str] = []
-
-    def make(member_of: str) -> str:
-        name = f"ui_{len(made)}_{abs(hash(pggcl_dsn)) % 10**8}"
-        with psycopg.connect(pggcl_dsn, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(
-                    sql.Identifier(name), sql.Identifier(member_of)
-                )
-            )
-        made.append(name)
-        return pggcl_dsn.replace("postgres@", f"{name}@", 1)
-
-    yield make
-    with psycopg.connect(pggcl_dsn, autocommit=True) as conn:
-        for name in made:
-            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+    return pggcl_role_dsn
 
 
 def test_a_pggcl_user_dsn_gives_a_read_only_ui_that_says_so(
