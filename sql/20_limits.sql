@@ -14,9 +14,7 @@ SELECT l.name,
        l.held AS held_slots,
        r.decaying AS decaying_slots
 FROM pggcl.limit_state l,
-     LATERAL (SELECT greatest(0::double precision,
-                              l.level - l.slot_decay_per_second
-                                        * extract(epoch FROM clock_timestamp() - l.level_at)::double precision)
+     LATERAL (SELECT pggcl._decayed(l.level, l.slot_decay_per_second, l.level_at, clock_timestamp())
                      AS decaying) r;
 COMMENT ON VIEW pggcl.limits IS 'Every limit with its live occupancy and queue length';
 
@@ -91,7 +89,7 @@ BEGIN
     END IF;
     -- Materialise the level with the old decay rate first, so a new rate applies from now on.
     UPDATE pggcl.limit_state s
-    SET level = pggcl._level(s, at), level_at = at,
+    SET level = pggcl._decayed(s.level, s.slot_decay_per_second, s.level_at, at), level_at = at,
         "limit" = coalesce(update_limit."limit", s."limit"),
         slot_decay_per_second = coalesce(update_limit.slot_decay_per_second, s.slot_decay_per_second),
         active = coalesce(update_limit.active, s.active),

@@ -27,6 +27,7 @@ DECLARE
     ids bigint[] := '{}';
     active_ids bigint[] := '{}';
     fits boolean := true;
+    behind_others boolean := true;
     fast_id bigint;
     next_at timestamptz;
     n text;
@@ -74,7 +75,9 @@ BEGIN
     IF cardinality(wanted) = 1 THEN
         IF mode = 'concurrency' THEN
             UPDATE pggcl.limit_state s SET held = s.held + occupy
-            WHERE s.name = wanted[1] AND s.active AND s.queued = 0 AND pggcl._has_room(s, occupy, at)
+            WHERE s.name = wanted[1] AND s.active AND s.queued = 0
+              AND s.held + occupy <= s."limit" + 1e-9
+              - pggcl._decayed(s.level, s.slot_decay_per_second, s.level_at, at)
             RETURNING s.id INTO fast_id;
             IF fast_id IS NOT NULL THEN
                 lease_id := coalesce(request_id, gen_random_uuid());
@@ -89,9 +92,10 @@ BEGIN
                 END IF;
             END IF;
         ELSE
-            UPDATE pggcl.limit_state s SET level = pggcl._level(s, at) + occupy, level_at = at
+            UPDATE pggcl.limit_state s
+            SET level = pggcl._decayed(s.level, s.slot_decay_per_second, s.level_at, at) + occupy, level_at = at
             WHERE s.name = wanted[1] AND s.active AND s.queued = 0 AND s.slot_decay_per_second > 0
-              AND pggcl._has_room(s, occupy, at)
+              AND pggcl._fits(true, s."limit", s.held, s.level, s.slot_decay_per_second, s.level_at, occupy, at)
             RETURNING s.id INTO fast_id;
         END IF;
         IF fast_id IS NOT NULL THEN
@@ -145,6 +149,7 @@ BEGIN
                 'cannot rate limit on %L: its slot_decay_per_second is 0', lim.name);
         END IF;
         fits := fits AND lim.queued = 0 AND pggcl._has_room(lim, occupy, at);
+        behind_others := behind_others AND lim.queued > 0;
     END LOOP;
 
     -- 6. Room on every active limit and nobody queued there: take it.
@@ -155,14 +160,19 @@ BEGIN
         RETURN;
     END IF;
 
-    -- 7. Reclaim what died here, serve those queued ahead of us, and look again.
-    next_at := pggcl._reap(ids, at);
-    PERFORM pggcl._grant(ids, at);
-    IF pggcl._fits_now(ids, occupy, at) THEN
-        granted := true;
-        lease_id := CASE WHEN mode = 'concurrency' THEN coalesce(request_id, gen_random_uuid()) END;
-        PERFORM pggcl._take(ids, active_ids, occupy, mode, lease_id, session_id, holder, ttl_seconds, at);
-        RETURN;
+    -- 7. Reclaim what died here, serve those queued ahead of us, and look again. A request
+    -- that will queue behind others on every limit skips this: it cannot pass them, and they
+    -- keep the queue moving (each release grants; their heartbeats reclaim). This keeps the
+    -- limit rows locked for a few statements while many workers queue and release.
+    IF NOT (wait AND behind_others) THEN
+        next_at := pggcl._reap(ids, at);
+        PERFORM pggcl._grant(ids, at);
+        IF pggcl._fits_now(ids, occupy, at) THEN
+            granted := true;
+            lease_id := CASE WHEN mode = 'concurrency' THEN coalesce(request_id, gen_random_uuid()) END;
+            PERFORM pggcl._take(ids, active_ids, occupy, mode, lease_id, session_id, holder, ttl_seconds, at);
+            RETURN;
+        END IF;
     END IF;
 
     -- 8. Refused: say when to look again, and queue when asked to.
@@ -187,7 +197,9 @@ LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN NOT EXISTS (
         SELECT FROM pggcl.limit_state l
-        WHERE l.id = ANY(ids) AND l.active AND (l.queued > 0 OR NOT pggcl._has_room(l, occupy, at)));
+        WHERE l.id = ANY(ids) AND l.active
+          AND (l.queued > 0 OR NOT pggcl._fits(true, l."limit", l.held, l.level, l.slot_decay_per_second,
+                                               l.level_at, occupy, at)));
 END
 $$;
 
@@ -280,7 +292,8 @@ DECLARE
     at timestamptz := clock_timestamp();
     freed_limits bigint[];
     freed_slots integer[];
-    waiting integer;
+    lim pggcl.limit_state;
+    served record;
 BEGIN
     -- The lease rows go first; everyone who deletes lease rows under a limit lock skips rows
     -- that are locked, so taking the limit locks afterwards cannot deadlock.
@@ -292,14 +305,20 @@ BEGIN
     IF freed_limits IS NULL THEN
         RETURN false;
     ELSIF cardinality(freed_limits) = 1 THEN
+        -- The usual case: one limit. Its slots go straight to the head of its queue.
         UPDATE pggcl.limit_state SET held = held - freed_slots[1] WHERE id = freed_limits[1]
-        RETURNING queued INTO waiting;
+        RETURNING * INTO lim;
+        IF lim.queued > 0 AND lim.active THEN
+            served := pggcl._serve(lim, at);
+            IF served.general THEN
+                PERFORM pggcl._grant_general(freed_limits, at);
+            END IF;
+        ELSIF lim.queued > 0 THEN
+            PERFORM pggcl._grant_general(freed_limits, at);
+        END IF;
     ELSE
         PERFORM pggcl._lock(freed_limits);
         PERFORM pggcl._give_back(freed_limits, freed_slots);
-        waiting := (SELECT sum(queued) FROM pggcl.limit_state WHERE id = ANY(freed_limits));
-    END IF;
-    IF waiting > 0 THEN
         PERFORM pggcl._grant(freed_limits, at);
     END IF;
     RETURN true;

@@ -6,6 +6,9 @@ REVOKE ALL ON ALL TABLES IN SCHEMA pggcl FROM PUBLIC;
 GRANT USAGE ON SCHEMA pggcl TO pggcl_user, pggcl_admin;
 
 GRANT SELECT ON pggcl.limits, pggcl.holders, pggcl.queue TO pggcl_user;
+-- The limits view computes each bucket's level with this (pure) function.
+GRANT EXECUTE ON FUNCTION pggcl._decayed(double precision, double precision, timestamptz, timestamptz)
+TO pggcl_user;
 GRANT EXECUTE ON FUNCTION
     pggcl.try_acquire(text[], integer, text, boolean, double precision, text, integer),
     pggcl.acquire(text[], integer, text, boolean, double precision, text, integer, boolean, uuid),

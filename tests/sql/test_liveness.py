@@ -206,3 +206,21 @@ def test_reclaim_frees_a_dead_holders_slots_with_nobody_waiting(db: Conn, pggcl_
     assert value(db, "SELECT pggcl.reclaim()") is None
     assert value(db, "SELECT held_slots FROM pggcl.limits") == 0
     assert value(db, "SELECT count(*) FROM pggcl.sessions WHERE id = %s", dead_session) == 0
+
+
+def test_a_heartbeat_with_everyone_alive_locks_no_limit(db: Conn, connect: Any) -> None:
+    """The usual heartbeat finds nothing dead: it must not wait for, or hold, a limit's lock
+    (it would hold up the releases that keep the queue moving)."""
+    db.execute("SELECT pggcl.create_limit('db', 1)")
+    try_acquire(db, ["db"])
+    conn = connect()
+    session = open_session(conn)
+    acquire(conn, ["db"])
+    locker = connect()
+    locker.autocommit = False
+    locker.execute("SELECT FROM pggcl.limit_state WHERE name = 'db' FOR NO KEY UPDATE")
+    try:
+        conn.execute("SET lock_timeout = '1s'")
+        assert value(conn, "SELECT pggcl.heartbeat(%s)", session["session_id"]) is None
+    finally:
+        locker.rollback()

@@ -229,3 +229,35 @@ def test_a_request_id_finds_a_request_whose_answer_was_lost(db: Conn, connect: A
     assert value(db, "SELECT count(*) FROM pggcl.queue") == 0
     assert value(conn, "SELECT pggcl.cancel(NULL, %s)", first) == "granted"
     assert release(conn, first)
+
+
+def test_a_handed_off_slot_keeps_the_waiters_ttl_and_holder(db: Conn, connect: Any) -> None:
+    db.execute("SELECT pggcl.create_limit('db', 1)")
+    held = try_acquire(db, ["db"])["lease_id"]
+    conn = connect()
+    open_session(conn)
+    queued = acquire(conn, ["db"], holder="w", ttl_seconds=60)
+    release(db, held)
+    assert notifications(conn, 1) == [f"g:{queued['waiter_id']}"]
+    lease = one(
+        db,
+        "SELECT holder, session_id, extract(epoch FROM expires - since) AS ttl"
+        " FROM pggcl.holders WHERE lease_id = %s",
+        queued["lease_id"],
+    )
+    assert lease["holder"] == "w" and lease["session_id"] is not None
+    assert float(lease["ttl"]) == pytest.approx(60)
+
+
+def test_a_release_hands_a_rate_limit_waiter_its_slots(db: Conn, connect: Any) -> None:
+    """Concurrency and rate-limit use share a limit's slots; a release serves either."""
+    db.execute("SELECT pggcl.create_limit('db', 1, 0.001)")
+    held = try_acquire(db, ["db"])["lease_id"]
+    conn = connect()
+    open_session(conn)
+    queued = acquire(conn, ["db"], 1, "rate_limit")
+    release(db, held)
+    assert notifications(conn, 1) == [f"g:{queued['waiter_id']}"]
+    state = limit(db, "db")
+    assert state["held_slots"] == 0 and state["decaying_slots"] == pytest.approx(1, abs=0.01)
+    assert state["waiting"] == 0
