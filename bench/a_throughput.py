@@ -6,8 +6,11 @@ number of clients (threads for sync, tasks for async), each client on its own ro
 ``with client.concurrency(name)`` (``async with`` for async), each client on its own limit.
 Floor and pggcl alternate, round after round; the ratio is the median of the rounds' ratios.
 
-Two diagnostic lines (1 sync client, no target) split the cost: the SQL API called through
-psycopg directly (no Python client), and the same row changes as plain SQL (no PL/pgSQL).
+Three diagnostic lines (1 sync client, no target) split the cost: the SQL API called through
+psycopg directly (no Python client); the same row changes as plain SQL (no PL/pgSQL), which
+needs rights on pggcl's private tables that no user of the API has; and the same row changes in
+the least a secure SQL API can be: a pair of SECURITY DEFINER PL/pgSQL functions with a pinned
+search_path, doing nothing but those changes (no checks, no queue, no session).
 """
 
 from __future__ import annotations
@@ -217,7 +220,10 @@ async def _async_pair(
 
 # --- diagnostics --------------------------------------------------------------------------
 
-SQL_ACQUIRE = "SELECT lease_id FROM pggcl.try_acquire($1::text[], session_id => $2::integer)"
+# As the clients call it (pggcl.try_acquire wraps this).
+SQL_ACQUIRE = (
+    "SELECT lease_id FROM pggcl.acquire($1::text[], session_id => $2::integer, wait => false)"
+)
 SQL_RELEASE = "SELECT pggcl.release($1::uuid)"
 # What the engine's single-name fast path changes, as two plain statements: the limit row and
 # a lease row, then the reverse. Private tables: a diagnostic, not an API.
@@ -232,11 +238,58 @@ RETURNING id"""
 BARE_RELEASE = """
 WITH d AS (DELETE FROM pggcl.leases x WHERE x.id = $1 RETURNING x.limit_id, x.occupy)
 UPDATE pggcl.limit_state l SET held = l.held - d.occupy FROM d WHERE l.id = d.limit_id"""
+# The least a secure SQL API over the private tables can be (created beside the floor table).
+MINIMAL_FUNCTIONS = (
+    """CREATE FUNCTION {prefix}_acquire(lim text, sid integer, who text) RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    lease uuid := gen_random_uuid();
+    found_id bigint;
+BEGIN
+    UPDATE pggcl.limit_state s SET held = s.held + 1
+    WHERE s.name = lim AND s.active AND s.queued = 0 AND s.held + 1 <= s."limit"
+    RETURNING s.id INTO found_id;
+    INSERT INTO pggcl.leases (id, limit_id, occupy, session_id, holder, acquired_at)
+    VALUES (lease, found_id, 1, sid, who, clock_timestamp());
+    RETURN lease;
+END
+$$""",
+    """CREATE FUNCTION {prefix}_release(lease uuid) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    freed_id bigint;
+BEGIN
+    DELETE FROM pggcl.leases x WHERE x.id = lease RETURNING x.limit_id INTO freed_id;
+    UPDATE pggcl.limit_state s SET held = s.held - 1 WHERE s.id = freed_id;
+    RETURN FOUND;
+END
+$$""",
+)
 
 
 def _diagnostics(env: Env, table: str, seconds: float, rounds: int) -> list[Figure]:
-    progress("A: diagnostics (SQL API through psycopg; the same row changes as plain SQL)")
+    progress("A: diagnostics (SQL API through psycopg; the same row changes as plain SQL and in a"
+             " minimal function)")  # fmt: skip
     name = env.create_limit("a", 1)
+    minimal_acquire = f"SELECT {table}_acquire($1, $2, $3)"
+    minimal_release = f"SELECT {table}_release($1)"
+    try:
+        for definition in MINIMAL_FUNCTIONS:
+            env.sql(definition.format(prefix=table))
+        return _run_diagnostics(env, table, name, minimal_acquire, minimal_release, seconds, rounds)
+    finally:
+        env.sql(f"DROP FUNCTION IF EXISTS {table}_acquire, {table}_release")
+
+
+def _run_diagnostics(
+    env: Env,
+    table: str,
+    name: str,
+    minimal_acquire: str,
+    minimal_release: str,
+    seconds: float,
+    rounds: int,
+) -> list[Figure]:
     figures = []
     with connect(env.dsn) as floor_conn, connect(env.dsn) as conn:
         floor = _floor_op(floor_conn, table, 0)
@@ -254,12 +307,21 @@ def _diagnostics(env: Env, table: str, seconds: float, rounds: int) -> list[Figu
             assert row is not None
             cur.execute(BARE_RELEASE, (row[0],))
 
-        for what, op in (("SQL API through psycopg, no client", api),
-                         ("same row changes as plain SQL", bare)):  # fmt: skip
+        def minimal() -> None:
+            row = cur.execute(minimal_acquire, (name, session[0], "bench")).fetchone()
+            assert row is not None
+            cur.execute(minimal_release, (row[0],))
+
+        diagnostics = [
+            ("SQL API through psycopg, no client", api),
+            ("same row changes as plain SQL", bare),
+            ("same row changes in a minimal SECURITY DEFINER function", minimal),
+        ]
+        for what, op in diagnostics:
             try:
                 pair = _alternate(lambda op=op: _sync_rate([op], seconds),  # type: ignore[misc]
                                   lambda: _sync_rate([floor], seconds), rounds)  # fmt: skip
-            except psycopg.Error as exc:  # plain SQL needs rights on the private tables
+            except psycopg.Error as exc:  # the last two need rights on the private tables
                 progress(f"A: skipped '{what}': {exc}")
                 continue
             f = _figure(f"diagnostic: {what}, 1 client", *pair)
