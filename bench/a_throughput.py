@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -220,10 +221,8 @@ async def _async_pair(
 
 # --- diagnostics --------------------------------------------------------------------------
 
-# As the clients call it (pggcl.try_acquire wraps this).
-SQL_ACQUIRE = (
-    "SELECT lease_id FROM pggcl.acquire($1::text[], session_id => $2::integer, wait => false)"
-)
+# As the clients call it when the limit has room: pggcl.take, then pggcl.release.
+SQL_TAKE = "SELECT pggcl.take($1::text, 1, $2::integer, $3::text, $4::uuid)"
 SQL_RELEASE = "SELECT pggcl.release($1::uuid)"
 # What the engine's single-name fast path changes, as two plain statements: the limit row and
 # a lease row, then the reverse. Private tables: a diagnostic, not an API.
@@ -298,9 +297,10 @@ def _run_diagnostics(
         assert session is not None
 
         def api() -> None:
-            row = cur.execute(SQL_ACQUIRE, ([name], session[0])).fetchone()
-            assert row is not None and row[0] is not None
-            cur.execute(SQL_RELEASE, (row[0],))
+            lease = uuid.uuid4()
+            row = cur.execute(SQL_TAKE, (name, session[0], "bench", lease)).fetchone()
+            assert row is not None and row[0]
+            cur.execute(SQL_RELEASE, (lease,))
 
         def bare() -> None:
             row = cur.execute(BARE_ACQUIRE, (name, session[0], "bench")).fetchone()

@@ -189,30 +189,35 @@ def acquire_flow(
     # Our own request id: if the answer is lost (interrupted mid-call, connection dropped), the
     # request can still be found, cancelled and its slots released by this id.
     request_id = uuid.uuid4()
-    args = (
-        list(req.names), req.occupy, req.mode, req.strict, None, req.holder, session_id, wait,
-        request_id,
-    )  # fmt: skip
-    try:
-        rows = yield Call(q.ACQUIRE, args)
-    except GeneratorExit:
-        raise
-    except BaseException:
-        yield from _abandon(req, None, request_id)
-        raise
-    granted, lease_id, waiter_id, retry_after, created = rows[0]
-    lease_id = _uuid(lease_id)
-    if created:
-        log.warning(
-            "created missing limit(s) %s inactive: they do not limit anything until activated",
-            ", ".join(repr(n) for n in created),
-        )
-    if not granted:
-        if waiter_id is None:
-            raise _timeout(req)
-        done = yield from _wait_for_grant(req, waiter_id, lease_id, retry_after, deadline, clock)
-        if not done:
-            raise _timeout(req)
+    # The usual case first, through the engine's small-call fast path (pggcl.take); when it
+    # does not apply, pggcl.acquire handles every case.
+    taken = False
+    if req.mode == "concurrency" and len(req.names) == 1:
+        take = (req.names[0], req.occupy, session_id, req.holder, request_id)
+        rows = yield from _guarded(Call(q.TAKE, take), req, None, request_id)
+        taken = bool(rows[0][0])
+    lease_id: uuid.UUID | None = request_id
+    if not taken:
+        args = (
+            list(req.names), req.occupy, req.mode, req.strict, None, req.holder, session_id,
+            wait, request_id,
+        )  # fmt: skip
+        rows = yield from _guarded(Call(q.ACQUIRE, args), req, None, request_id)
+        granted, lease_id, waiter_id, retry_after, created = rows[0]
+        lease_id = _uuid(lease_id)
+        if created:
+            log.warning(
+                "created missing limit(s) %s inactive: they do not limit anything until activated",
+                ", ".join(repr(n) for n in created),
+            )
+        if not granted:
+            if waiter_id is None:
+                raise _timeout(req)
+            done = yield from _wait_for_grant(
+                req, waiter_id, lease_id, retry_after, deadline, clock
+            )
+            if not done:
+                raise _timeout(req)
     try:
         yield CHECKPOINT
     except GeneratorExit:
@@ -277,8 +282,9 @@ def _wait_for_grant(
             )
 
 
-def _guarded(op: Op, req: Request, waiter_id: int, lease_id: uuid.UUID | None) -> Flow[Any]:
-    """Yield ``op``; if interrupted there, leave nothing queued or held, then re-raise."""
+def _guarded(op: Op, req: Request, waiter_id: int | None, lease_id: uuid.UUID | None) -> Flow[Any]:
+    """Yield ``op``; if interrupted there, leave nothing queued or held, then re-raise.
+    ``waiter_id`` None: the request is found by ``lease_id``, the id given to take/acquire."""
     try:
         return (yield op)
     except GeneratorExit:

@@ -14,6 +14,7 @@ ACQUIRE: Final = (
     "$1::text[], $2::integer, $3::text, $4::boolean, $5::double precision, $6::text,"
     " $7::integer, $8::boolean, $9::uuid)"
 )
+TAKE: Final = "SELECT pggcl.take($1::text, $2::integer, $3::integer, $4::text, $5::uuid)"
 RECHECK: Final = "SELECT status, retry_after FROM pggcl.recheck($1::bigint, $2::uuid)"
 CANCEL: Final = "SELECT pggcl.cancel($1::bigint, $2::uuid)"
 RELEASE: Final = "SELECT pggcl.release($1::uuid)"

@@ -4,6 +4,8 @@
 -- Protocol for a waiting client (psql included):
 --   SELECT * FROM pggcl.open_session();         -- session_id, token, channel
 --   LISTEN "pggcl_<session_id>";                 -- the channel returned above
+--   SELECT pggcl.take('db', 1, <id>, 'me', <a fresh uuid>);   -- optional, the cheap try:
+--       true: go, the lease id is that uuid. Otherwise (or instead):
 --   SELECT * FROM pggcl.acquire('{db}', 1, session_id => <id>);
 --       granted: go. Otherwise a waiter_id: sleep until a notification on the channel
 --       'g:<waiter_id>'  granted: the lease id is the one acquire returned
@@ -13,7 +15,8 @@
 --   SELECT pggcl.cancel(waiter_id, lease_id);    -- to give up waiting
 --   SELECT pggcl.release(lease_id);              -- when done (concurrency mode)
 -- A client that waits should call pggcl.heartbeat(session_id) every few seconds: it reclaims
--- the slots of holders that died, which no notification can announce.
+-- the slots of holders that died, which no notification can announce. When everyone there is
+-- alive it only reads: it takes no limit lock and holds up no release.
 
 -- Register this connection as a session (or return the one it already has). The connection
 -- holds the session's advisory lock from now until it closes; `grace_seconds` is how long its

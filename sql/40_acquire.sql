@@ -5,6 +5,51 @@
 -- first plan is made while the tables are small, and must stay right as they grow), and no JIT
 -- (a plan costed high by the seqscan penalty must not trigger a compile).
 
+-- The usual acquire, shared by pggcl.acquire and pggcl.take: one name, concurrency mode, room
+-- and nobody queued. One conditional UPDATE locks the limit row and re-checks the condition on
+-- its latest version; then the lease row. False (and nothing changed) when it does not apply.
+CREATE FUNCTION pggcl._take_one(name text, occupy integer, session_id integer, holder text,
+                                lease_id uuid, ttl_seconds double precision, at timestamptz)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    taken_id bigint;
+BEGIN
+    UPDATE pggcl.limit_state s SET held = s.held + occupy
+    WHERE s.name = _take_one.name AND s.active AND s.queued = 0
+      AND s.held + occupy <= s."limit" + 1e-9 - pggcl._decayed(s.level, s.slot_decay_per_second, s.level_at, at)
+    RETURNING s.id INTO taken_id;
+    IF taken_id IS NULL THEN
+        RETURN false;
+    END IF;
+    INSERT INTO pggcl.leases (id, limit_id, occupy, session_id, holder, acquired_at, expires_at)
+    SELECT lease_id, taken_id, occupy, session_id, holder, at, at + make_interval(secs => ttl_seconds)
+    WHERE session_id IS NULL
+       OR EXISTS (SELECT FROM pggcl.sessions x WHERE x.id = _take_one.session_id AND NOT x.reclaimed);
+    IF NOT FOUND THEN
+        PERFORM pggcl._require_session(session_id);  -- raises: the UPDATE is undone
+    END IF;
+    RETURN true;
+END
+$$;
+
+-- The uncontended acquire alone, for clients: take `occupy` slots on the limit `name` for the
+-- lease `request_id` of `session_id` when that needs nothing else (the limit exists, is
+-- active, has room, and nobody queues there). Otherwise nothing changes and the answer is
+-- false: call pggcl.acquire, which handles every case (and says what is wrong with bad input).
+-- Its call is kept small on purpose (five arguments in, one value out): it costs less than
+-- acquire's when nothing else is needed.
+CREATE FUNCTION pggcl.take(name text, occupy integer, session_id integer, holder text, request_id uuid)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off AS $$
+BEGIN
+    IF occupy IS NULL OR occupy < 1 OR session_id IS NULL OR request_id IS NULL THEN
+        RETURN false;
+    END IF;
+    RETURN pggcl._take_one(name, occupy, session_id, holder, request_id, NULL, clock_timestamp());
+END
+$$;
+
 -- Take `occupy` slots on every limit in `names` now, or queue the request (when `wait`) and
 -- return its waiter_id: the session is notified on its channel when it is granted (see the
 -- protocol in 30_sessions.sql). When granted at once, waiter_id is NULL. lease_id is the lease
@@ -70,37 +115,26 @@ BEGIN
         session_id := (SELECT s.session_id FROM pggcl.open_session() s);
     END IF;
 
-    -- 3. The usual case, one name with room and nobody queued, is one conditional UPDATE: it
-    -- locks the row and re-checks the condition on its latest version.
+    -- 3. The usual case, one name with room and nobody queued: one conditional UPDATE (it
+    -- locks the row and re-checks the condition on its latest version), and the lease row.
     IF cardinality(wanted) = 1 THEN
         IF mode = 'concurrency' THEN
-            UPDATE pggcl.limit_state s SET held = s.held + occupy
-            WHERE s.name = wanted[1] AND s.active AND s.queued = 0
-              AND s.held + occupy <= s."limit" + 1e-9
-              - pggcl._decayed(s.level, s.slot_decay_per_second, s.level_at, at)
-            RETURNING s.id INTO fast_id;
-            IF fast_id IS NOT NULL THEN
-                lease_id := coalesce(request_id, gen_random_uuid());
-                INSERT INTO pggcl.leases (id, limit_id, occupy, session_id, holder, acquired_at,
-                                          expires_at)
-                SELECT lease_id, fast_id, occupy, session_id, holder, at,
-                       at + make_interval(secs => ttl_seconds)
-                WHERE session_id IS NULL
-                   OR EXISTS (SELECT FROM pggcl.sessions x WHERE x.id = session_id AND NOT x.reclaimed);
-                IF NOT FOUND THEN
-                    PERFORM pggcl._require_session(session_id);  -- raises: the UPDATE is undone
-                END IF;
+            lease_id := coalesce(request_id, gen_random_uuid());
+            IF pggcl._take_one(wanted[1], occupy, session_id, holder, lease_id, ttl_seconds, at) THEN
+                granted := true;
+                RETURN;
             END IF;
+            lease_id := NULL;
         ELSE
             UPDATE pggcl.limit_state s
             SET level = pggcl._decayed(s.level, s.slot_decay_per_second, s.level_at, at) + occupy, level_at = at
             WHERE s.name = wanted[1] AND s.active AND s.queued = 0 AND s.slot_decay_per_second > 0
               AND pggcl._fits(true, s."limit", s.held, s.level, s.slot_decay_per_second, s.level_at, occupy, at)
             RETURNING s.id INTO fast_id;
-        END IF;
-        IF fast_id IS NOT NULL THEN
-            granted := true;
-            RETURN;
+            IF fast_id IS NOT NULL THEN
+                granted := true;
+                RETURN;
+            END IF;
         END IF;
     END IF;
 
@@ -300,8 +334,7 @@ BEGIN
     WITH gone AS (
         DELETE FROM pggcl.leases x WHERE x.id = release.lease_id RETURNING x.limit_id, x.occupy
     )
-    SELECT array_agg(gone.limit_id ORDER BY gone.limit_id), array_agg(gone.occupy ORDER BY gone.limit_id)
-      INTO freed_limits, freed_slots FROM gone;
+    SELECT array_agg(gone.limit_id), array_agg(gone.occupy) INTO freed_limits, freed_slots FROM gone;
     IF freed_limits IS NULL THEN
         RETURN false;
     ELSIF cardinality(freed_limits) = 1 THEN

@@ -12,6 +12,7 @@ TO pggcl_user;
 GRANT EXECUTE ON FUNCTION
     pggcl.try_acquire(text[], integer, text, boolean, double precision, text, integer),
     pggcl.acquire(text[], integer, text, boolean, double precision, text, integer, boolean, uuid),
+    pggcl.take(text, integer, integer, text, uuid),
     pggcl.recheck(bigint, uuid),
     pggcl.cancel(bigint, uuid),
     pggcl.release(uuid),

@@ -1,8 +1,9 @@
-"""try_acquire and release through the SQL API."""
+"""try_acquire, take and release through the SQL API."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import psycopg
@@ -236,3 +237,71 @@ def test_lease_without_session_or_ttl_belongs_to_the_connection(db: Conn, connec
     # The same connection keeps one session.
     try_acquire(other, ["db2"])
     assert value(db, "SELECT count(DISTINCT session_id) FROM pggcl.holders") == 1
+
+
+# --- pggcl.take: the uncontended acquire alone -------------------------------------------
+
+
+def _take(conn: Conn, name: str, session_id: int | None, occupy: int = 1) -> tuple[bool, Any]:
+    lease = uuid.uuid4()
+    taken = value(conn, "SELECT pggcl.take(%s, %s, %s, 'me', %s)", name, occupy, session_id, lease)
+    return taken, lease
+
+
+def test_take_grants_when_there_is_room_and_no_queue(db: Conn) -> None:
+    db.execute("SELECT pggcl.create_limit('db', 2)")
+    session = value(db, "SELECT session_id FROM pggcl.open_session()")
+    taken, lease = _take(db, "db", session, 2)
+    assert taken
+    holder = one(db, "SELECT lease_id, slots, holder, session_id FROM pggcl.holders")
+    assert holder == {"lease_id": lease, "slots": 2, "holder": "me", "session_id": session}
+    assert release(db, lease)
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        "SELECT pggcl.try_acquire('{db}')",  # full
+        "SELECT pggcl.update_limit('db', active => false)",  # inactive: acquire decides
+        "SELECT pggcl.delete_limit('db')",  # missing: acquire creates it
+    ],
+)
+def test_take_changes_nothing_when_acquire_must_decide(db: Conn, setup: str) -> None:
+    db.execute("SELECT pggcl.create_limit('db', 1)")
+    session = value(db, "SELECT session_id FROM pggcl.open_session()")
+    db.execute(setup)
+    before = db.execute("SELECT * FROM pggcl.limit_state").fetchall()
+    leases = value(db, "SELECT count(*) FROM pggcl.leases")
+    assert _take(db, "db", session)[0] is False
+    assert db.execute("SELECT * FROM pggcl.limit_state").fetchall() == before
+    assert value(db, "SELECT count(*) FROM pggcl.leases") == leases
+
+
+def test_take_never_jumps_the_queue(db: Conn, connect: Any) -> None:
+    db.execute("SELECT pggcl.create_limit('db', 2)")
+    held = try_acquire(db, ["db"])["lease_id"]
+    waiter = connect()
+    waiter.execute("SELECT pggcl.open_session()")
+    assert not one(waiter, "SELECT granted FROM pggcl.acquire('{db}', 2)")["granted"]
+    session = value(db, "SELECT session_id FROM pggcl.open_session()")
+    assert _take(db, "db", session)[0] is False  # one slot is free, but a request waits
+    release(db, held)
+
+
+@pytest.mark.parametrize(("occupy", "session"), [(0, True), (-1, True), (None, True), (1, False)])
+def test_take_leaves_bad_input_to_acquire(db: Conn, occupy: Any, session: bool) -> None:
+    db.execute("SELECT pggcl.create_limit('db', 1)")
+    session_id = value(db, "SELECT session_id FROM pggcl.open_session()") if session else None
+    assert _take(db, "db", session_id, occupy)[0] is False
+    assert limit(db, "db")["held_slots"] == 0
+
+
+def test_take_for_a_reclaimed_session_raises_and_changes_nothing(db: Conn, connect: Any) -> None:
+    db.execute("SELECT pggcl.create_limit('db', 1)")
+    other = connect()
+    gone = value(other, "SELECT session_id FROM pggcl.open_session()")
+    assert value(other, "SELECT pggcl.close_session()") is True
+    with pytest.raises(psycopg.Error) as failure:
+        _take(db, "db", gone)
+    assert failure.value.sqlstate == "GC007"
+    assert limit(db, "db")["held_slots"] == 0
