@@ -51,6 +51,7 @@ class AsyncClient:
         self.dsn = dsn
         self._options = Options(pool_size, grace_seconds, heartbeat_seconds, connect_timeout)
         self._held = HeldLeases()
+        self._contention = core.Contention()
         self._pid = os.getpid()
         self._port_ = self._new_port()
 
@@ -95,7 +96,8 @@ class AsyncClient:
     async def _acquire(self, req: core.Request, started: float) -> Grant:
         port = self._port
         session_id = await port.session_id()
-        return await run_async(core.acquire_flow(req, session_id, time.monotonic, started), port)
+        flow = core.acquire_flow(req, session_id, time.monotonic, started, self._contention)
+        return await run_async(flow, port)
 
     @asynccontextmanager
     async def concurrency(

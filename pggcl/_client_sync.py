@@ -48,6 +48,7 @@ class Client:
         self.dsn = dsn
         self._options = Options(pool_size, grace_seconds, heartbeat_seconds, connect_timeout)
         self._held = HeldLeases()
+        self._contention = core.Contention()
         self._pid = os.getpid()
         self._port_ = self._new_port()
 
@@ -92,7 +93,8 @@ class Client:
     def _acquire(self, req: core.Request, started: float) -> Grant:
         port = self._port
         session_id = port.session_id()
-        return run_sync(core.acquire_flow(req, session_id, time.monotonic, started), port)
+        flow = core.acquire_flow(req, session_id, time.monotonic, started, self._contention)
+        return run_sync(flow, port)
 
     @contextmanager
     def concurrency(

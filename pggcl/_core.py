@@ -175,8 +175,36 @@ def _timeout(req: Request) -> AcquireConcurrencySlotTimeoutError:
 # --- Acquire ------------------------------------------------------------------------------
 
 
+class Contention:
+    """The limits on which a client's last request had to queue. There the fast path
+    (pggcl.take) would only be refused, so acquire goes straight to pggcl.acquire: one round
+    trip less per queued request, where the limit's row is busiest. A request granted at once
+    clears the name. Shared by a client's threads or tasks: a lost race costs one round trip.
+    """
+
+    _MAX_NAMES: Final = 1024  # forget them all past this: a hint, not a registry
+
+    def __init__(self) -> None:
+        self._names: set[str] = set()
+
+    def worth_taking(self, name: str) -> bool:
+        return name not in self._names
+
+    def queued(self, name: str) -> None:
+        if len(self._names) >= self._MAX_NAMES:
+            self._names.clear()
+        self._names.add(name)
+
+    def granted_at_once(self, name: str) -> None:
+        self._names.discard(name)
+
+
 def acquire_flow(
-    req: Request, session_id: int, clock: Callable[[], float], started: float
+    req: Request,
+    session_id: int,
+    clock: Callable[[], float],
+    started: float,
+    contention: Contention,
 ) -> Flow[Grant]:
     """Take the slots, waiting in the engine's queue until granted (see module docstring).
 
@@ -191,9 +219,10 @@ def acquire_flow(
     request_id = uuid.uuid4()
     # The usual case first, through the engine's small-call fast path (pggcl.take); when it
     # does not apply, pggcl.acquire handles every case.
+    one_name = req.names[0] if len(req.names) == 1 else None
     taken = False
-    if req.mode == "concurrency" and len(req.names) == 1:
-        take = (req.names[0], req.occupy, session_id, req.holder, request_id)
+    if req.mode == "concurrency" and one_name is not None and contention.worth_taking(one_name):
+        take = (one_name, req.occupy, session_id, req.holder, request_id)
         rows = yield from _guarded(Call(q.TAKE, take), req, None, request_id)
         taken = bool(rows[0][0])
     lease_id: uuid.UUID | None = request_id
@@ -210,6 +239,11 @@ def acquire_flow(
                 "created missing limit(s) %s inactive: they do not limit anything until activated",
                 ", ".join(repr(n) for n in created),
             )
+        if one_name is not None:
+            if granted:
+                contention.granted_at_once(one_name)
+            else:
+                contention.queued(one_name)
         if not granted:
             if waiter_id is None:
                 raise _timeout(req)

@@ -121,6 +121,27 @@ def test_hand_off_is_a_notification_not_a_poll(pggcl_dsn: str, client: Client) -
         assert (other.stats.calls, other.stats.notifications) == (3, 1)
 
 
+def test_a_limit_that_made_us_queue_skips_the_fast_path(client: Client) -> None:
+    """pggcl.take is refused wherever requests queue: after one request queued, the next on
+    that limit goes straight to pggcl.acquire; a request granted at once brings take back."""
+    client.create_limit("db", 1)
+    costs = []
+    with client.concurrency("db"):
+        for _ in range(2):
+            before = client.stats.calls
+            with (
+                pytest.raises(pggcl.AcquireConcurrencySlotTimeoutError),
+                client.concurrency("db", timeout_seconds=0.05),
+            ):
+                pass
+            costs.append(client.stats.calls - before)
+    assert costs == [3, 2]  # take, acquire (queued), cancel; then acquire, cancel
+    assert not client._contention.worth_taking("db")
+    with client.concurrency("db"):  # acquire, granted at once
+        pass
+    assert client._contention.worth_taking("db")
+
+
 def test_timeout_leaves_nothing_queued(client: Client) -> None:
     client.create_limit("db", 1)
     with (
