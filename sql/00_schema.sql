@@ -38,6 +38,10 @@ CREATE TABLE pggcl.limit_state (
     active boolean NOT NULL DEFAULT true,
     held integer NOT NULL DEFAULT 0,
     queued integer NOT NULL DEFAULT 0,  -- waiters queued here; kept under this row's lock
+    -- No waiter on this limit has an id this low or lower (the last head of its queue that was
+    -- served): reading the queue starts above it, not at the dead index entries that a busy
+    -- queue leaves behind faster than vacuum removes them.
+    queue_from bigint NOT NULL DEFAULT 0,
     level double precision NOT NULL DEFAULT 0,
     level_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     created timestamptz NOT NULL DEFAULT clock_timestamp(),

@@ -422,10 +422,13 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     w pggcl.waiters;
     notified boolean;
+    -- Each grant takes a slot or more: no more waiters than free slots can be served.
+    most integer := greatest(1, floor(lim."limit" - lim.held - pggcl._level(lim, at) + 1e-9));
 BEGIN
     granted := '{}';
     general := false;
-    FOR w IN SELECT * FROM pggcl.waiters x WHERE x.limit_id = lim.id ORDER BY x.id LOOP
+    FOR w IN SELECT * FROM pggcl.waiters x WHERE x.limit_id = lim.id AND x.id > lim.queue_from
+             ORDER BY x.id LIMIT most LOOP
         IF cardinality(w.limit_ids) > 1 OR w.occupy > lim."limit"
            OR (w.mode = 'rate_limit' AND lim.slot_decay_per_second = 0) THEN
             general := true;
@@ -448,11 +451,13 @@ BEGIN
             lim.level_at := at;
         END IF;
         lim.queued := lim.queued - 1;
+        lim.queue_from := w.id;  -- it was the head: every waiter before it here is gone
         granted := granted || w.id;
     END LOOP;
     IF cardinality(granted) > 0 THEN
         UPDATE pggcl.limit_state
-        SET held = lim.held, queued = lim.queued, level = lim.level, level_at = lim.level_at
+        SET held = lim.held, queued = lim.queued, level = lim.level, level_at = lim.level_at,
+            queue_from = lim.queue_from
         WHERE id = lim.id;
     END IF;
 END
@@ -526,7 +531,8 @@ BEGIN
         END IF;
         SELECT coalesce(sum(q.occupy), 0), coalesce(bool_or(q.mode <> 'rate_limit'), false)
           INTO ahead, unknown
-          FROM pggcl.waiters q WHERE q.limit_id = l.id AND (before IS NULL OR q.id < before);
+          FROM pggcl.waiters q
+         WHERE q.limit_id = l.id AND q.id > l.queue_from AND (before IS NULL OR q.id < before);
         -- The bucket must drain until holders, those ahead (who drain with it) and we fit.
         free := l."limit" - l.held - ahead - occupy;
         IF unknown OR (l.slot_decay_per_second = 0 AND pggcl._level(l, at) > free) THEN
