@@ -47,7 +47,7 @@ MAX_CONNECTIONS, MAX_RSS_MB, MAX_LATENCY_RATIO = 3, 20.0, 1.10
 def run(env: Env) -> list[Figure]:
     figures = _waiters(env, "asyncio tasks", env.count(1000, 50))
     figures += _waiters(env, "threads", env.count(200, 20))
-    figures.append(_limits(env, env.count(10_000, 200), env.count(7, 1)))
+    figures.append(_limits(env, env.count(10_000, 200), env.count(9, 1)))
     return figures
 
 
