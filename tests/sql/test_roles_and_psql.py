@@ -27,6 +27,8 @@ def test_user_role_acquires_releases_and_reads_but_manages_nothing(
     lease = psql("SELECT lease_id FROM pggcl.try_acquire('{db}')", user).strip()
     assert psql("SELECT active_slots FROM pggcl.limits", user).strip() == "1"
     assert psql(f"SELECT pggcl.release('{lease}')", user).strip() == "t"
+    take = "SELECT pggcl.take('db', 1, s.session_id, 'me', gen_random_uuid())"
+    assert psql(f"{take} FROM pggcl.open_session() s", user).strip() == "t"
     for forbidden in (
         "SELECT pggcl.create_limit('x', 1)",
         "SELECT pggcl.update_limit('db', 5)",
