@@ -57,6 +57,25 @@ def _translate(exc: BaseException) -> PggclError:
     return translate_error(sqlstate, str(exc) or type(exc).__name__, lost)
 
 
+async def _settle(conn: asyncpg.Connection) -> None:
+    """After a statement was interrupted (its task cancelled): wait until it has finished on the
+    server, committed or cancelled by asyncpg, so that whoever looks next at what it did (the
+    flow's clean-up, maybe on another connection) sees its outcome. asyncpg runs the next
+    statement on ``conn`` only once its cancellation is over. Further cancellations meanwhile
+    are ignored: the caller is raising one already."""
+
+    async def settled() -> None:
+        try:
+            await conn.execute("SELECT 1")
+        except Exception:
+            conn.terminate()
+
+    task = asyncio.ensure_future(settled())
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+
+
 class _Pool:
     """At most ``size`` connections, made on demand, dropped when broken. Pool connections
     only run single autocommit statements, so there is nothing to reset between uses. (asyncpg's
@@ -179,6 +198,9 @@ class AsyncpgPort:
             conn = await self._pool.get()
             try:
                 rows = await conn.fetch(sql, *args)
+            except asyncio.CancelledError:
+                await _settle(conn)
+                raise
             finally:
                 self._pool.put(conn)
         except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:

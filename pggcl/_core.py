@@ -3,12 +3,13 @@
 Every operation is a generator (a *flow*) that yields ops and receives their results:
 
 - :class:`Call` -> the result rows (tuples) of one autocommit statement on a pool connection;
-- :class:`Wait` -> the next :class:`~pggcl._events.Event` for a waiter, or None on timeout;
-- :data:`CHECKPOINT` -> None at once; a point where a deferred cancellation is delivered.
+- :class:`Wait` -> the next :class:`~pggcl._events.Event` for a waiter, or None on timeout.
 
 A runner (``pggcl._runner``) carries the ops out and throws errors into the flow at the yield
-that failed. A flow that is interrupted (task cancelled, KeyboardInterrupt) while it waits or
-holds freshly granted slots yields the calls that give them back, then re-raises.
+that failed. A flow interrupted at a call or a wait (task cancelled, KeyboardInterrupt, lost
+connection) finds out what that call did - by the request id it chose, or by repeating an
+idempotent release - and yields the calls that give back whatever it holds or queued, then
+re-raises.
 """
 
 from __future__ import annotations
@@ -56,13 +57,7 @@ class Wait:
     timeout: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    """No I/O: lets the runner deliver a cancellation that arrived during the last call."""
-
-
-CHECKPOINT: Final = Checkpoint()
-Op = Call | Wait | Checkpoint
+Op = Call | Wait
 T = TypeVar("T")
 Flow = Generator[Op, Any, T]
 
@@ -252,14 +247,6 @@ def acquire_flow(
             )
             if not done:
                 raise _timeout(req)
-    try:
-        yield CHECKPOINT
-    except GeneratorExit:
-        raise
-    except BaseException:
-        if lease_id is not None:
-            yield Call(q.RELEASE, (lease_id,))
-        raise
     return Grant(req.names, req.occupy, lease_id)
 
 
@@ -352,7 +339,14 @@ def _give_up(req: Request, waiter_id: int, lease_id: uuid.UUID | None) -> Flow[b
 
 def release_flow(lease_id: uuid.UUID) -> Flow[bool]:
     """Give the slots back; False when the lease was no longer held (reclaimed)."""
-    rows = yield Call(q.RELEASE, (lease_id,))
+    try:
+        rows = yield Call(q.RELEASE, (lease_id,))
+    except GeneratorExit:
+        raise
+    except BaseException:
+        # Interrupted: the release may not have run. Releasing twice is harmless.
+        yield Call(q.RELEASE, (lease_id,))
+        raise
     return bool(rows[0][0])
 
 

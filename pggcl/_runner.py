@@ -1,13 +1,18 @@
 """The two loops that carry out a flow (see ``pggcl._core``) against a driver port.
 
-They are the only code written twice, once per world. The async loop runs every call shielded:
-a cancellation that arrives while a statement is in flight waits for its result (which the flow
-must see, or a lease could be lost) and is then thrown into the flow at its next yield.
+They are the only code written twice, once per world. A call interrupted mid-statement (task
+cancelled, KeyboardInterrupt) returns only once the statement has settled on the server, and the
+interruption is thrown into the flow at that call: every flow can find out what an interrupted
+call did (by the request id it chose, or by repeating an idempotent release). Once the flow is
+unwinding, the async loop runs its calls shielded: a further cancellation waits for the call's
+result and is thrown into the flow at its next yield, so clean-up is never cut short.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Awaitable
 from typing import Any, Protocol, TypeVar
 
 from pggcl._core import Call, Flow, Row, Wait
@@ -64,34 +69,18 @@ async def run_async(flow: Flow[T], port: AsyncPort) -> T:
     epoch, waited = port.epoch, set[int]()
     value: Any = None
     error: BaseException | None = None
-    deferred: BaseException | None = None  # a cancellation that arrived during a call
-    unwinding = False  # an exception was thrown into the flow: do not throw another
+    unwinding = False  # an exception was thrown into the flow: its clean-up runs shielded
     try:
         while True:
             try:
                 op = flow.send(value) if error is None else flow.throw(error)
             except StopIteration as stop:
-                if deferred is not None:
-                    raise deferred from None
                 return stop.value  # type: ignore[no-any-return]
-            except BaseException as exc:
-                if deferred is not None:
-                    raise deferred from exc
-                raise
             value = error = None
-            if deferred is not None and not unwinding:
-                error, deferred, unwinding = deferred, None, True
-                continue
             try:
                 if isinstance(op, Call):
-                    task = asyncio.ensure_future(port.call(op.sql, op.args))
-                    while not task.done():
-                        try:
-                            await asyncio.shield(task)
-                        except asyncio.CancelledError as exc:
-                            if deferred is None and not unwinding:
-                                deferred = exc
-                    value = task.result()
+                    call = port.call(op.sql, op.args)
+                    value = await (_shielded(call) if unwinding else call)
                 elif isinstance(op, Wait):
                     waited.add(op.waiter_id)
                     value = await port.wait(op.waiter_id, op.timeout, epoch)
@@ -100,3 +89,13 @@ async def run_async(flow: Flow[T], port: AsyncPort) -> T:
     finally:
         for waiter_id in waited:
             port.forget(waiter_id)
+
+
+async def _shielded(call: Awaitable[T]) -> T:
+    """``call``'s result, whatever cancellations arrive meanwhile: the flow is already
+    unwinding from one, and re-raises it when its clean-up is done."""
+    task = asyncio.ensure_future(call)
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+    return task.result()
