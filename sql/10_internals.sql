@@ -256,6 +256,14 @@ BEGIN
 END
 $$;
 
+-- The sessions with a claim on the limits `ids`: a lease or a queued request there.
+CREATE FUNCTION pggcl._claimants(ids bigint[]) RETURNS TABLE (session_id integer)
+LANGUAGE sql STABLE AS $$
+    SELECT x.session_id FROM pggcl.leases x WHERE x.limit_id = ANY(ids) AND x.session_id IS NOT NULL
+    UNION
+    SELECT w.session_id FROM pggcl.waiters w WHERE w.limit_id = ANY(ids)
+$$;
+
 -- Reclaim what is dead on the locked limits `ids`: leases whose TTL passed, and the leases and
 -- waiters of sessions whose connection has been gone for longer than their grace period.
 -- Returns the next moment something here may expire (a TTL, the end of a grace), or NULL.
@@ -281,13 +289,7 @@ BEGIN
 
     SELECT min(expires_at) INTO next_at FROM pggcl.leases WHERE limit_id = ANY(ids);
 
-    FOR owner IN
-        SELECT DISTINCT session_id FROM (
-            SELECT session_id FROM pggcl.leases WHERE limit_id = ANY(ids) AND session_id IS NOT NULL
-            UNION ALL
-            SELECT session_id FROM pggcl.waiters WHERE limit_id = ANY(ids)
-        ) claims
-    LOOP
+    FOR owner IN SELECT c.session_id FROM pggcl._claimants(ids) c LOOP
         -- Probe first: a live session costs no write. A dead one's advisory lock is now ours
         -- until commit, so resume_session cannot take it meanwhile: a session is either resumed
         -- or reclaimed, never both.
@@ -324,13 +326,7 @@ LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     RETURN EXISTS (SELECT FROM pggcl.leases WHERE limit_id = ANY(ids) AND expires_at <= at)
         OR EXISTS (
-            SELECT FROM (
-                SELECT DISTINCT session_id FROM (
-                    SELECT session_id FROM pggcl.leases WHERE limit_id = ANY(ids) AND session_id IS NOT NULL
-                    UNION ALL
-                    SELECT session_id FROM pggcl.waiters WHERE limit_id = ANY(ids)
-                ) claims
-            ) c
+            SELECT FROM pggcl._claimants(ids) c
             LEFT JOIN pggcl.sessions s ON s.id = c.session_id
             WHERE s.id IS NULL OR s.reclaimed OR s.dead_since IS NOT NULL
                OR NOT pggcl._session_alive(c.session_id));
@@ -392,74 +388,73 @@ CREATE FUNCTION pggcl._grant(ids bigint[], at timestamptz) RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     lim pggcl.limit_state;
-    served record;
 BEGIN
     IF cardinality(ids) = 1 THEN
         SELECT * INTO lim FROM pggcl.limit_state WHERE id = ids[1];
         IF NOT FOUND OR lim.queued = 0 THEN
             RETURN '{}';
-        ELSIF lim.active THEN
-            served := pggcl._serve(lim, at);
-            IF NOT served.general THEN
-                RETURN served.granted;
-            END IF;
-            RETURN served.granted || pggcl._grant_general(ids, at);
         END IF;
+        RETURN pggcl._serve(lim, at);
     END IF;
     RETURN pggcl._grant_general(ids, at);
 END
 $$;
 
--- The grant step for the usual case: one active limit whose queue head wants that limit alone.
--- `lim` is the limit's locked row as it stands (a release passes it with its slots given back,
--- from the UPDATE that locked it). Serves the head of the queue while it fits, keeping the row
--- in a variable and writing it once; each grant is one statement (dequeue, lease, notify). Stops
--- with `general` when the head needs the general step (more limits to lock, or a request that
--- can never fit, to refuse).
-CREATE FUNCTION pggcl._serve(lim pggcl.limit_state, at timestamptz, OUT granted bigint[],
-                             OUT general boolean)
+-- The grant step on one limit, given its locked row as it stands (a release passes it with its
+-- slots given back, from the UPDATE that locked it). The usual case, an active limit whose queue
+-- head wants that limit alone, is served here: the head of the queue while it fits, the row kept
+-- in a variable and written once, each grant one statement (dequeue, lease, notify). Anything
+-- else goes to the general step: an inactive limit, or a head with more limits to lock or a
+-- request that can never fit, to refuse.
+CREATE FUNCTION pggcl._serve(lim pggcl.limit_state, at timestamptz) RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     w pggcl.waiters;
     notified boolean;
+    granted bigint[] := '{}';
+    general boolean := NOT lim.active;
     -- Each grant takes a slot or more: no more waiters than free slots can be served.
     most integer := greatest(1, floor(lim."limit" - lim.held - pggcl._level(lim, at) + 1e-9));
 BEGIN
-    granted := '{}';
-    general := false;
-    FOR w IN SELECT * FROM pggcl.waiters x WHERE x.limit_id = lim.id AND x.id > lim.queue_from
-             ORDER BY x.id LIMIT most LOOP
-        IF cardinality(w.limit_ids) > 1 OR w.occupy > lim."limit"
-           OR (w.mode = 'rate_limit' AND lim.slot_decay_per_second = 0) THEN
-            general := true;
-            EXIT;
+    IF lim.active THEN
+        FOR w IN SELECT * FROM pggcl.waiters x WHERE x.limit_id = lim.id AND x.id > lim.queue_from
+                 ORDER BY x.id LIMIT most LOOP
+            IF cardinality(w.limit_ids) > 1 OR w.occupy > lim."limit"
+               OR (w.mode = 'rate_limit' AND lim.slot_decay_per_second = 0) THEN
+                general := true;
+                EXIT;
+            END IF;
+            EXIT WHEN NOT pggcl._has_room(lim, w.occupy, at);
+            WITH gone AS (
+                DELETE FROM pggcl.waiters x WHERE x.limit_id = lim.id AND x.id = w.id RETURNING x.id
+            ), taken AS (
+                INSERT INTO pggcl.leases (id, limit_id, occupy, session_id, holder, acquired_at, expires_at)
+                SELECT w.lease_id, lim.id, w.occupy, w.session_id, w.holder, at,
+                       at + make_interval(secs => w.ttl_seconds)
+                FROM gone WHERE w.mode = 'concurrency'
+            )
+            SELECT pggcl._notify(w.session_id, 'g', w.id) IS NULL INTO notified FROM gone;
+            IF w.mode = 'concurrency' THEN
+                lim.held := lim.held + w.occupy;
+            ELSE
+                lim.level := pggcl._level(lim, at) + w.occupy;
+                lim.level_at := at;
+            END IF;
+            lim.queued := lim.queued - 1;
+            lim.queue_from := w.id;  -- it was the head: every waiter before it here is gone
+            granted := granted || w.id;
+        END LOOP;
+        IF cardinality(granted) > 0 THEN
+            UPDATE pggcl.limit_state
+            SET held = lim.held, queued = lim.queued, level = lim.level, level_at = lim.level_at,
+                queue_from = lim.queue_from
+            WHERE id = lim.id;
         END IF;
-        EXIT WHEN NOT pggcl._has_room(lim, w.occupy, at);
-        WITH gone AS (
-            DELETE FROM pggcl.waiters x WHERE x.limit_id = lim.id AND x.id = w.id RETURNING x.id
-        ), taken AS (
-            INSERT INTO pggcl.leases (id, limit_id, occupy, session_id, holder, acquired_at, expires_at)
-            SELECT w.lease_id, lim.id, w.occupy, w.session_id, w.holder, at,
-                   at + make_interval(secs => w.ttl_seconds)
-            FROM gone WHERE w.mode = 'concurrency'
-        )
-        SELECT pggcl._notify(w.session_id, 'g', w.id) IS NULL INTO notified FROM gone;
-        IF w.mode = 'concurrency' THEN
-            lim.held := lim.held + w.occupy;
-        ELSE
-            lim.level := pggcl._level(lim, at) + w.occupy;
-            lim.level_at := at;
-        END IF;
-        lim.queued := lim.queued - 1;
-        lim.queue_from := w.id;  -- it was the head: every waiter before it here is gone
-        granted := granted || w.id;
-    END LOOP;
-    IF cardinality(granted) > 0 THEN
-        UPDATE pggcl.limit_state
-        SET held = lim.held, queued = lim.queued, level = lim.level, level_at = lim.level_at,
-            queue_from = lim.queue_from
-        WHERE id = lim.id;
     END IF;
+    IF general THEN
+        granted := granted || pggcl._grant_general(ARRAY[lim.id], at);
+    END IF;
+    RETURN granted;
 END
 $$;
 

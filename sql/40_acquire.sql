@@ -327,7 +327,6 @@ DECLARE
     freed_limits bigint[];
     freed_slots integer[];
     lim pggcl.limit_state;
-    served record;
 BEGIN
     -- The lease rows go first; everyone who deletes lease rows under a limit lock skips rows
     -- that are locked, so taking the limit locks afterwards cannot deadlock.
@@ -341,13 +340,8 @@ BEGIN
         -- The usual case: one limit. Its slots go straight to the head of its queue.
         UPDATE pggcl.limit_state SET held = held - freed_slots[1] WHERE id = freed_limits[1]
         RETURNING * INTO lim;
-        IF lim.queued > 0 AND lim.active THEN
-            served := pggcl._serve(lim, at);
-            IF served.general THEN
-                PERFORM pggcl._grant_general(freed_limits, at);
-            END IF;
-        ELSIF lim.queued > 0 THEN
-            PERFORM pggcl._grant_general(freed_limits, at);
+        IF lim.queued > 0 THEN
+            PERFORM pggcl._serve(lim, at);
         END IF;
     ELSE
         PERFORM pggcl._lock(freed_limits);
