@@ -38,6 +38,7 @@ from pggcl._events import (
     next_heartbeat,
     parse_payload,
 )
+from pggcl._runner import shielded
 from pggcl.errors import PggclError, SessionLostError
 
 log = logging.getLogger("pggcl")
@@ -70,10 +71,7 @@ async def _settle(conn: asyncpg.Connection) -> None:
         except Exception:
             conn.terminate()
 
-    task = asyncio.ensure_future(settled())
-    while not task.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(task)
+    await shielded(settled())
 
 
 class _Pool:

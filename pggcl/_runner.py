@@ -80,7 +80,7 @@ async def run_async(flow: Flow[T], port: AsyncPort) -> T:
             try:
                 if isinstance(op, Call):
                     call = port.call(op.sql, op.args)
-                    value = await (_shielded(call) if unwinding else call)
+                    value = await (shielded(call) if unwinding else call)
                 elif isinstance(op, Wait):
                     waited.add(op.waiter_id)
                     value = await port.wait(op.waiter_id, op.timeout, epoch)
@@ -91,9 +91,9 @@ async def run_async(flow: Flow[T], port: AsyncPort) -> T:
             port.forget(waiter_id)
 
 
-async def _shielded(call: Awaitable[T]) -> T:
-    """``call``'s result, whatever cancellations arrive meanwhile: the flow is already
-    unwinding from one, and re-raises it when its clean-up is done."""
+async def shielded(call: Awaitable[T]) -> T:
+    """``call``'s result, whatever cancellations arrive meanwhile. For a caller that is already
+    handling one cancellation and re-raises it when this is done."""
     task = asyncio.ensure_future(call)
     while not task.done():
         with contextlib.suppress(asyncio.CancelledError):
