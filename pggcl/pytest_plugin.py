@@ -29,6 +29,7 @@ from pggcl.testing import (
     drop_role,
     psql,
     random_database_name,
+    temporary_database,
     with_user,
 )
 
@@ -94,23 +95,15 @@ def pggcl_template(pggcl_server_dsn: str) -> Iterator[str]:
 @pytest.fixture
 def pggcl_dsn(pggcl_server_dsn: str, pggcl_template: str) -> Iterator[str]:
     """DSN of a fresh database, copied from the template, for this test only."""
-    name = random_database_name("t_")
-    dsn = create_database(pggcl_server_dsn, name, template=pggcl_template)
-    try:
+    with temporary_database(pggcl_server_dsn, "t_", template=pggcl_template) as dsn:
         yield dsn
-    finally:
-        drop_database(pggcl_server_dsn, name)
 
 
 @pytest.fixture
 def empty_dsn(pggcl_server_dsn: str) -> Iterator[str]:
     """DSN of a fresh database without pggcl, for this test only."""
-    name = random_database_name("t_")
-    dsn = create_database(pggcl_server_dsn, name)
-    try:
+    with temporary_database(pggcl_server_dsn, "t_") as dsn:
         yield dsn
-    finally:
-        drop_database(pggcl_server_dsn, name)
 
 
 @pytest.fixture(name="psql", scope="session")

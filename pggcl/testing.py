@@ -13,6 +13,7 @@ root). pytest users get the same through the fixtures in `pggcl.pytest_plugin`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -22,6 +23,7 @@ import subprocess
 import tempfile
 import urllib.parse
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -39,6 +41,7 @@ __all__ = [
     "find_server_binaries",
     "psql",
     "random_database_name",
+    "temporary_database",
     "with_database",
 ]
 
@@ -174,6 +177,20 @@ def drop_database(admin_dsn: str, dbname: str) -> None:
         if row[0]:
             conn.execute(sql.SQL("ALTER DATABASE {} IS_TEMPLATE false").format(name))
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+
+
+@contextlib.contextmanager
+def temporary_database(
+    admin_dsn: str, prefix: str = "t_", template: str | None = None
+) -> Iterator[str]:
+    """A new database (named `prefix` + random, optionally from `template`), dropped on exit;
+    yields its DSN."""
+    name = random_database_name(prefix)
+    dsn = create_database(admin_dsn, name, template=template)
+    try:
+        yield dsn
+    finally:
+        drop_database(admin_dsn, name)
 
 
 def _free_port() -> int:

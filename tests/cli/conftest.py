@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from pggcl.cli import main
-from pggcl.testing import create_database, drop_database, random_database_name
+from pggcl.testing import temporary_database
 
 #: The console script that `pip install` puts next to the interpreter.
 PGGCL = Path(sys.executable).parent / "pggcl"
@@ -81,20 +81,12 @@ def _console_script() -> Iterator[None]:
 def shared_dsn(pggcl_server_dsn: str, pggcl_template: str) -> Iterator[str]:
     """A database with pggcl, shared by the tests of a module that leave nothing behind
     (refusals, usage errors): one CREATE DATABASE instead of one per test."""
-    name = random_database_name("t_cli_")
-    dsn = create_database(pggcl_server_dsn, name, template=pggcl_template)
-    try:
+    with temporary_database(pggcl_server_dsn, "t_cli_", template=pggcl_template) as dsn:
         yield dsn
-    finally:
-        drop_database(pggcl_server_dsn, name)
 
 
 @pytest.fixture(scope="module")
 def shared_empty_dsn(pggcl_server_dsn: str) -> Iterator[str]:
     """A database without pggcl, shared by the tests of a module."""
-    name = random_database_name("t_cli_")
-    dsn = create_database(pggcl_server_dsn, name)
-    try:
+    with temporary_database(pggcl_server_dsn, "t_cli_") as dsn:
         yield dsn
-    finally:
-        drop_database(pggcl_server_dsn, name)
