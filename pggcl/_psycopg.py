@@ -9,10 +9,10 @@ and reconnects with backoff when the connection drops.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
@@ -138,21 +138,20 @@ class _Pool:
 
 
 class _Box:
-    """A waiting thread's mailbox."""
+    """A waiting thread's mailbox. A SimpleQueue: the put wakes the waiting thread, which then
+    needs no lock the listener might still hold (a Condition's, here, cost a second wake-up)."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._events: deque[Event] = deque()
+        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
 
     def push(self, event: Event) -> None:
-        with self._cond:
-            self._events.append(event)
-            self._cond.notify()
+        self._events.put(event)
 
     def get(self, timeout: float | None) -> Event | None:
-        with self._cond:
-            self._cond.wait_for(lambda: self._events, timeout)
-            return self._events.popleft() if self._events else None
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            return None
 
 
 class PsycopgPort:
