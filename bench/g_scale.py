@@ -8,6 +8,8 @@ runs while they wait idle (pg_stat_statements calls, else xact_commit), and the 
 growth. Then this process releases, and every waiter must be granted in the engine's queue
 order (the ``pggcl.queue`` view, read before the release).
 
+A diagnostic measures what waiting with zero queries would cost instead (see ``_watch_cost``).
+
 Limits: the median acquire latency (call -> body start, sync client) on 10 limits, and then with
 10,000 limits (picked at random), alternating in rounds; the ratio is the figure.
 """
@@ -21,6 +23,7 @@ import time
 import urllib.parse
 from multiprocessing.connection import Connection
 
+import psycopg
 from psycopg.conninfo import make_conninfo
 
 import pggcl
@@ -47,6 +50,7 @@ MAX_CONNECTIONS, MAX_RSS_MB, MAX_LATENCY_RATIO = 3, 20.0, 1.10
 def run(env: Env) -> list[Figure]:
     figures = _waiters(env, "asyncio tasks", env.count(1000, 50))
     figures += _waiters(env, "threads", env.count(200, 20))
+    figures += _watch_cost(env, env.count(1000, 50))
     figures.append(_limits(env, env.count(10_000, 200), env.count(9, 1)))
     return figures
 
@@ -195,6 +199,76 @@ def _thread_waiters(dsn: str, name: str, warm: str, n: int, pipe: Connection) ->
 def _stats(stats: Stats) -> dict[str, int]:
     """What the client says it sent: statements on its pool, and heartbeats."""
     return {"statements": stats.calls, "heartbeats": stats.heartbeats}
+
+
+# --- Why the idle waiters still send a heartbeat ---------------------------------------------
+
+
+def _watch_cost(env: Env, cycles: int) -> list[Figure]:
+    """What waiting with zero queries would cost.
+
+    A waiter learns that a holder died only by asking (the heartbeat) or from an event. The only
+    event PostgreSQL gives on a backend's death is a lock it held being let go, and the only
+    way to wait for that without asking again and again is a statement blocked on that lock,
+    such as ``pg_advisory_lock``. Such a statement keeps its snapshot for as long as it blocks:
+    this measures the dead lease rows that VACUUM must then keep after ``cycles`` acquire and
+    release cycles, beside the same cycles without the blocked statement.
+    """
+    progress(f"G: a blocked pg_advisory_lock() watch, {cycles} cycles beside it")
+    name, key = env.create_limit("g-watch", 1), 7_426_611
+    with connect(env.dsn) as holder, connect(env.dsn) as watcher, pggcl.Client(env.dsn) as client:
+        watcher_pid = watcher.info.backend_pid
+        holder.execute("SELECT pg_advisory_lock($1)", (key,))
+        blocked = threading.Thread(
+            target=watcher.execute, args=("SELECT pg_advisory_lock($1)", (key,))
+        )
+        blocked.start()
+        wait_for(
+            lambda: bool(env.sql(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
+                watcher_pid,
+            )),
+            "the watch blocks",
+        )  # fmt: skip
+        rows = env.sql("SELECT backend_xmin FROM pg_stat_activity WHERE pid = $1", watcher_pid)
+        xmin_held = rows[0][0] is not None
+        kept_with = _dead_lease_rows_after(env, client, name, cycles)
+        holder.execute("SELECT pg_advisory_unlock($1)", (key,))
+        blocked.join()
+        watcher.execute("SELECT pg_advisory_unlock($1)", (key,))
+        kept_without = _dead_lease_rows_after(env, client, name, cycles)
+    if kept_with is None or kept_without is None:
+        return []
+    progress(
+        f"G: the blocked watch holds a snapshot: {xmin_held}; VACUUM kept {kept_with} dead lease "
+        f"rows beside it, {kept_without} without"
+    )
+    return [
+        Figure(
+            ID, f"diagnostic: dead lease rows VACUUM keeps after {cycles:,} cycles beside a "
+            "backend blocked in pg_advisory_lock() (a zero-query watch)", kept_with, "rows",
+            kept_without, "the same cycles without it",
+            details={"watch_holds_snapshot": xmin_held},
+        ),
+    ]  # fmt: skip
+
+
+def _dead_lease_rows_after(env: Env, client: pggcl.Client, name: str, cycles: int) -> int | None:
+    """Dead rows of pggcl.leases that VACUUM could not remove after ``cycles`` acquire+release
+    (None: VACUUM needs ownership of the table)."""
+    for _ in range(cycles):
+        with client.concurrency(name):
+            pass
+    try:
+        with connect(env.dsn) as conn:
+            conn.execute("VACUUM pggcl.leases")
+    except psycopg.Error as exc:
+        progress(f"G: VACUUM refused, the watch's cost is not measured: {exc}")
+        return None
+    rows = env.sql(
+        "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'pggcl.leases'::regclass"
+    )
+    return int(rows[0][0])
 
 
 # --- Limits -------------------------------------------------------------------------------
