@@ -82,7 +82,7 @@ def fmt(value: float | None, unit: str = "") -> str:
     """A number for the table: thousands separated, 4 significant digits below 100."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if abs(value) >= 100 or (float(value).is_integer() and unit in ("", "calls")):
+    if abs(value) >= 100 or (float(value).is_integer() and unit in ("", "calls", "rows")):
         text = f"{value:,.0f}"
     elif abs(value) >= 10:
         text = f"{value:.2f}"

@@ -245,8 +245,8 @@ def _watch_cost(env: Env, cycles: int) -> list[Figure]:
     )
     return [
         Figure(
-            ID, f"diagnostic: dead lease rows VACUUM keeps after {cycles:,} cycles beside a "
-            "backend blocked in pg_advisory_lock() (a zero-query watch)", kept_with, "rows",
+            ID, f"diagnostic: dead lease rows VACUUM keeps, {cycles:,} cycles beside a "
+            "pg_advisory_lock() watch", kept_with, "rows",
             kept_without, "the same cycles without it",
             details={"watch_holds_snapshot": xmin_held},
         ),
