@@ -250,6 +250,11 @@ def acquire_flow(
     return Grant(req.names, req.occupy, lease_id)
 
 
+# A finite wait longer than this wakes up to look again: threads cannot sleep past
+# threading.TIMEOUT_MAX (about 292 years), and a timeout may be any finite number.
+_LONGEST_WAIT: Final = 86_400.0
+
+
 def _wait_for_grant(
     req: Request,
     waiter_id: int,
@@ -272,6 +277,8 @@ def _wait_for_grant(
                 if timeout is None
                 else min(timeout, max(retry_after, 0.001))
             )
+        if timeout is not None:
+            timeout = min(timeout, _LONGEST_WAIT)
         event: Event | None = yield from _guarded(
             Wait(waiter_id, timeout), req, waiter_id, lease_id
         )

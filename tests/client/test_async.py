@@ -149,6 +149,25 @@ async def test_asyncio_timeout_around_a_wait(aclient: AsyncClient) -> None:
     assert await aclient.queue() == []
 
 
+async def test_a_timeout_beyond_what_the_platform_can_sleep_still_waits(
+    aclient: AsyncClient,
+) -> None:
+    await aclient.create_limit("db", 1)
+
+    async def wait() -> str:
+        async with aclient.concurrency("db", timeout_seconds=1e12):
+            return "held"
+
+    async with aclient.concurrency("db"):
+        waiter = asyncio.create_task(wait())
+        await until(lambda: _queued(aclient), "the waiter is queued")
+    assert await asyncio.wait_for(waiter, 10) == "held"
+
+
+async def _queued(aclient: AsyncClient) -> bool:
+    return len(await aclient.queue("db")) == 1
+
+
 async def test_rate_limit(aclient: AsyncClient) -> None:
     await aclient.create_limit("api", 2, slot_decay_per_second=100.0)
     calls = aclient.stats.calls

@@ -159,6 +159,26 @@ def test_timeout_leaves_nothing_queued(client: Client) -> None:
     assert len(client.holders()) == 0
 
 
+def test_a_timeout_beyond_what_the_platform_can_sleep_still_waits(client: Client) -> None:
+    """A finite timeout past threading.TIMEOUT_MAX (about 292 years) is no error."""
+    client.create_limit("db", 1)
+    outcome: list[object] = []
+    with client.concurrency("db"):
+
+        def wait() -> None:
+            try:
+                with client.concurrency("db", timeout_seconds=1e12):
+                    outcome.append("held")
+            except Exception as exc:  # reported below
+                outcome.append(exc)
+
+        t = threading.Thread(target=wait)
+        t.start()
+        wait_until(lambda: len(client.queue("db")) == 1, "the waiter is queued")
+    t.join(10)
+    assert outcome == ["held"]
+
+
 def test_strict_raises_and_creates_nothing(client: Client) -> None:
     with (
         pytest.raises(pggcl.ConcurrencySlotAcquisitionError, match="'nope'"),
