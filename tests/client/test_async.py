@@ -160,12 +160,8 @@ async def test_a_timeout_beyond_what_the_platform_can_sleep_still_waits(
 
     async with aclient.concurrency("db"):
         waiter = asyncio.create_task(wait())
-        await until(lambda: _queued(aclient), "the waiter is queued")
+        await until(lambda: _queued(aclient, 1), "the waiter is queued")
     assert await asyncio.wait_for(waiter, 10) == "held"
-
-
-async def _queued(aclient: AsyncClient) -> bool:
-    return len(await aclient.queue("db")) == 1
 
 
 async def test_rate_limit(aclient: AsyncClient) -> None:
