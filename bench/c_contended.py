@@ -119,7 +119,7 @@ def run(env: Env) -> list[Figure]:
     hold_ms = [(e - s) * 1000 for records in holds for s, e, _ in records]
     releases = [(x - e) * 1000 for records in holds for _, e, x in records]
     value, notify, lock = (median(windows[k]) for k in KINDS)
-    gap, hold = percentile(gaps, 50), median(hold_ms)
+    gap, hold, release = percentile(gaps, 50), median(hold_ms), percentile(releases, 50)
     details = {
         "holds": len(hold_ms),
         "per_second": windows["pggcl"],
@@ -129,7 +129,7 @@ def run(env: Env) -> list[Figure]:
         "gap_ms_mean": sum(gaps) / len(gaps) if gaps else None,
         "hold_ms_median": hold,
         "predicted_by_gap": HOLD * 1000 / (HOLD * 1000 + gap),
-        "release_ms_p50": percentile(releases, 50),
+        "release_ms_p50": release,
         "release_ms_p99": percentile(releases, 99),
         "notify_floor_vs_ideal": notify / IDEAL,
         "lock_floor_vs_ideal": lock / IDEAL,
@@ -151,7 +151,7 @@ def run(env: Env) -> list[Figure]:
         ),
         Figure(
             ID, "diagnostic: release call p50 (body end -> block exited)",
-            details["release_ms_p50"], "ms", gap, "hand-off gap p50", details=details,
+            release, "ms", gap, "hand-off gap p50", details=details,
         ),
         Figure(
             ID, "diagnostic: holds/s beside the least a NOTIFY hand-off can be", value, "/s",
@@ -253,40 +253,45 @@ def _floor_worker(
     def notify_loop(me: int) -> Callable[[], list[Hold]]:
         conn, listener = connect(dsn), connect(dsn)
         listener.execute(f"LISTEN {prefix}_{me}")
-        acquire, release = f"SELECT {prefix}_acquire($1)", f"SELECT {prefix}_release()"
 
-        def loop() -> list[Hold]:
-            mine, until = [], deadline.value
-            while time.monotonic() < until:
-                row = conn.execute(acquire, (me,)).fetchone()
-                if not (row and row[0]):
-                    for _ in listener.notifies(stop_after=1):
-                        pass
-                start = time.monotonic()
-                time.sleep(HOLD)
-                body_end = time.monotonic()
-                conn.execute(release)
-                mine.append((start, body_end, time.monotonic()))
-            return mine
+        def acquire() -> None:
+            row = conn.execute(f"SELECT {prefix}_acquire($1)", (me,)).fetchone()
+            if not (row and row[0]):
+                for _ in listener.notifies(stop_after=1):
+                    pass
 
-        return loop
+        def release() -> None:
+            conn.execute(f"SELECT {prefix}_release()")
+
+        return lambda: _floor_holds(deadline.value, acquire, release)
 
     def lock_loop(me: int) -> Callable[[], list[Hold]]:
         conn = connect(dsn)
         key = LOCK_KEY + me % SLOTS  # 4 workers on each slot
 
-        def loop() -> list[Hold]:
-            mine, until = [], deadline.value
-            while time.monotonic() < until:
-                conn.execute("SELECT pg_advisory_lock($1)", (key,))
-                start = time.monotonic()
-                time.sleep(HOLD)
-                body_end = time.monotonic()
-                conn.execute("SELECT pg_advisory_unlock($1)", (key,))
-                mine.append((start, body_end, time.monotonic()))
-            return mine
+        def acquire() -> None:
+            conn.execute("SELECT pg_advisory_lock($1)", (key,))
 
-        return loop
+        def release() -> None:
+            conn.execute("SELECT pg_advisory_unlock($1)", (key,))
+
+        return lambda: _floor_holds(deadline.value, acquire, release)
 
     make = notify_loop if kind == "notify" else lock_loop
     _threads([make(process * THREADS + t) for t in range(THREADS)], ready, go, out)
+
+
+def _floor_holds(
+    until: float, acquire: Callable[[], None], release: Callable[[], None]
+) -> list[Hold]:
+    """A floor worker's loop: the same holds as pggcl's workers, around its acquire and
+    release."""
+    mine = []
+    while time.monotonic() < until:
+        acquire()
+        start = time.monotonic()
+        time.sleep(HOLD)
+        body_end = time.monotonic()
+        release()
+        mine.append((start, body_end, time.monotonic()))
+    return mine
