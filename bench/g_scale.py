@@ -42,7 +42,7 @@ from bench._common import (
     waiting,
 )
 from pggcl import schema
-from pggcl._events import Stats
+from pggcl.core.policy import Stats
 from pggcl.testing import temporary_database
 
 ID = "G"

@@ -14,9 +14,9 @@ import weakref
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 
-from pggcl._base import env_dsn
-from pggcl._client_async import AsyncClient
-from pggcl._core import Grant
+from pggcl.client.client_async import AsyncClient
+from pggcl.core.options import env_dsn
+from pggcl.models import Grant
 
 __all__ = ["AsyncClient", "concurrency", "rate_limit"]
 

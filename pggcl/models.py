@@ -29,6 +29,16 @@ class ConcurrencyLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class Grant:
+    """Slots granted: what ``concurrency()`` yields. ``lease_id`` identifies them in
+    concurrency mode (None in rate mode, or when no names were given)."""
+
+    names: tuple[str, ...]
+    occupy: int
+    lease_id: uuid.UUID | None
+
+
+@dataclass(frozen=True, slots=True)
 class Holder:
     """Slots held on one limit by one lease."""
 

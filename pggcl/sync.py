@@ -15,9 +15,9 @@ import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 
-from pggcl._base import env_dsn
-from pggcl._client_sync import Client
-from pggcl._core import Grant
+from pggcl.client.client_sync import Client
+from pggcl.core.options import env_dsn
+from pggcl.models import Grant
 
 __all__ = ["Client", "concurrency", "rate_limit"]
 

@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE = ROOT / "pggcl" / "_client_async.py"
-TARGET = ROOT / "pggcl" / "_client_sync.py"
+SOURCE = ROOT / "pggcl" / "client" / "client_async.py"
+TARGET = ROOT / "pggcl" / "client" / "client_sync.py"
 
 NAMES = {
     "AsyncClient": "Client",
     "AsyncpgPort": "PsycopgPort",
-    "_asyncpg": "_psycopg",
+    "session_async": "session_sync",
     "_acompat": "_compat",
     "run_async": "run_sync",
     "asynccontextmanager": "contextmanager",

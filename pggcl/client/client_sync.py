@@ -11,14 +11,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
-from pggcl import _core as core
-from pggcl._base import HeldLeases, Options, default_holder
-from pggcl._compat import worker_name
-from pggcl._core import Flow, Grant
-from pggcl._events import Stats
-from pggcl._psycopg import PsycopgPort
-from pggcl._runner import run_sync
-from pggcl.models import ConcurrencyLimit, Holder, Waiter
+from pggcl.client._compat import worker_name
+from pggcl.client.runner_async import run_sync
+from pggcl.client.session_sync import PsycopgPort
+from pggcl.core import flows, requests
+from pggcl.core.ops import Flow
+from pggcl.core.options import HeldLeases, Options, default_holder
+from pggcl.core.policy import Stats
+from pggcl.models import ConcurrencyLimit, Grant, Holder, Waiter
 
 __all__ = ["Client"]
 
@@ -48,7 +48,7 @@ class Client:
         self.dsn = dsn
         self._options = Options(pool_size, grace_seconds, heartbeat_seconds, connect_timeout)
         self._held = HeldLeases()
-        self._contention = core.Contention()
+        self._contention = requests.Contention()
         self._pid = os.getpid()
         self._port_ = self._new_port()
 
@@ -90,10 +90,10 @@ class Client:
 
     # --- Acquiring --------------------------------------------------------------------------
 
-    def _acquire(self, req: core.Request, started: float) -> Grant:
+    def _acquire(self, req: requests.Request, started: float) -> Grant:
         port = self._port
         session_id = port.session_id()
-        flow = core.acquire_flow(req, session_id, time.monotonic, started, self._contention)
+        flow = flows.acquire_flow(req, session_id, time.monotonic, started, self._contention)
         return run_sync(flow, port)
 
     @contextmanager
@@ -113,7 +113,7 @@ class Client:
         """
         started = time.monotonic()
         holder = holder or default_holder(worker_name())
-        req = core.make_request(names, occupy, "concurrency", timeout_seconds, strict, holder)
+        req = requests.make_request(names, occupy, "concurrency", timeout_seconds, strict, holder)
         if not req.names:
             yield Grant(req.names, req.occupy, None)
             return
@@ -127,8 +127,8 @@ class Client:
             self._release(grant.lease_id, req.names)
 
     def _release(self, lease_id: uuid.UUID, names: Sequence[str]) -> None:
-        if not self._run(core.release_flow(lease_id)):
-            core.log.error(
+        if not self._run(flows.release_flow(lease_id)):
+            flows.log.error(
                 "lease %s on %s was gone when released: it was reclaimed", lease_id, names
             )
 
@@ -143,13 +143,13 @@ class Client:
         ``slot_decay_per_second``. Waits until they fit (see :meth:`concurrency`)."""
         started = time.monotonic()
         holder = default_holder(worker_name())
-        req = core.make_request(names, occupy, "rate_limit", timeout_seconds, strict, holder)
+        req = requests.make_request(names, occupy, "rate_limit", timeout_seconds, strict, holder)
         if req.names:
             self._acquire(req, started)
 
     def release(self, lease_id: uuid.UUID) -> bool:
         """Release a lease by id (e.g. one seen in :meth:`holders`); False when not held."""
-        return self._run(core.release_flow(lease_id))
+        return self._run(flows.release_flow(lease_id))
 
     # --- Managing ---------------------------------------------------------------------------
 
@@ -157,15 +157,15 @@ class Client:
         self, name: str, limit: int, slot_decay_per_second: float = 0.0, active: bool = True
     ) -> ConcurrencyLimit:
         """Create a limit of ``limit`` slots (rate limits: ``slot_decay_per_second`` > 0)."""
-        return self._run(core.create_limit_flow(name, limit, slot_decay_per_second, active))
+        return self._run(flows.create_limit_flow(name, limit, slot_decay_per_second, active))
 
     def read_limit(self, name: str) -> ConcurrencyLimit:
         """The limit called ``name``; LimitNotFoundError when there is none."""
-        return self._run(core.read_limit_flow(name))
+        return self._run(flows.read_limit_flow(name))
 
     def list_limits(self) -> list[ConcurrencyLimit]:
         """Every limit, sorted by name."""
-        return self._run(core.list_limits_flow())
+        return self._run(flows.list_limits_flow())
 
     def update_limit(
         self,
@@ -178,20 +178,20 @@ class Client:
     ) -> ConcurrencyLimit:
         """Change what is given (None leaves it); ``new_name`` renames."""
         return self._run(
-            core.update_limit_flow(name, limit, slot_decay_per_second, active, new_name)
+            flows.update_limit_flow(name, limit, slot_decay_per_second, active, new_name)
         )
 
     def delete_limit(self, name: str) -> bool:
         """Delete a limit; False when there was none. Its waiters proceed."""
-        return self._run(core.delete_limit_flow(name))
+        return self._run(flows.delete_limit_flow(name))
 
     def holders(self, name: str | None = None) -> list[Holder]:
         """Slots held now, one row per lease and limit (of ``name`` only, if given)."""
-        return self._run(core.holders_flow(name))
+        return self._run(flows.holders_flow(name))
 
     def queue(self, name: str | None = None) -> list[Waiter]:
         """Queued requests, in the order they will be served (of ``name`` only, if given)."""
-        return self._run(core.queue_flow(name))
+        return self._run(flows.queue_flow(name))
 
     # --- Test hooks -------------------------------------------------------------------------
 

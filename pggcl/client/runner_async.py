@@ -15,8 +15,8 @@ import contextlib
 from collections.abc import Awaitable
 from typing import Any, Protocol, TypeVar
 
-from pggcl._core import Call, Flow, Row, Wait
-from pggcl._events import Event
+from pggcl.core.notifications import Event
+from pggcl.core.ops import Call, Flow, Row, Wait
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""Notification routing, reconnect backoff and client counters. Pure: no driver, no I/O.
+"""Notification payloads and their routing to waiters. Pure: no driver, no I/O.
 
 The session connection receives one notification per event, payload ``g:<waiter_id>`` (granted),
 ``r:<waiter_id>`` (re-check) or ``e:<waiter_id>:<why>`` (can never be granted). The
@@ -9,8 +9,6 @@ waiters are kept for a while and handed over when the waiter registers.
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Generic, Literal, Protocol, TypeVar
 
@@ -121,39 +119,3 @@ class Dispatcher(Generic[M]):
             if now - since < self._keep:
                 break
             del self._early[waiter_id]
-
-
-@dataclass(slots=True)
-class Backoff:
-    """Delays between reconnect attempts, in seconds: exponential, capped, with full jitter."""
-
-    initial: float = 0.05
-    cap: float = 2.0
-    rand: Callable[[], float] = random.random
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before attempt number ``attempt`` (0 is the first retry)."""
-        return min(self.cap, self.initial * 2.0 ** min(attempt, 16)) * (0.5 + self.rand() / 2)
-
-
-@dataclass(slots=True)
-class Stats:
-    """Counters a client keeps; tests use them to prove what happened instead of timing it."""
-
-    calls: int = 0
-    notifications: int = 0
-    heartbeats: int = 0
-    connects: int = 0
-    reconnects: int = 0
-    sessions_opened: int = 0
-    sessions_lost: int = 0
-
-
-def next_heartbeat(now: float, interval: float, expiry_in: float | None) -> float:
-    """When to run the next heartbeat (monotonic seconds): every ``interval`` seconds while this
-    process has waiters, and sooner when the last heartbeat named the next expiry on their limits
-    (a dead holder's grace period or a TTL ending), just after it, so a slot is reclaimed the
-    moment it may be."""
-    if expiry_in is None:
-        return now + interval
-    return now + min(interval, expiry_in + 0.01)

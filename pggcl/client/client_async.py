@@ -14,14 +14,14 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
-from pggcl import _core as core
-from pggcl._acompat import worker_name
-from pggcl._asyncpg import AsyncpgPort
-from pggcl._base import HeldLeases, Options, default_holder
-from pggcl._core import Flow, Grant
-from pggcl._events import Stats
-from pggcl._runner import run_async
-from pggcl.models import ConcurrencyLimit, Holder, Waiter
+from pggcl.client._acompat import worker_name
+from pggcl.client.runner_async import run_async
+from pggcl.client.session_async import AsyncpgPort
+from pggcl.core import flows, requests
+from pggcl.core.ops import Flow
+from pggcl.core.options import HeldLeases, Options, default_holder
+from pggcl.core.policy import Stats
+from pggcl.models import ConcurrencyLimit, Grant, Holder, Waiter
 
 __all__ = ["AsyncClient"]
 
@@ -51,7 +51,7 @@ class AsyncClient:
         self.dsn = dsn
         self._options = Options(pool_size, grace_seconds, heartbeat_seconds, connect_timeout)
         self._held = HeldLeases()
-        self._contention = core.Contention()
+        self._contention = requests.Contention()
         self._pid = os.getpid()
         self._port_ = self._new_port()
 
@@ -93,10 +93,10 @@ class AsyncClient:
 
     # --- Acquiring --------------------------------------------------------------------------
 
-    async def _acquire(self, req: core.Request, started: float) -> Grant:
+    async def _acquire(self, req: requests.Request, started: float) -> Grant:
         port = self._port
         session_id = await port.session_id()
-        flow = core.acquire_flow(req, session_id, time.monotonic, started, self._contention)
+        flow = flows.acquire_flow(req, session_id, time.monotonic, started, self._contention)
         return await run_async(flow, port)
 
     @asynccontextmanager
@@ -116,7 +116,7 @@ class AsyncClient:
         """
         started = time.monotonic()
         holder = holder or default_holder(worker_name())
-        req = core.make_request(names, occupy, "concurrency", timeout_seconds, strict, holder)
+        req = requests.make_request(names, occupy, "concurrency", timeout_seconds, strict, holder)
         if not req.names:
             yield Grant(req.names, req.occupy, None)
             return
@@ -130,8 +130,8 @@ class AsyncClient:
             await self._release(grant.lease_id, req.names)
 
     async def _release(self, lease_id: uuid.UUID, names: Sequence[str]) -> None:
-        if not await self._run(core.release_flow(lease_id)):
-            core.log.error(
+        if not await self._run(flows.release_flow(lease_id)):
+            flows.log.error(
                 "lease %s on %s was gone when released: it was reclaimed", lease_id, names
             )
 
@@ -146,13 +146,13 @@ class AsyncClient:
         ``slot_decay_per_second``. Waits until they fit (see :meth:`concurrency`)."""
         started = time.monotonic()
         holder = default_holder(worker_name())
-        req = core.make_request(names, occupy, "rate_limit", timeout_seconds, strict, holder)
+        req = requests.make_request(names, occupy, "rate_limit", timeout_seconds, strict, holder)
         if req.names:
             await self._acquire(req, started)
 
     async def release(self, lease_id: uuid.UUID) -> bool:
         """Release a lease by id (e.g. one seen in :meth:`holders`); False when not held."""
-        return await self._run(core.release_flow(lease_id))
+        return await self._run(flows.release_flow(lease_id))
 
     # --- Managing ---------------------------------------------------------------------------
 
@@ -160,15 +160,15 @@ class AsyncClient:
         self, name: str, limit: int, slot_decay_per_second: float = 0.0, active: bool = True
     ) -> ConcurrencyLimit:
         """Create a limit of ``limit`` slots (rate limits: ``slot_decay_per_second`` > 0)."""
-        return await self._run(core.create_limit_flow(name, limit, slot_decay_per_second, active))
+        return await self._run(flows.create_limit_flow(name, limit, slot_decay_per_second, active))
 
     async def read_limit(self, name: str) -> ConcurrencyLimit:
         """The limit called ``name``; LimitNotFoundError when there is none."""
-        return await self._run(core.read_limit_flow(name))
+        return await self._run(flows.read_limit_flow(name))
 
     async def list_limits(self) -> list[ConcurrencyLimit]:
         """Every limit, sorted by name."""
-        return await self._run(core.list_limits_flow())
+        return await self._run(flows.list_limits_flow())
 
     async def update_limit(
         self,
@@ -181,20 +181,20 @@ class AsyncClient:
     ) -> ConcurrencyLimit:
         """Change what is given (None leaves it); ``new_name`` renames."""
         return await self._run(
-            core.update_limit_flow(name, limit, slot_decay_per_second, active, new_name)
+            flows.update_limit_flow(name, limit, slot_decay_per_second, active, new_name)
         )
 
     async def delete_limit(self, name: str) -> bool:
         """Delete a limit; False when there was none. Its waiters proceed."""
-        return await self._run(core.delete_limit_flow(name))
+        return await self._run(flows.delete_limit_flow(name))
 
     async def holders(self, name: str | None = None) -> list[Holder]:
         """Slots held now, one row per lease and limit (of ``name`` only, if given)."""
-        return await self._run(core.holders_flow(name))
+        return await self._run(flows.holders_flow(name))
 
     async def queue(self, name: str | None = None) -> list[Waiter]:
         """Queued requests, in the order they will be served (of ``name`` only, if given)."""
-        return await self._run(core.queue_flow(name))
+        return await self._run(flows.queue_flow(name))
 
     # --- Test hooks -------------------------------------------------------------------------
 

@@ -19,24 +19,17 @@ from typing import Any
 
 import psycopg
 
-from pggcl import _queries as q
-from pggcl._core import (
-    Row,
+from pggcl.core import queries as q
+from pggcl.core.failures import translate_error
+from pggcl.core.notifications import LOST, PING, RECHECK, Dispatcher, Event, parse_payload
+from pggcl.core.ops import Row
+from pggcl.core.policy import (
+    Backoff,
+    Stats,
     check_session_kept,
+    next_heartbeat,
     reconnect_warning,
     session_failure,
-    translate_error,
-)
-from pggcl._events import (
-    LOST,
-    PING,
-    RECHECK,
-    Backoff,
-    Dispatcher,
-    Event,
-    Stats,
-    next_heartbeat,
-    parse_payload,
 )
 from pggcl.errors import PggclError, SessionLostError
 

@@ -19,26 +19,19 @@ from typing import Any
 
 import asyncpg
 
-from pggcl import _queries as q
-from pggcl._core import (
-    Row,
+from pggcl.client.runner_async import shielded
+from pggcl.core import queries as q
+from pggcl.core.failures import translate_error
+from pggcl.core.notifications import LOST, PING, RECHECK, Dispatcher, Event, parse_payload
+from pggcl.core.ops import Row
+from pggcl.core.policy import (
+    Backoff,
+    Stats,
     check_session_kept,
+    next_heartbeat,
     reconnect_warning,
     session_failure,
-    translate_error,
 )
-from pggcl._events import (
-    LOST,
-    PING,
-    RECHECK,
-    Backoff,
-    Dispatcher,
-    Event,
-    Stats,
-    next_heartbeat,
-    parse_payload,
-)
-from pggcl._runner import shielded
 from pggcl.errors import PggclError, SessionLostError
 
 log = logging.getLogger("pggcl")

@@ -1,159 +1,33 @@
 """What the clients do, decided once, for both drivers. Pure: no driver, no I/O.
 
-Every operation is a generator (a *flow*) that yields ops and receives their results:
-
-- :class:`Call` -> the result rows (tuples) of one autocommit statement on a pool connection;
-- :class:`Wait` -> the next :class:`~pggcl._events.Event` for a waiter, or None on timeout.
-
-A runner (``pggcl._runner``) carries the ops out and throws errors into the flow at the yield
-that failed. A flow interrupted at a call or a wait (task cancelled, KeyboardInterrupt, lost
-connection) finds out what that call did - by the request id it chose, or by repeating an
-idempotent release - and yields the calls that give back whatever it holds or queued, then
-re-raises.
+Every operation is a generator (a *flow*) that yields ops (:mod:`pggcl.core.ops`) and receives
+their results. A runner (``pggcl.client.runner_*``) carries the ops out and throws errors into
+the flow at the yield that failed. A flow interrupted at a call or a wait (task cancelled,
+KeyboardInterrupt, lost connection) finds out what that call did - by the request id it chose,
+or by repeating an idempotent release - and yields the calls that give back whatever it holds
+or queued, then re-raises.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeVar
+from collections.abc import Callable
+from typing import Any, Final
 
-from pggcl import _queries as q
-from pggcl._events import GRANTED, LOST, REJECTED, Event
+from pggcl.core import queries as q
+from pggcl.core.notifications import GRANTED, LOST, REJECTED, Event
+from pggcl.core.ops import Call, Flow, Op, Row, Wait
+from pggcl.core.requests import Contention, Request
 from pggcl.errors import (
     AcquireConcurrencySlotTimeoutError,
     ConcurrencySlotAcquisitionError,
-    ConfigurationError,
-    DatabaseUnavailableError,
     LimitNotFoundError,
-    PggclError,
     SessionLostError,
-    ValidationError,
-    error_for_sqlstate,
 )
-from pggcl.models import ConcurrencyLimit, Holder, Waiter
+from pggcl.models import ConcurrencyLimit, Grant, Holder, Waiter
 
 log = logging.getLogger("pggcl")
-
-Row = tuple[Any, ...]
-Mode = Literal["concurrency", "rate_limit"]
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """Run ``sql`` (``$n`` placeholders) with ``args``; the result is the list of rows."""
-
-    sql: str
-    args: tuple[Any, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Wait:
-    """Wait at most ``timeout`` seconds (None: forever) for the next event of a waiter."""
-
-    waiter_id: int
-    timeout: float | None
-
-
-Op = Call | Wait
-T = TypeVar("T")
-Flow = Generator[Op, Any, T]
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    """A request for ``occupy`` slots on every limit in ``names``; ``timeout`` in seconds."""
-
-    names: tuple[str, ...]
-    occupy: int
-    mode: Mode
-    timeout: float | None
-    strict: bool
-    holder: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """Slots granted. ``lease_id`` identifies them in concurrency mode (None in rate mode,
-    or when no names were given)."""
-
-    names: tuple[str, ...]
-    occupy: int
-    lease_id: uuid.UUID | None
-
-
-def make_request(
-    names: str | Sequence[str],
-    occupy: int,
-    mode: Mode,
-    timeout_seconds: float | None,
-    strict: bool,
-    holder: str | None,
-) -> Request:
-    """Normalise and check the arguments of ``concurrency()`` / ``rate_limit()``."""
-    name_tuple = (names,) if isinstance(names, str) else tuple(names)
-    if not all(isinstance(n, str) for n in name_tuple):
-        raise ValidationError(f"invalid names: {names!r}; give a name or a list of names")
-    if isinstance(occupy, bool) or not isinstance(occupy, int) or occupy < 1:
-        raise ValidationError(
-            f"invalid occupy: {occupy!r}; it must be a whole number of slots, 1 or more"
-        )
-    if timeout_seconds is not None and not (0 <= timeout_seconds < float("inf")):
-        raise ValidationError(
-            f"invalid timeout_seconds: {timeout_seconds!r}; it must be None or a finite number of "
-            "seconds, 0 or more"
-        )
-    return Request(name_tuple, occupy, mode, timeout_seconds, strict, holder)
-
-
-# --- Errors -------------------------------------------------------------------------------
-
-# SQLSTATE classes that mean the connection is gone: connection exception, operator
-# intervention (admin shutdown, crash shutdown, cannot connect now).
-_LOST_CLASSES: Final = ("08", "57")
-
-
-def translate_error(sqlstate: str | None, message: str, connection_lost: bool) -> PggclError:
-    """The pggcl error for a driver error: the engine's own, unreachable, or a generic one."""
-    if (mapped := error_for_sqlstate(sqlstate, message)) is not None:
-        return mapped
-    if connection_lost or (sqlstate or "")[:2] in _LOST_CLASSES:
-        return DatabaseUnavailableError(f"the database is unreachable: {message}".strip())
-    if sqlstate == "22003":  # numeric value out of range: a limit above 2**31 - 1, say
-        return ValidationError(f"a value is out of range: {message}")
-    if sqlstate in ("3F000", "42883", "42P01"):
-        return PggclError(f"{message} (is the pggcl schema installed? run `pggcl db upgrade`)")
-    return PggclError(message)
-
-
-def session_failure(last_error: PggclError | None) -> PggclError:
-    """The error for a caller who needs a session that could not be opened: the same kind as
-    the last failure (unreachable, schema missing, ...), saying what could not be done."""
-    if last_error is None:
-        return DatabaseUnavailableError("could not open a session: the database did not answer")
-    return type(last_error)(f"could not open a session: {last_error}")
-
-
-def reconnect_warning(ever_listened: bool, error: PggclError) -> str:
-    """The log line for a failed attempt of the session connection, on one line."""
-    first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-    if ever_listened:
-        return f"pggcl session connection lost, reconnecting: {first_line}"
-    return f"pggcl could not open its session connection, retrying: {first_line}"
-
-
-def check_session_kept(session_id: int, setting: str | None) -> None:
-    """The session connection must keep its server session from one statement to the next: the
-    LISTEN and the liveness lock live there. Behind PgBouncer in transaction (or statement)
-    pooling mode it does not, and the engine's per-connection setting shows it."""
-    if setting != str(session_id):
-        raise ConfigurationError(
-            "the session connection does not keep its PostgreSQL session between statements "
-            "(PgBouncer in transaction or statement pooling mode?): pggcl's session connection "
-            "needs a direct connection, or PgBouncer in session pooling mode"
-        )
 
 
 def _describe(req: Request) -> str:
@@ -168,30 +42,6 @@ def _timeout(req: Request) -> AcquireConcurrencySlotTimeoutError:
 
 
 # --- Acquire ------------------------------------------------------------------------------
-
-
-class Contention:
-    """The limits on which a client's last request had to queue. There the fast path
-    (pggcl.take) would only be refused, so acquire goes straight to pggcl.acquire: one round
-    trip less per queued request, where the limit's row is busiest. A request granted at once
-    clears the name. Shared by a client's threads or tasks: a lost race costs one round trip.
-    """
-
-    _MAX_NAMES: Final = 1024  # forget them all past this: a hint, not a registry
-
-    def __init__(self) -> None:
-        self._names: set[str] = set()
-
-    def worth_taking(self, name: str) -> bool:
-        return name not in self._names
-
-    def queued(self, name: str) -> None:
-        if len(self._names) >= self._MAX_NAMES:
-            self._names.clear()
-        self._names.add(name)
-
-    def granted_at_once(self, name: str) -> None:
-        self._names.discard(name)
 
 
 def acquire_flow(

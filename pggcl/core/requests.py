@@ -1,0 +1,71 @@
+"""What a caller asks for: a checked request, and the contention hint. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from pggcl.errors import ValidationError
+
+Mode = Literal["concurrency", "rate_limit"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request for ``occupy`` slots on every limit in ``names``; ``timeout`` in seconds."""
+
+    names: tuple[str, ...]
+    occupy: int
+    mode: Mode
+    timeout: float | None
+    strict: bool
+    holder: str | None
+
+
+def make_request(
+    names: str | Sequence[str],
+    occupy: int,
+    mode: Mode,
+    timeout_seconds: float | None,
+    strict: bool,
+    holder: str | None,
+) -> Request:
+    """Normalise and check the arguments of ``concurrency()`` / ``rate_limit()``."""
+    name_tuple = (names,) if isinstance(names, str) else tuple(names)
+    if not all(isinstance(n, str) for n in name_tuple):
+        raise ValidationError(f"invalid names: {names!r}; give a name or a list of names")
+    if isinstance(occupy, bool) or not isinstance(occupy, int) or occupy < 1:
+        raise ValidationError(
+            f"invalid occupy: {occupy!r}; it must be a whole number of slots, 1 or more"
+        )
+    if timeout_seconds is not None and not (0 <= timeout_seconds < float("inf")):
+        raise ValidationError(
+            f"invalid timeout_seconds: {timeout_seconds!r}; it must be None or a finite number of "
+            "seconds, 0 or more"
+        )
+    return Request(name_tuple, occupy, mode, timeout_seconds, strict, holder)
+
+
+class Contention:
+    """The limits on which a client's last request had to queue. There the fast path
+    (pggcl.take) would only be refused, so acquire goes straight to pggcl.acquire: one round
+    trip less per queued request, where the limit's row is busiest. A request granted at once
+    clears the name. Shared by a client's threads or tasks: a lost race costs one round trip.
+    """
+
+    _MAX_NAMES: Final = 1024  # forget them all past this: a hint, not a registry
+
+    def __init__(self) -> None:
+        self._names: set[str] = set()
+
+    def worth_taking(self, name: str) -> bool:
+        return name not in self._names
+
+    def queued(self, name: str) -> None:
+        if len(self._names) >= self._MAX_NAMES:
+            self._names.clear()
+        self._names.add(name)
+
+    def granted_at_once(self, name: str) -> None:
+        self._names.discard(name)
