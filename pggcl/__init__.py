@@ -3,12 +3,14 @@
 from pggcl.asyncio import AsyncClient
 from pggcl.errors import (
     AcquireConcurrencySlotTimeoutError,
+    ClientClosedError,
     ConcurrencySlotAcquisitionError,
     ConfigurationError,
     DatabaseUnavailableError,
     LimitExistsError,
     LimitNotFoundError,
     PggclError,
+    PoolTimeoutError,
     SessionLostError,
     ValidationError,
 )
@@ -21,6 +23,7 @@ __all__ = [
     "AcquireConcurrencySlotTimeoutError",
     "AsyncClient",
     "Client",
+    "ClientClosedError",
     "ConcurrencyLimit",
     "ConcurrencySlotAcquisitionError",
     "ConfigurationError",
@@ -29,6 +32,7 @@ __all__ = [
     "LimitExistsError",
     "LimitNotFoundError",
     "PggclError",
+    "PoolTimeoutError",
     "SessionLostError",
     "ValidationError",
     "Waiter",

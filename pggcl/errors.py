@@ -14,6 +14,9 @@ Every error pggcl raises derives from :class:`PggclError`::
     ├── AcquireConcurrencySlotTimeoutError   timeout_seconds passed (also a TimeoutError)
     ├── SessionLostError                     the client's session was reclaimed (GC007/GC008)
     ├── DatabaseUnavailableError             the database cannot be reached
+    ├── PoolTimeoutError                     every pool connection stayed busy for
+    │                                        pool_timeout (also a TimeoutError)
+    ├── ClientClosedError                    the client was used after close()
     └── ConfigurationError                   the client is not set up (PGGCL_DSN unset)
 
 The engine raises SQLSTATEs of class ``GC``; :func:`error_for_sqlstate` maps them to these
@@ -56,6 +59,14 @@ class SessionLostError(PggclError):
 
 class DatabaseUnavailableError(PggclError):
     """The database cannot be reached."""
+
+
+class PoolTimeoutError(PggclError, TimeoutError):
+    """Every connection of the client's pool stayed busy for ``pool_timeout`` seconds."""
+
+
+class ClientClosedError(PggclError):
+    """The client is closed: make a new one."""
 
 
 class ConfigurationError(PggclError):

@@ -14,8 +14,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE = ROOT / "pggcl" / "client" / "client_async.py"
-TARGET = ROOT / "pggcl" / "client" / "client_sync.py"
+# Each async source and the sync module generated from it.
+PAIRS: list[tuple[Path, Path]] = [
+    (ROOT / "pggcl" / "client" / "client_async.py", ROOT / "pggcl" / "client" / "client_sync.py"),
+]
 
 NAMES = {
     "AsyncClient": "Client",
@@ -29,27 +31,27 @@ NAMES = {
     "__aexit__": "__exit__",
 }
 
-HEADER = '''"""The sync client. GENERATED from ``pggcl/_client_async.py`` by
-``tools/async_to_sync.py``: do not edit; change the async source and run the tool.
-"""
-'''
 
 
-def convert(source: str) -> str:
+def convert(source: str, path: Path) -> str:
     body = source[source.index('"""', source.index('"""') + 3) + 3 :]  # drop the docstring
     body = re.sub(r"\basync (def|with|for) ", r"\1 ", body)
     body = re.sub(r"\bawait ", "", body)
     for old, new in NAMES.items():
         body = re.sub(rf"\b{re.escape(old)}\b", new, body)
-    return HEADER + body
+    header = (
+        f'"""GENERATED from ``{path.relative_to(ROOT)}`` by ``tools/async_to_sync.py``: do not\n'
+        'edit; change the async source (it says what this module is for) and run the tool.\n"""\n'
+    )
+    return header + body
 
 
-def formatted(text: str) -> str:
+def formatted(text: str, target: Path) -> str:
     """``text`` with its imports sorted (renamed modules sort elsewhere) and formatted."""
     ruff = str(Path(sys.executable).parent / "ruff")
     for command in (["check", "--select", "I", "--fix", "--quiet"], ["format"]):
         text = subprocess.run(
-            [ruff, *command, "--stdin-filename", str(TARGET), "-"],
+            [ruff, *command, "--stdin-filename", str(target), "-"],
             input=text,
             capture_output=True,
             text=True,
@@ -59,14 +61,15 @@ def formatted(text: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    generated = formatted(convert(SOURCE.read_text(encoding="utf-8")))
-    if "--check" in argv:
-        if TARGET.read_text(encoding="utf-8") != generated:
-            print(f"{TARGET} is out of date: run python tools/async_to_sync.py", file=sys.stderr)
-            return 1
-        return 0
-    TARGET.write_text(generated, encoding="utf-8")
-    return 0
+    stale = 0
+    for source, target in PAIRS:
+        generated = formatted(convert(source.read_text(encoding="utf-8"), source), target)
+        if "--check" not in argv:
+            target.write_text(generated, encoding="utf-8")
+        elif not target.exists() or target.read_text(encoding="utf-8") != generated:
+            print(f"{target} is out of date: run python tools/async_to_sync.py", file=sys.stderr)
+            stale += 1
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

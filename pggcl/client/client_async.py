@@ -1,4 +1,4 @@
-"""The async client: the source of ``pggcl/_client_sync.py``.
+"""The client API, async: the source of ``pggcl/client/client_sync.py``.
 
 The sync client is generated from this file by ``tools/async_to_sync.py`` (``async``/``await``
 dropped, names mapped: asyncpg's port to psycopg's, ``_acompat`` to ``_compat``, ...). Change

@@ -1,5 +1,5 @@
-"""The sync client. GENERATED from ``pggcl/_client_async.py`` by
-``tools/async_to_sync.py``: do not edit; change the async source and run the tool.
+"""GENERATED from ``pggcl/client/client_async.py`` by ``tools/async_to_sync.py``: do not
+edit; change the async source (it says what this module is for) and run the tool.
 """
 
 from __future__ import annotations
