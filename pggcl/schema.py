@@ -1,7 +1,10 @@
 """Where the SQL engine and its migrations live, and how to install them.
 
-`schema_sql()` is the fresh-install script; `upgrade()`/`downgrade()`/`current()` drive
-the alembic chain in `alembic/` through alembic's Python API, so users need no alembic.ini.
+`schema_sql()` is the fresh-install script, the current schema read from `sql/`;
+`upgrade()`/`downgrade()`/`current()` drive the alembic chain in `alembic/` through alembic's
+Python API, so users need no alembic.ini. Each revision runs its own frozen `.sql` file
+(`alembic/versions/NNNN_*.sql`), never `sql/`, so a released revision installs the same thing
+forever; tests/test_migrations.py checks that the chain ends equal to `sql/`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-from alembic import command
+from alembic import command, op
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -51,6 +54,21 @@ def schema_sql() -> str:
     """The fresh-install script: every `sql/*.sql` file, concatenated in file-name order."""
     parts = [f"-- sql/{p.name}\n{p.read_text(encoding='utf-8').rstrip()}\n" for p in sql_files()]
     return "\n".join(parts)
+
+
+def execute_script(script: Path | str) -> None:
+    """Run a migration script (a frozen `alembic/versions/*.sql` file, or SQL text) on the
+    connection of the running alembic migration. For revision modules only."""
+    sql = script.read_text(encoding="utf-8") if isinstance(script, Path) else script
+    # The raw psycopg cursor, without parameters, sends the text as it is: several
+    # statements, $$-quoted bodies, `%` and `:name` all pass untouched.
+    dbapi_conn = op.get_bind().connection.dbapi_connection
+    assert dbapi_conn is not None
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute(sql)
+    finally:
+        cur.close()
 
 
 def install_sql() -> str:

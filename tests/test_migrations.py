@@ -1,19 +1,35 @@
-"""The alembic chain: reversible, repeatable, and equal to a fresh install."""
+"""The alembic chain: reversible, repeatable, frozen, and equal to a fresh install."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 import psycopg
+import pytest
+from alembic.script import ScriptDirectory
 
 from pggcl import schema
-from tests.catalog import snapshot
+from tests.catalog import differences, snapshot
+
+# Every released revision's frozen script, by file name. A released revision never changes:
+# a change to the engine is a new revision (see alembic/versions/0001_initial.py). Add a line
+# here when a revision is released; never edit one.
+FROZEN = {
+    "0001_initial.sql": "d541c55554b24927394e3d02f79d6e415d6a4444a8101f7ac81cef6b05494747",
+}
 
 
 def _has_schema(dsn: str) -> bool:
     with psycopg.connect(dsn) as conn:
         row = conn.execute("SELECT to_regnamespace('pggcl') IS NOT NULL").fetchone()
     return bool(row and row[0])
+
+
+def _revisions() -> list[str]:
+    """The chain's revisions, oldest first."""
+    script = ScriptDirectory.from_config(schema.alembic_config())
+    return [r.revision for r in reversed(list(script.walk_revisions("base", "heads")))]
 
 
 def test_upgrade_downgrade_upgrade(empty_dsn: str) -> None:
@@ -37,6 +53,22 @@ def test_upgrade_twice_is_a_no_op(empty_dsn: str) -> None:
     assert snapshot(empty_dsn) == before
 
 
+def test_each_downgrade_restores_the_revision_before(empty_dsn: str) -> None:
+    revisions = _revisions()
+    assert revisions[0] == "0001"
+    after: dict[str, dict[str, list[str]]] = {}
+    for revision in revisions:
+        schema.upgrade(empty_dsn, revision)
+        after[revision] = snapshot(empty_dsn)
+    for newer, older in reversed(list(zip(revisions[1:], revisions, strict=False))):
+        schema.downgrade(empty_dsn, older)
+        assert schema.current(empty_dsn) == older
+        assert differences(after[older], snapshot(empty_dsn)) == {}, f"downgrade of {newer}"
+        schema.upgrade(empty_dsn, newer)
+        assert differences(after[newer], snapshot(empty_dsn)) == {}, f"upgrade to {newer}"
+        schema.downgrade(empty_dsn, older)
+
+
 def test_fresh_install_equals_migration_chain(
     empty_dsn: str, pggcl_dsn: str, psql: Callable[..., str]
 ) -> None:
@@ -44,11 +76,97 @@ def test_fresh_install_equals_migration_chain(
     psql(schema.install_sql(), empty_dsn, "--single-transaction")
     fresh, migrated = snapshot(empty_dsn), snapshot(pggcl_dsn)
     assert fresh["schema"] and fresh["relations"], "the snapshot saw nothing: check the queries"
-    assert fresh == migrated
+    assert fresh["functions"] and fresh["roles"], "the snapshot saw nothing: check the queries"
+    assert differences(migrated, fresh) == {}, "sql/ differs from the migration chain"
     # The script records the revision: alembic sees the same state, and upgrading is a no-op.
     assert schema.current(empty_dsn) == schema.current(pggcl_dsn) is not None
     schema.upgrade(empty_dsn)
     assert snapshot(empty_dsn) == migrated
+
+
+# Changes to the fresh-install script that the comparison above must notice, with the kind of
+# object each one changes. (Role memberships are cluster-wide, so two databases of one test
+# cluster always agree on them; that kind is compared for installs into different clusters.)
+_SHA = "SELECT 1885824867 $$"
+MUTATIONS = {
+    "function body": ("replace", _SHA, "SELECT 1885824867 /* edited */ $$", "functions"),
+    "function setting": ("replace", "SET jit = off", "SET jit = on", "functions"),
+    "function added setting": (
+        "append",
+        "ALTER FUNCTION pggcl.reclaim() SET work_mem = '1MB';",
+        "",
+        "functions",
+    ),
+    "function grant": (
+        "append",
+        "REVOKE EXECUTE ON FUNCTION pggcl.reclaim() FROM pggcl_user;",
+        "",
+        "functions",
+    ),
+    "function comment": ("append", "COMMENT ON FUNCTION pggcl.reclaim() IS 'x';", "", "functions"),
+    "table grant": ("append", "GRANT SELECT ON pggcl.leases TO pggcl_user;", "", "relations"),
+    "view comment": ("append", "COMMENT ON VIEW pggcl.holders IS 'x';", "", "relations"),
+    "view option": (
+        "append",
+        "ALTER VIEW pggcl.limits SET (security_barrier = true);",
+        "",
+        "relations",
+    ),
+    "view body": ("replace", "l.queued AS waiting", "l.queued + 0 AS waiting", "views"),
+    "index": ("append", "CREATE INDEX extra_idx ON pggcl.leases (session_id);", "", "indexes"),
+    "column default": (
+        "append",
+        "ALTER TABLE pggcl.sessions ALTER COLUMN grace_seconds SET DEFAULT 5;",
+        "",
+        "columns",
+    ),
+    "column type": (
+        "replace",
+        "holder text,\n    ttl_seconds",
+        "holder varchar,\n    ttl_seconds",
+        "columns",
+    ),
+    "constraint": (
+        "append",
+        "ALTER TABLE pggcl.waiters ADD CONSTRAINT positive CHECK (occupy > 0);",
+        "",
+        "constraints",
+    ),
+    "sequence": ("append", "ALTER SEQUENCE pggcl.waiter_id_seq CACHE 10;", "", "sequences"),
+    "default privileges": (
+        "append",
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA pggcl GRANT SELECT ON TABLES TO pggcl_user;",
+        "",
+        "default_acls",
+    ),
+}
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS, ids=list(MUTATIONS))
+def test_the_comparison_fails_when_sql_differs_from_the_chain(
+    mutation: str, empty_dsn: str, pggcl_dsn: str, psql: Callable[..., str]
+) -> None:
+    how, old, new, kind = MUTATIONS[mutation]
+    script = schema.install_sql()
+    if how == "replace":
+        assert script.count(old) >= 1, f"the mutation {mutation!r} no longer applies"
+        script = script.replace(old, new, 1)
+    else:
+        script += "\n" + old + "\n"
+    psql(script, empty_dsn, "--single-transaction")
+    found = differences(snapshot(pggcl_dsn), snapshot(empty_dsn))
+    assert kind in found, f"{mutation}: the snapshot missed it ({sorted(found)})"
+
+
+def test_released_revisions_are_frozen() -> None:
+    versions = schema.alembic_dir() / "versions"
+    scripts = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in versions.glob("*.sql")}
+    assert scripts == FROZEN, "a released revision's script changed, or a new one is not listed"
+    for module in versions.glob("*.py"):
+        text = module.read_text(encoding="utf-8")
+        # A revision runs its own frozen script, never the current schema.
+        for live in ("sql_files", "sql_dir", "schema_sql", "install_sql"):
+            assert live not in text, f"{module.name} reads the live schema ({live})"
 
 
 def test_schema_sql_is_every_file_in_order() -> None:
