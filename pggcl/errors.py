@@ -3,7 +3,7 @@
 Every error pggcl raises derives from :class:`PggclError`::
 
     PggclError
-    ├── ValidationError                      a bad name or value (GC003)
+    ├── ValidationError                      a bad name or value (GC003; 22003 out of range)
     ├── LimitNotFoundError                   no limit by that name (GC001)
     ├── LimitExistsError                     the name is taken (GC002)
     ├── ConcurrencySlotAcquisitionError      a request that can never be granted:
@@ -13,24 +13,46 @@ Every error pggcl raises derives from :class:`PggclError`::
     │                                        was lowered below the request
     ├── AcquireConcurrencySlotTimeoutError   timeout_seconds passed (also a TimeoutError)
     ├── SessionLostError                     the client's session was reclaimed (GC007/GC008)
-    ├── DatabaseUnavailableError             the database cannot be reached
+    ├── SchemaNotInstalledError              the database has no pggcl schema, or an older
+    │                                        one (3F000, 42883, 42P01): run `pggcl db upgrade`
+    ├── PermissionDeniedError                the DSN's role lacks a grant (42501)
+    ├── DatabaseUnavailableError             the database cannot be reached (08xxx, 57xxx)
     ├── PoolTimeoutError                     every pool connection stayed busy for
     │                                        pool_timeout (also a TimeoutError)
     ├── ClientClosedError                    the client was used after close()
     └── ConfigurationError                   the client is not set up (PGGCL_DSN unset)
 
-The engine raises SQLSTATEs of class ``GC``; :func:`error_for_sqlstate` maps them to these
-classes for both drivers, in one place.
+An error that comes from the database carries its SQLSTATE (:attr:`PggclError.sqlstate`) and
+the server's message (its text); an invalid argument also names the parameter at fault
+(:attr:`PggclError.field`, e.g. ``"limit"``) when the engine reports it. Code that handles an
+error reads its type and these attributes, never its message text.
+
+Which class an engine error becomes is decided once, for both drivers, by
+:func:`pggcl.core.failures.translate_error`; the engine's own codes (class ``GC``) are
+registered here, beside their classes.
 """
 
 from __future__ import annotations
+
+from typing import Final
 
 
 class PggclError(Exception):
     """A pggcl operation failed."""
 
-    def __init__(self, message: str | None = None) -> None:
+    #: The SQLSTATE of the database error this is, or None when it did not come from one.
+    sqlstate: str | None
+    #: The parameter an invalid-argument error is about (``name``, ``limit``,
+    #: ``slot_decay_per_second``, ``occupy``, ...), from the error's COLUMN field; None when
+    #: the engine names none.
+    field: str | None
+
+    def __init__(
+        self, message: str | None = None, *, sqlstate: str | None = None, field: str | None = None
+    ) -> None:
         super().__init__(message or (self.__doc__ or "").strip())
+        self.sqlstate = sqlstate
+        self.field = field
 
 
 class ValidationError(PggclError, ValueError):
@@ -57,6 +79,14 @@ class SessionLostError(PggclError):
     """The client's session was closed or reclaimed; its leases are gone."""
 
 
+class SchemaNotInstalledError(PggclError):
+    """pggcl is not installed in this database (run `pggcl db upgrade`)."""
+
+
+class PermissionDeniedError(PggclError):
+    """The database role may not do this."""
+
+
 class DatabaseUnavailableError(PggclError):
     """The database cannot be reached."""
 
@@ -73,7 +103,9 @@ class ConfigurationError(PggclError):
     """The client is not configured: give a DSN or set PGGCL_DSN."""
 
 
-_BY_SQLSTATE: dict[str, type[PggclError]] = {
+#: The engine's own SQLSTATEs (class ``GC``, raised by the functions in ``sql/``) and their
+#: classes. ``sql/10_internals.sql`` lists the same codes.
+ENGINE_SQLSTATES: Final[dict[str, type[PggclError]]] = {
     "GC001": LimitNotFoundError,
     "GC002": LimitExistsError,
     "GC003": ValidationError,
@@ -85,7 +117,12 @@ _BY_SQLSTATE: dict[str, type[PggclError]] = {
 }
 
 
-def error_for_sqlstate(sqlstate: str | None, message: str) -> PggclError | None:
-    """The pggcl error for an engine error, or None when the SQLSTATE is not pggcl's."""
-    cls = _BY_SQLSTATE.get(sqlstate or "")
-    return cls(message) if cls else None
+def error_for_sqlstate(
+    sqlstate: str | None, message: str, field: str | None = None
+) -> PggclError | None:
+    """The pggcl error for one of the engine's own SQLSTATEs, or None for any other.
+
+    Drivers call :func:`pggcl.core.failures.translate_error`, which also maps the server's
+    codes (a lost connection, a missing schema, a missing grant)."""
+    cls = ENGINE_SQLSTATES.get(sqlstate or "")
+    return cls(message, sqlstate=sqlstate, field=field) if cls else None

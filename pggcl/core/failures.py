@@ -1,7 +1,9 @@
 """Driver errors to pggcl errors, decided once for both drivers. Pure.
 
 A driver reports what it saw (the SQLSTATE, the server's message, whether the connection is
-gone); this module says which :class:`~pggcl.errors.PggclError` that is.
+gone, the COLUMN the error names); :func:`translate_error` says which
+:class:`~pggcl.errors.PggclError` that is. Nothing else in pggcl inspects a driver error, and
+nothing reads an error's message text to decide what it is.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from typing import Final
 
 from pggcl.errors import (
     DatabaseUnavailableError,
+    PermissionDeniedError,
     PggclError,
+    SchemaNotInstalledError,
     ValidationError,
     error_for_sqlstate,
 )
@@ -19,15 +23,42 @@ from pggcl.errors import (
 # intervention (admin shutdown, crash shutdown, cannot connect now).
 _LOST_CLASSES: Final = ("08", "57")
 
+# Invalid schema name, undefined function, undefined table. pggcl's clients only ever name
+# pggcl's own objects, so any of these means the schema is missing or older than the client
+# (a function added by a later revision): `pggcl db upgrade` is the answer to both.
+_NOT_INSTALLED: Final = frozenset({"3F000", "42883", "42P01"})
 
-def translate_error(sqlstate: str | None, message: str, connection_lost: bool) -> PggclError:
-    """The pggcl error for a driver error: the engine's own, unreachable, or a generic one."""
-    if (mapped := error_for_sqlstate(sqlstate, message)) is not None:
+_INSUFFICIENT_PRIVILEGE: Final = "42501"
+_OUT_OF_RANGE: Final = "22003"  # numeric value out of range: a limit above 2**31 - 1, say
+
+
+def translate_error(
+    sqlstate: str | None, message: str, connection_lost: bool, field: str | None = None
+) -> PggclError:
+    """The pggcl error for a driver error, with ``sqlstate`` and ``field`` set on it.
+
+    ``message`` is the server's (primary) message; ``connection_lost`` is whether the driver
+    saw the connection go; ``field`` is the error's COLUMN diagnostic, which the engine sets to
+    the parameter an invalid-argument error (GC003) is about (None when it names none).
+    """
+    if (mapped := error_for_sqlstate(sqlstate, message, field)) is not None:
         return mapped
     if connection_lost or (sqlstate or "")[:2] in _LOST_CLASSES:
-        return DatabaseUnavailableError(f"the database is unreachable: {message}".strip())
-    if sqlstate == "22003":  # numeric value out of range: a limit above 2**31 - 1, say
-        return ValidationError(f"a value is out of range: {message}")
-    if sqlstate in ("3F000", "42883", "42P01"):
-        return PggclError(f"{message} (is the pggcl schema installed? run `pggcl db upgrade`)")
-    return PggclError(message)
+        text = f"the database is unreachable: {message}".strip()
+        return DatabaseUnavailableError(text, sqlstate=sqlstate)
+    if sqlstate == _OUT_OF_RANGE:
+        return ValidationError(
+            f"a value is out of range: {message}", sqlstate=sqlstate, field=field
+        )
+    if sqlstate in _NOT_INSTALLED:
+        return SchemaNotInstalledError(
+            f"pggcl is not installed in this database (run `pggcl db upgrade`): {message}",
+            sqlstate=sqlstate,
+        )
+    if sqlstate == _INSUFFICIENT_PRIVILEGE:
+        return PermissionDeniedError(
+            f"{message} (the database role needs pggcl_admin to manage limits,"
+            " pggcl_user to use them)",
+            sqlstate=sqlstate,
+        )
+    return PggclError(message, sqlstate=sqlstate, field=field)
