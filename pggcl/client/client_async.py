@@ -15,12 +15,13 @@ from contextlib import asynccontextmanager
 from typing import TypeVar
 
 from pggcl.client._acompat import worker_name
-from pggcl.client.runner_async import run_async
-from pggcl.client.session_async import AsyncpgPort
+from pggcl.client.port_async import AsyncPort
+from pggcl.client.runner_async import run
 from pggcl.core import flows, requests
 from pggcl.core.ops import Flow
 from pggcl.core.options import HeldLeases, Options, default_holder
 from pggcl.core.policy import Stats
+from pggcl.errors import ClientClosedError
 from pggcl.models import ConcurrencyLimit, Grant, Holder, Waiter
 
 __all__ = ["AsyncClient"]
@@ -28,7 +29,7 @@ __all__ = ["AsyncClient"]
 T = TypeVar("T")
 
 # Ports of a forked parent: kept alive so that no destructor touches the parent's sockets.
-_abandoned: list[AsyncpgPort] = []
+_abandoned: list[AsyncPort] = []
 
 
 class AsyncClient:
@@ -47,27 +48,22 @@ class AsyncClient:
         grace_seconds: float = 5.0,
         heartbeat_seconds: float = 2.0,
         connect_timeout: float = 10.0,
+        pool_timeout: float = 30.0,
     ) -> None:
         self.dsn = dsn
-        self._options = Options(pool_size, grace_seconds, heartbeat_seconds, connect_timeout)
+        self._options = Options(
+            pool_size, grace_seconds, heartbeat_seconds, connect_timeout, pool_timeout
+        )
         self._held = HeldLeases()
         self._contention = requests.Contention()
         self._pid = os.getpid()
         self._port_ = self._new_port()
 
-    def _new_port(self) -> AsyncpgPort:
-        o = self._options
-        return AsyncpgPort(
-            self.dsn,
-            pool_size=o.pool_size,
-            grace_seconds=o.grace_seconds,
-            heartbeat_seconds=o.heartbeat_seconds,
-            connect_timeout=o.connect_timeout,
-            on_session_lost=self._held.session_lost,
-        )
+    def _new_port(self) -> AsyncPort:
+        return AsyncPort(self.dsn, self._options, self._held.session_lost)
 
     @property
-    def _port(self) -> AsyncpgPort:
+    def _port(self) -> AsyncPort:
         if self._pid != os.getpid():  # forked: the parent's connections are not ours
             _abandoned.append(self._port_)
             self._pid, self._held, self._port_ = os.getpid(), HeldLeases(), self._new_port()
@@ -79,7 +75,7 @@ class AsyncClient:
         return self._port.stats
 
     async def _run(self, flow: Flow[T]) -> T:
-        return await run_async(flow, self._port)
+        return await run(flow, self._port)
 
     async def close(self) -> None:
         """Close the session (releasing what it still holds) and every connection."""
@@ -97,7 +93,7 @@ class AsyncClient:
         port = self._port
         session_id = await port.session_id()
         flow = flows.acquire_flow(req, session_id, time.monotonic, started, self._contention)
-        return await run_async(flow, port)
+        return await run(flow, port)
 
     @asynccontextmanager
     async def concurrency(
@@ -130,7 +126,11 @@ class AsyncClient:
             await self._release(grant.lease_id, req.names)
 
     async def _release(self, lease_id: uuid.UUID, names: Sequence[str]) -> None:
-        if not await self._run(flows.release_flow(lease_id)):
+        try:
+            released = await self._run(flows.release_flow(lease_id))
+        except ClientClosedError:
+            return  # closing the client closed its session, which released the lease
+        if not released:
             flows.log.error(
                 "lease %s on %s was gone when released: it was reclaimed", lease_id, names
             )
@@ -203,4 +203,4 @@ class AsyncClient:
 
     async def _wait_listening(self, after: int = 0, timeout: float = 10.0) -> int:
         """Wait until the session connection has started listening more than ``after`` times."""
-        return await self._port.wait_listening(after, timeout)
+        return await self._port.session.wait_listening(after, timeout)

@@ -12,20 +12,19 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from pggcl.client._compat import worker_name
-from pggcl.client.runner_async import run_sync
-from pggcl.client.session_sync import PsycopgPort
+from pggcl.client.port_sync import SyncPort
+from pggcl.client.runner_sync import run
 from pggcl.core import flows, requests
 from pggcl.core.ops import Flow
 from pggcl.core.options import HeldLeases, Options, default_holder
 from pggcl.core.policy import Stats
+from pggcl.errors import ClientClosedError
 from pggcl.models import ConcurrencyLimit, Grant, Holder, Waiter
 
 __all__ = ["Client"]
-
 T = TypeVar("T")
-
 # Ports of a forked parent: kept alive so that no destructor touches the parent's sockets.
-_abandoned: list[PsycopgPort] = []
+_abandoned: list[SyncPort] = []
 
 
 class Client:
@@ -44,30 +43,25 @@ class Client:
         grace_seconds: float = 5.0,
         heartbeat_seconds: float = 2.0,
         connect_timeout: float = 10.0,
+        pool_timeout: float = 30.0,
     ) -> None:
         self.dsn = dsn
-        self._options = Options(pool_size, grace_seconds, heartbeat_seconds, connect_timeout)
+        self._options = Options(
+            pool_size, grace_seconds, heartbeat_seconds, connect_timeout, pool_timeout
+        )
         self._held = HeldLeases()
         self._contention = requests.Contention()
         self._pid = os.getpid()
         self._port_ = self._new_port()
 
-    def _new_port(self) -> PsycopgPort:
-        o = self._options
-        return PsycopgPort(
-            self.dsn,
-            pool_size=o.pool_size,
-            grace_seconds=o.grace_seconds,
-            heartbeat_seconds=o.heartbeat_seconds,
-            connect_timeout=o.connect_timeout,
-            on_session_lost=self._held.session_lost,
-        )
+    def _new_port(self) -> SyncPort:
+        return SyncPort(self.dsn, self._options, self._held.session_lost)
 
     @property
-    def _port(self) -> PsycopgPort:
+    def _port(self) -> SyncPort:
         if self._pid != os.getpid():  # forked: the parent's connections are not ours
             _abandoned.append(self._port_)
-            self._pid, self._held, self._port_ = os.getpid(), HeldLeases(), self._new_port()
+            self._pid, self._held, self._port_ = (os.getpid(), HeldLeases(), self._new_port())
         return self._port_
 
     @property
@@ -76,7 +70,7 @@ class Client:
         return self._port.stats
 
     def _run(self, flow: Flow[T]) -> T:
-        return run_sync(flow, self._port)
+        return run(flow, self._port)
 
     def close(self) -> None:
         """Close the session (releasing what it still holds) and every connection."""
@@ -94,7 +88,7 @@ class Client:
         port = self._port
         session_id = port.session_id()
         flow = flows.acquire_flow(req, session_id, time.monotonic, started, self._contention)
-        return run_sync(flow, port)
+        return run(flow, port)
 
     @contextmanager
     def concurrency(
@@ -127,7 +121,11 @@ class Client:
             self._release(grant.lease_id, req.names)
 
     def _release(self, lease_id: uuid.UUID, names: Sequence[str]) -> None:
-        if not self._run(flows.release_flow(lease_id)):
+        try:
+            released = self._run(flows.release_flow(lease_id))
+        except ClientClosedError:
+            return  # closing the client closed its session, which released the lease
+        if not released:
             flows.log.error(
                 "lease %s on %s was gone when released: it was reclaimed", lease_id, names
             )
@@ -200,4 +198,4 @@ class Client:
 
     def _wait_listening(self, after: int = 0, timeout: float = 10.0) -> int:
         """Wait until the session connection has started listening more than ``after`` times."""
-        return self._port.wait_listening(after, timeout)
+        return self._port.session.wait_listening(after, timeout)

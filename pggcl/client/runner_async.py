@@ -1,36 +1,26 @@
-"""The two loops that carry out a flow (see ``pggcl._core``) against a driver port.
+"""The loop that carries out a flow (see ``pggcl.core.flows``) against a port, async source
+of ``runner_sync``.
 
-They are the only code written twice, once per world. A call interrupted mid-statement (task
-cancelled, KeyboardInterrupt) returns only once the statement has settled on the server, and the
-interruption is thrown into the flow at that call: every flow can find out what an interrupted
-call did (by the request id it chose, or by repeating an idempotent release). Once the flow is
-unwinding, the async loop runs its calls shielded: a further cancellation waits for the call's
-result and is thrown into the flow at its next yield, so clean-up is never cut short.
+A call interrupted mid-statement (task cancelled, KeyboardInterrupt) returns only once the
+statement has settled on the server, and the interruption is thrown into the flow at that call:
+every flow can find out what an interrupted call did (by the request id it chose, or by
+repeating an idempotent release). Once the flow is unwinding, calls run shielded: a further
+cancellation waits for the call's result and is thrown into the flow at its next yield, so
+clean-up is never cut short. (In the sync world nothing can cut a call short.)
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Awaitable
 from typing import Any, Protocol, TypeVar
 
+from pggcl.client._acompat import shielded
 from pggcl.core.notifications import Event
 from pggcl.core.ops import Call, Flow, Row, Wait
 
 T = TypeVar("T")
 
 
-class SyncPort(Protocol):
-    @property
-    def epoch(self) -> int: ...
-
-    def call(self, sql: str, args: tuple[Any, ...]) -> list[Row]: ...
-    def wait(self, waiter_id: int, timeout: float | None, epoch: int) -> Event | None: ...
-    def forget(self, waiter_id: int) -> None: ...
-
-
-class AsyncPort(Protocol):
+class Port(Protocol):
     @property
     def epoch(self) -> int: ...
 
@@ -39,32 +29,7 @@ class AsyncPort(Protocol):
     def forget(self, waiter_id: int) -> None: ...
 
 
-def run_sync(flow: Flow[T], port: SyncPort) -> T:
-    """Drive ``flow`` to its end in this thread."""
-    epoch, waited = port.epoch, set[int]()
-    value: Any = None
-    error: BaseException | None = None
-    try:
-        while True:
-            try:
-                op = flow.send(value) if error is None else flow.throw(error)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            value = error = None
-            try:
-                if isinstance(op, Call):
-                    value = port.call(op.sql, op.args)
-                elif isinstance(op, Wait):
-                    waited.add(op.waiter_id)
-                    value = port.wait(op.waiter_id, op.timeout, epoch)
-            except BaseException as exc:  # KeyboardInterrupt too: the flow cleans up
-                error = exc
-    finally:
-        for waiter_id in waited:
-            port.forget(waiter_id)
-
-
-async def run_async(flow: Flow[T], port: AsyncPort) -> T:
+async def run(flow: Flow[T], port: Port) -> T:
     """Drive ``flow`` to its end in this task."""
     epoch, waited = port.epoch, set[int]()
     value: Any = None
@@ -84,18 +49,8 @@ async def run_async(flow: Flow[T], port: AsyncPort) -> T:
                 elif isinstance(op, Wait):
                     waited.add(op.waiter_id)
                     value = await port.wait(op.waiter_id, op.timeout, epoch)
-            except BaseException as exc:
+            except BaseException as exc:  # KeyboardInterrupt too: the flow cleans up
                 error, unwinding = exc, True
     finally:
         for waiter_id in waited:
             port.forget(waiter_id)
-
-
-async def shielded(call: Awaitable[T]) -> T:
-    """``call``'s result, whatever cancellations arrive meanwhile. For a caller that is already
-    handling one cancellation and re-raises it when this is done."""
-    task = asyncio.ensure_future(call)
-    while not task.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(task)
-    return task.result()

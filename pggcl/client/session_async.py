@@ -1,29 +1,24 @@
-"""The async port: an asyncpg pool, and the session connection watched by one task.
+"""The session connection of a client, async source of ``session_sync``.
 
-It carries out what ``pggcl._core`` decides and nothing more. The session connection comes from
-``asyncpg.connect``, never from the pool (a pool reset runs ``UNLISTEN *`` and
-``pg_advisory_unlock_all()``). The supervisor task opens (or resumes) the session, listens,
-runs the heartbeat while this process has waiters, and reconnects with backoff.
+One worker (a task of the loop; a daemon thread in the sync client) owns the connection: it
+opens the pggcl session (or resumes it after a reconnect, within its grace period), LISTENs on
+the session's channel, routes each notification to the waiter it is for, runs the heartbeat
+while this process has waiters, and reconnects with backoff when the connection drops. The
+connection is never a pool's: it holds the session's LISTEN and its liveness lock.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
-from typing import Any
+from contextlib import suppress
 
-import asyncpg
-
-from pggcl.client.runner_async import shielded
+from pggcl.client._acompat import Event, Lock, Mailbox, Signal, Worker, cancel, join, spawn
 from pggcl.core import queries as q
-from pggcl.core.failures import translate_error
-from pggcl.core.notifications import LOST, PING, RECHECK, Dispatcher, Event, parse_payload
-from pggcl.core.ops import Row
+from pggcl.core.notifications import LOST, RECHECK, Dispatcher, parse_payload
+from pggcl.core.notifications import Event as Notice
 from pggcl.core.policy import (
     Backoff,
     Stats,
@@ -32,343 +27,219 @@ from pggcl.core.policy import (
     reconnect_warning,
     session_failure,
 )
+from pggcl.drivers.asyncpg_driver import Connection, connect
 from pggcl.errors import PggclError, SessionLostError
 
 log = logging.getLogger("pggcl")
 
-# What a dropped or unreachable connection raises.
-_CONNECTION_ERRORS = (
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    OSError,
-    TimeoutError,
-)
+# How often the worker looks up while idle: to start the heartbeat once waiters appear, and to
+# notice that it is asked to stop. A timer, not a query.
+_IDLE_TICK = 1.0
+# How long to wait between attempts to resume a session the old connection still holds.
+_RESUME_RETRY = 0.05
 
 
-def _translate(exc: BaseException) -> PggclError:
-    sqlstate = getattr(exc, "sqlstate", None)
-    lost = isinstance(exc, _CONNECTION_ERRORS)
-    return translate_error(sqlstate, str(exc) or type(exc).__name__, lost)
-
-
-async def _settle(conn: asyncpg.Connection) -> None:
-    """After a statement was interrupted (its task cancelled): wait until it has finished on the
-    server, committed or cancelled by asyncpg, so that whoever looks next at what it did (the
-    flow's clean-up, maybe on another connection) sees its outcome. asyncpg runs the next
-    statement on ``conn`` only once its cancellation is over. Further cancellations meanwhile
-    are ignored: the caller is raising one already."""
-
-    async def settled() -> None:
-        try:
-            await conn.execute("SELECT 1")
-        except Exception:
-            conn.terminate()
-
-    await shielded(settled())
-
-
-class _Pool:
-    """At most ``size`` connections, made on demand, dropped when broken. Pool connections
-    only run single autocommit statements, so there is nothing to reset between uses. (asyncpg's
-    own pool costs about 65 us a call in its acquire/release bookkeeping: measured.)"""
-
-    def __init__(self, dsn: str, size: int, connect_timeout: float) -> None:
-        self._dsn, self._size, self._timeout = dsn, size, connect_timeout
-        self._idle: list[asyncpg.Connection] = []
-        self._open = 0  # connections made and not dropped (idle or in use)
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    async def get(self) -> asyncpg.Connection:
-        """An idle connection, or a new one while fewer than ``size`` are open; waits (at most
-        the connect timeout) for one to be returned otherwise. Give it back with :meth:`put`."""
-        while not self._idle and self._open >= self._size:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                async with asyncio.timeout(self._timeout):
-                    await waiter
-            finally:
-                if not waiter.done():
-                    self._waiters.remove(waiter)
-        if self._idle:
-            return self._idle.pop()
-        self._open += 1
-        try:
-            return await asyncpg.connect(self._dsn, timeout=self._timeout)
-        except BaseException:
-            self._open -= 1
-            self._wake()
-            raise
-
-    def put(self, conn: asyncpg.Connection) -> None:
-        if conn.is_closed() or conn.is_in_transaction():
-            conn.terminate()
-            self._open -= 1
-        else:
-            self._idle.append(conn)
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
-    async def close(self, timeout: float) -> None:
-        idle, self._idle = self._idle, []
-        self._open -= len(idle)
-        for conn in idle:
-            try:
-                await asyncio.wait_for(conn.close(), timeout)
-            except (TimeoutError, *_CONNECTION_ERRORS):
-                conn.terminate()
-
-
-class _Box:
-    """A waiting task's mailbox."""
-
-    def __init__(self) -> None:
-        self._events: deque[Event] = deque()
-        self._ready = asyncio.Event()
-
-    def push(self, event: Event) -> None:
-        self._events.append(event)
-        self._ready.set()
-
-    async def get(self, timeout: float | None) -> Event | None:
-        if not self._events:
-            self._ready.clear()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._ready.wait()
-            except TimeoutError:
-                return None
-        return self._events.popleft() if self._events else None
-
-
-class AsyncpgPort:
-    """Pool, session supervisor and dispatcher of one async client (one per loop and DSN)."""
-
+class Session:
     def __init__(
         self,
         dsn: str,
         *,
-        pool_size: int,
         grace_seconds: float,
         heartbeat_seconds: float,
         connect_timeout: float,
+        stats: Stats,
         on_session_lost: Callable[[str], None],
     ) -> None:
         self._dsn = dsn
-        self._grace, self._heartbeat, self._timeout = (
-            grace_seconds,
-            heartbeat_seconds,
-            connect_timeout,
-        )
+        self._grace, self._heartbeat = grace_seconds, heartbeat_seconds
+        self._timeout = connect_timeout
+        self._stats = stats
         self._on_session_lost = on_session_lost
-        self.stats = Stats()
-        self._pool = _Pool(dsn, pool_size, connect_timeout)
-        self._dispatch: Dispatcher[_Box] = Dispatcher()
-        self._changed: asyncio.Condition | None = None
-        self._session: tuple[int, uuid.UUID, str] | None = None
-        self._generation = 0
-        self._failures = 0
+        self._lock = Lock()  # guards the dispatcher and the fields below
+        self._dispatch: Dispatcher[Mailbox] = Dispatcher()
+        self._session: tuple[int, uuid.UUID, str] | None = None  # id, token, channel
+        self._generation = 0  # grows each time the worker (re)starts listening
+        self._changed = Signal()  # the session, the generation or the failures changed
+        self._failures = 0  # connection attempts of the worker that failed
         self._last_error: PggclError | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._conn: asyncpg.Connection | None = None
-
-    # --- AsyncPort --------------------------------------------------------------------------
+        self._worker: Worker | None = None
+        self._stopping = Event()
+        # When this process went from no waiters to some: the heartbeat counts from there, not
+        # from when the worker (which looks at most once a tick while idle) noticed.
+        self._waiting_since = 0.0
 
     @property
     def epoch(self) -> int:
         return self._dispatch.epoch
 
-    async def call(self, sql: str, args: tuple[Any, ...]) -> list[Row]:
-        try:
-            conn = await self._pool.get()
-            try:
-                rows = await conn.fetch(sql, *args)
-            except asyncio.CancelledError:
-                await _settle(conn)
-                raise
-            finally:
-                self._pool.put(conn)
-        except (asyncpg.PostgresError, *_CONNECTION_ERRORS) as exc:
-            raise _translate(exc) from exc
-        finally:
-            self.stats.calls += 1
-        return [tuple(r) for r in rows]
+    @property
+    def channel(self) -> str | None:
+        session = self._session
+        return None if session is None else session[2]
 
-    async def wait(self, waiter_id: int, timeout: float | None, epoch: int) -> Event | None:
-        box = self._dispatch.box(waiter_id)
-        if box is None:
-            box = _Box()
-            self._dispatch.register(waiter_id, box, epoch, time.monotonic())
+    # --- Waiters ----------------------------------------------------------------------------
+
+    async def wait(self, waiter_id: int, timeout: float | None, epoch: int) -> Notice | None:
+        """The next event for ``waiter_id``, or None after ``timeout`` seconds."""
+        with self._lock:
+            box = self._dispatch.box(waiter_id)
+            if box is None:
+                box = Mailbox()
+                now = time.monotonic()
+                if len(self._dispatch) == 0:
+                    self._waiting_since = now
+                self._dispatch.register(waiter_id, box, epoch, now)
         return await box.get(timeout)
 
     def forget(self, waiter_id: int) -> None:
-        self._dispatch.unregister(waiter_id)
+        with self._lock:
+            self._dispatch.unregister(waiter_id)
 
-    # --- Session ----------------------------------------------------------------------------
-
-    def _cond(self) -> asyncio.Condition:
-        if self._changed is None:
-            self._changed = asyncio.Condition()
-        return self._changed
-
-    async def _signal(self) -> None:
-        async with self._cond():
-            self._cond().notify_all()
+    # --- The session ------------------------------------------------------------------------
 
     async def session_id(self) -> int:
-        """The session id, starting the supervisor on first use; waits for the first session."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._supervise(), name="pggcl-session"
-            )
-        if self._session is None:
+        """The session id, starting the worker on first use; waits (at most the connect
+        timeout) for the first session."""
+        session = self._session
+        if session is not None and self._worker is not None:
+            return session[0]
+        with self._lock:
+            if self._worker is None:
+                self._stopping.clear()
+                self._worker = spawn(self._run, "pggcl-session")
             failures = self._failures
-            async with self._cond():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._cond().wait_for(
-                            lambda: self._session is not None or self._failures > failures
-                        ),
-                        self._timeout,
-                    )
-        if self._session is None:
+        await self._changed.wait_for(
+            lambda: self._session is not None or self._failures != failures, self._timeout
+        )
+        session = self._session
+        if session is None:
             raise session_failure(self._last_error)
-        return self._session[0]
+        return session[0]
 
     async def wait_listening(self, after: int, timeout: float) -> int:
-        """Wait until the supervisor has (re)started listening more than ``after`` times."""
-        async with self._cond():
-            await asyncio.wait_for(self._cond().wait_for(lambda: self._generation > after), timeout)
+        """Wait until the worker has (re)started listening more than ``after`` times."""
+        if not await self._changed.wait_for(lambda: self._generation > after, timeout):
+            raise TimeoutError(f"the session did not listen again within {timeout} s")
         return self._generation
 
-    async def close(self) -> None:
-        """Stop the supervisor (closing the session: its leases are released) and the pool."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self._close_pool()
+    def stop(self) -> None:
+        """Ask the worker to close the session (its leases are released) and end."""
+        self._stopping.set()
 
-    async def _close_pool(self) -> None:
-        await self._pool.close(self._timeout)
+    async def join(self) -> None:
+        """Wait for the worker to end after :meth:`stop` (it is woken by a ping on its channel)."""
+        worker, self._worker = self._worker, None
+        if worker is not None and not await join(worker, self._timeout + 2):
+            cancel(worker)
 
-    # --- The supervisor task ----------------------------------------------------------------
+    # --- The worker -------------------------------------------------------------------------
 
-    async def _supervise(self) -> None:
+    async def _run(self) -> None:
         backoff, attempt = Backoff(), 0
-        try:
-            while True:
-                try:
-                    conn = self._conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
-                    self.stats.connects += 1
-                    lost = asyncio.Event()
-                    conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                    await conn.execute(q.KEEPALIVES)
-                    channel = await self._take_session(conn)
-                    assert self._session is not None
-                    check_session_kept(self._session[0], await conn.fetchval(q.SESSION_SETTING))
-                    await conn.add_listener(channel, self._on_notify)
-                    attempt = 0
-                    await self._listening()
-                    await self._serve(conn, lost)
-                except (asyncpg.PostgresError, PggclError, *_CONNECTION_ERRORS) as exc:
-                    error = exc if isinstance(exc, PggclError) else _translate(exc)
+        while not self._stopping.is_set():
+            conn: Connection | None = None
+            try:
+                conn = await connect(self._dsn, self._timeout)
+                self._stats.connects += 1
+                await conn.execute(q.KEEPALIVES, ())
+                session_id, channel = await self._take_session(conn)
+                ((kept,),) = await conn.execute(q.SESSION_SETTING, ())
+                check_session_kept(session_id, kept)
+                await conn.listen(channel)
+                attempt = 0
+                self._listening()
+                await self._serve(conn)
+            except PggclError as error:
+                if self._stopping.is_set():
+                    break
+                with self._lock:
                     self._last_error = error
                     self._failures += 1
-                    await self._signal()
-                    log.warning(reconnect_warning(self._generation > 0, error))
-                    if self._conn is not None:
-                        self._conn.terminate()
-                    await asyncio.sleep(backoff.delay(attempt))
-                    attempt += 1
-        except asyncio.CancelledError:
-            await self._shutdown()
-            raise
+                self._changed.notify()
+                log.warning(reconnect_warning(self._generation > 0, error))
+                await self._stopping.wait(backoff.delay(attempt))
+                attempt += 1
+            finally:
+                if conn is not None:
+                    await self._finish(conn)
 
-    async def _shutdown(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            try:
-                await asyncio.wait_for(conn.execute(q.CLOSE_SESSION), self._timeout)
-                await asyncio.wait_for(conn.close(), self._timeout)
-            except (asyncpg.PostgresError, *_CONNECTION_ERRORS):
-                conn.terminate()
-        self._session = None
-        await self._close_pool()
+    async def _finish(self, conn: Connection) -> None:
+        if self._stopping.is_set() and conn.usable:
+            with suppress(PggclError):
+                await conn.execute(q.CLOSE_SESSION, ())
+            with self._lock:
+                self._session = None
+        await conn.close(self._timeout)
 
-    async def _take_session(self, conn: asyncpg.Connection) -> str:
-        """Resume our session on a new connection, or open one; returns the channel."""
+    async def _take_session(self, conn: Connection) -> tuple[int, str]:
+        """Resume our session on a new connection, or open one; its id and channel."""
         if self._session is not None:
             session_id, token, channel = self._session
             deadline = time.monotonic() + self._grace + self._timeout
             while True:
                 try:
-                    resumed = bool(await conn.fetchval(q.RESUME_SESSION, session_id, token))
+                    ((resumed,),) = await conn.execute(q.RESUME_SESSION, (session_id, token))
                     break
-                except asyncpg.PostgresError as exc:
+                except SessionLostError as exc:
                     # GC008: the old connection still holds the session; it goes away soon.
-                    if exc.sqlstate != "GC008" or time.monotonic() > deadline:
+                    if getattr(exc, "sqlstate", None) != "GC008" or time.monotonic() > deadline:
                         raise
-                    await asyncio.sleep(0.05)
+                    await self._stopping.wait(_RESUME_RETRY)
             if resumed:
-                return channel
+                return session_id, channel
             self._lose_session(f"session {session_id} was reclaimed while disconnected")
-        row = await conn.fetchrow(q.OPEN_SESSION, self._grace)
-        assert row is not None
-        self._session = (row[0], uuid.UUID(str(row[1])), row[2])
-        self.stats.sessions_opened += 1
-        return str(row[2])
+        ((session_id, token, channel),) = await conn.execute(q.OPEN_SESSION, (self._grace,))
+        with self._lock:
+            self._session = (session_id, uuid.UUID(str(token)), channel)
+        self._stats.sessions_opened += 1
+        return session_id, channel
 
     def _lose_session(self, why: str) -> None:
-        self.stats.sessions_lost += 1
-        self._session = None
-        self._dispatch.broadcast(Event(LOST, why))
+        self._stats.sessions_lost += 1
+        with self._lock:
+            self._session = None
+            self._dispatch.broadcast(Notice(LOST, why))
         self._on_session_lost(why)
 
-    async def _listening(self) -> None:
-        if self._generation > 0:
-            self.stats.reconnects += 1
-            self._dispatch.broadcast(Event(RECHECK))  # what was sent while we were away
-        self._generation += 1
-        self._last_error = None
-        await self._signal()
+    def _listening(self) -> None:
+        with self._lock:
+            if self._generation > 0:
+                self._stats.reconnects += 1
+                self._dispatch.broadcast(Notice(RECHECK))  # what was sent while we were away
+            self._generation += 1
+            self._last_error = None
+        self._changed.notify()
 
-    async def _serve(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        next_beat = next_heartbeat(loop.time(), self._heartbeat, None)
-        while True:
-            try:
-                async with asyncio.timeout_at(next_beat):
-                    await lost.wait()
-                raise ConnectionError("the session connection was closed")
-            except TimeoutError:
-                expiry_in = await self._beat(conn) if len(self._dispatch) > 0 else None
-                next_beat = next_heartbeat(loop.time(), self._heartbeat, expiry_in)
+    async def _serve(self, conn: Connection) -> None:
+        next_beat: float | None = None
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            if len(self._dispatch) == 0:
+                next_beat = None
+            elif next_beat is None:
+                next_beat = min(now, self._waiting_since) + self._heartbeat
+            elif now >= next_beat:
+                next_beat = next_heartbeat(now, self._heartbeat, await self._beat(conn))
+            tick = _IDLE_TICK if next_beat is None else min(_IDLE_TICK, max(0.0, next_beat - now))
+            async for payload in conn.notifications(tick):
+                self._deliver(payload)
+                if self._stopping.is_set():
+                    return
 
-    async def _beat(self, conn: asyncpg.Connection) -> float | None:
-        """Run the heartbeat; returns the seconds until the next expiry it knows of."""
+    async def _beat(self, conn: Connection) -> float | None:
+        """Run the heartbeat; the seconds until the next expiry it knows of."""
         assert self._session is not None
         try:
-            expiry_in = await conn.fetchval(q.HEARTBEAT, self._session[0], timeout=self._timeout)
-        except asyncpg.PostgresError as exc:
-            if exc.sqlstate != "GC007":
-                raise
+            ((expiry_in,),) = await conn.execute(q.HEARTBEAT, (self._session[0],))
+        except SessionLostError as exc:
             self._lose_session(str(exc))
-            raise SessionLostError(str(exc)) from exc  # reconnect and open a new session
-        self.stats.heartbeats += 1
+            raise  # reconnect and open a new session
+        self._stats.heartbeats += 1
         return None if expiry_in is None else float(expiry_in)
 
-    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        self.stats.notifications += 1
-        if payload == PING:
-            return
-        parsed = parse_payload(str(payload))
+    def _deliver(self, payload: str) -> None:
+        self._stats.notifications += 1
+        parsed = parse_payload(payload)
         if parsed is not None:
-            self._dispatch.deliver(parsed[0], parsed[1], time.monotonic())
+            with self._lock:
+                self._dispatch.deliver(parsed[0], parsed[1], time.monotonic())

@@ -22,12 +22,15 @@ class Options:
     ``grace_seconds``: how long this client's leases survive a lost session connection.
     ``heartbeat_seconds``: safety-net interval while this process has waiters.
     ``connect_timeout``: how long to wait for a connection, or for the first session.
+    ``pool_timeout``: how long a call waits for a free pool connection before it raises
+    PoolTimeoutError.
     """
 
     pool_size: int = 10
     grace_seconds: float = 5.0
     heartbeat_seconds: float = 2.0
     connect_timeout: float = 10.0
+    pool_timeout: float = 30.0
 
 
 def env_dsn() -> str:

@@ -401,7 +401,7 @@ def test_a_reclaimed_session_fails_its_waiters_and_logs_for_holders(
         t.start()
         wait_until(lambda: len(client.queue("busy")) == 1, "the waiter is queued")
         session_id = client._session_id()
-        token = client._port._session[1]  # type: ignore[index]
+        token = client._port.session._session[1]  # type: ignore[index]
         generation = client._wait_listening(0)
         with caplog.at_level(logging.ERROR, logger="pggcl"):
             ((pid,),) = sql(

@@ -1,0 +1,75 @@
+"""GENERATED from ``pggcl/client/port_async.py`` by ``tools/async_to_sync.py``: do not
+edit; change the async source (it says what this module is for) and run the tool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any
+
+from pggcl.client.pool_sync import Pool
+from pggcl.client.session_sync import Session
+from pggcl.core import queries as q
+from pggcl.core.notifications import PING
+from pggcl.core.notifications import Event as Notice
+from pggcl.core.ops import Row
+from pggcl.core.options import Options
+from pggcl.core.policy import Stats
+from pggcl.errors import ClientClosedError, PggclError
+
+
+class SyncPort:
+    def __init__(self, dsn: str, options: Options, on_session_lost: Callable[[str], None]) -> None:
+        self.stats = Stats()
+        self._timeout = options.connect_timeout
+        self._pool = Pool(dsn, options.pool_size, options.connect_timeout, options.pool_timeout)
+        self.session = Session(
+            dsn,
+            grace_seconds=options.grace_seconds,
+            heartbeat_seconds=options.heartbeat_seconds,
+            connect_timeout=options.connect_timeout,
+            stats=self.stats,
+            on_session_lost=on_session_lost,
+        )
+        self._closed = False
+
+    @property
+    def epoch(self) -> int:
+        return self.session.epoch
+
+    def call(self, sql: str, args: tuple[Any, ...]) -> list[Row]:
+        """Run one statement on a pool connection."""
+        if self._closed:
+            raise ClientClosedError("this pggcl client is closed: make a new one")
+        conn = self._pool.get()
+        try:
+            return conn.execute(sql, args)
+        finally:
+            self.stats.calls += 1
+            self._pool.put(conn)
+
+    def wait(self, waiter_id: int, timeout: float | None, epoch: int) -> Notice | None:
+        return self.session.wait(waiter_id, timeout, epoch)
+
+    def forget(self, waiter_id: int) -> None:
+        self.session.forget(waiter_id)
+
+    def session_id(self) -> int:
+        if self._closed:
+            raise ClientClosedError("this pggcl client is closed: make a new one")
+        return self.session.session_id()
+
+    def close(self) -> None:
+        """Close the session (releasing what it still holds), then every connection. Calls
+        still running finish; any later use raises ClientClosedError."""
+        if self._closed:
+            return
+        self.session.stop()
+        channel = self.session.channel
+        if channel is not None:
+            with suppress(PggclError):  # wake the worker, which then closes the session
+                self.call(q.NOTIFY, (channel, PING))
+        self._closed = True
+        self.session.join()
+        self._pool.close(self._timeout)

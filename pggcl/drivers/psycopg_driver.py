@@ -1,0 +1,93 @@
+"""psycopg 3 primitives for the sync client (see :mod:`pggcl.drivers`).
+
+psycopg must be >= 3.2.10: earlier releases lose or leak notifications.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+
+from pggcl.core.failures import translate_error
+from pggcl.core.ops import Row
+from pggcl.core.queries import listen
+from pggcl.errors import PggclError
+
+_IDLE = psycopg.pq.TransactionStatus.IDLE
+
+
+def _error(exc: psycopg.Error, conn: psycopg.Connection[Any] | None) -> PggclError:
+    lost = isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) and (
+        conn is None or conn.closed or conn.broken
+    )
+    # The primary message alone: str(exc) adds the statement's LINE/caret context.
+    return translate_error(exc.sqlstate, exc.diag.message_primary or str(exc), lost)
+
+
+def connect(dsn: str, timeout: float) -> Connection:
+    """A new autocommit connection, within ``timeout`` seconds (libpq counts whole seconds)."""
+    try:
+        # TCP keepalives: a peer that vanished without closing the connection (a dead machine,
+        # a dropped NAT entry) is noticed in about 11 s.
+        conn = psycopg.Connection.connect(
+            dsn,
+            autocommit=True,
+            connect_timeout=max(1, round(timeout)),
+            cursor_factory=psycopg.RawCursor,
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=3,
+        )
+    except psycopg.Error as exc:
+        raise _error(exc, None) from exc
+    return Connection(conn)
+
+
+class Connection:
+    """One psycopg connection and its one cursor: a cursor made per statement costs about as
+    much client time as the rest of the call (measured by bench/, workload A)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+        self._cursor: psycopg.RawCursor[Any] = psycopg.RawCursor(conn)
+
+    @property
+    def usable(self) -> bool:
+        """Open and idle, as far as the client can tell without a round trip."""
+        conn = self._conn
+        return not (conn.closed or conn.broken) and conn.pgconn.transaction_status == _IDLE
+
+    def execute(self, sql: str, args: tuple[Any, ...]) -> list[Row]:
+        """Run one statement; its rows as tuples."""
+        try:
+            self._cursor.execute(sql, args)
+            return self._cursor.fetchall()
+        except psycopg.Error as exc:
+            raise _error(exc, self._conn) from exc
+
+    def listen(self, channel: str) -> None:
+        """Receive the notifications of ``channel`` (read them with :meth:`notifications`)."""
+        try:
+            self._conn.execute(listen(channel))
+        except psycopg.Error as exc:
+            raise _error(exc, self._conn) from exc
+
+    def notifications(self, timeout: float) -> Iterator[str]:
+        """The payloads that arrive within ``timeout`` seconds (and any that already have).
+        Raises DatabaseUnavailableError when the connection is lost."""
+        try:
+            for notify in self._conn.notifies(timeout=timeout):
+                yield notify.payload
+        except psycopg.Error as exc:
+            raise _error(exc, self._conn) from exc
+
+    def close(self, timeout: float) -> None:
+        """Close the connection (``timeout`` is for the async twin: closing here does not wait)."""
+        self._conn.close()
+
+    def terminate(self) -> None:
+        """Drop the connection at once."""
+        self._conn.close()
