@@ -14,20 +14,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from pggcl.core.notifications import Event as Notice
-from pggcl.drivers._aio import shielded
-
-__all__ = [
-    "Event",
-    "Lock",
-    "Mailbox",
-    "Signal",
-    "Worker",
-    "cancel",
-    "join",
-    "shielded",
-    "spawn",
-    "worker_name",
-]
+# Re-exported: its sync twin is _compat.shielded.
+from pggcl.drivers._aio import shielded as shielded
 
 T = TypeVar("T")
 Worker = asyncio.Task[None]

@@ -9,19 +9,6 @@ from typing import TypeVar
 
 from pggcl.core.notifications import Event as Notice
 
-__all__ = [
-    "Event",
-    "Lock",
-    "Mailbox",
-    "Signal",
-    "Worker",
-    "cancel",
-    "join",
-    "shielded",
-    "spawn",
-    "worker_name",
-]
-
 T = TypeVar("T")
 Worker = threading.Thread
 Lock = threading.RLock

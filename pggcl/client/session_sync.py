@@ -176,7 +176,7 @@ class Session:
                     break
                 except SessionLostError as exc:
                     # GC008: the old connection still holds the session; it goes away soon.
-                    if getattr(exc, "sqlstate", None) != "GC008" or time.monotonic() > deadline:
+                    if exc.sqlstate != "GC008" or time.monotonic() > deadline:
                         raise
                     self._stopping.wait(_RESUME_RETRY)
             if resumed:

@@ -32,7 +32,8 @@ _ERRORS = (asyncpg.PostgresError, *_CONNECTION_ERRORS)
 def _error(exc: BaseException) -> PggclError:
     sqlstate = getattr(exc, "sqlstate", None)
     lost = isinstance(exc, _CONNECTION_ERRORS)
-    return translate_error(sqlstate, str(exc) or type(exc).__name__, lost)
+    field = getattr(exc, "column_name", None)
+    return translate_error(sqlstate, str(exc) or type(exc).__name__, lost, field=field)
 
 
 async def connect(dsn: str, timeout: float) -> Connection:

@@ -23,7 +23,10 @@ def _error(exc: psycopg.Error, conn: psycopg.Connection[Any] | None) -> PggclErr
         conn is None or conn.closed or conn.broken
     )
     # The primary message alone: str(exc) adds the statement's LINE/caret context.
-    return translate_error(exc.sqlstate, exc.diag.message_primary or str(exc), lost)
+    diag = exc.diag
+    return translate_error(
+        exc.sqlstate, diag.message_primary or str(exc), lost, field=diag.column_name
+    )
 
 
 def connect(dsn: str, timeout: float) -> Connection:
