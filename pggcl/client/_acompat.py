@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from pggcl.core.notifications import Event as Notice
+
 # Re-exported: its sync twin is _compat.shielded.
 from pggcl.drivers._aio import shielded as shielded
 
