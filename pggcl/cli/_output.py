@@ -1,7 +1,9 @@
 """How commands print: plain aligned tables for people, stable JSON for programs.
 
-JSON keeps the field names and order of the records in `pggcl.models`; timestamps are ISO 8601
-with their UTC offset, lease ids are strings, numbers stay numbers.
+Tables format numbers and times as the UI does (:mod:`pggcl.formatting`: slots to at most two
+decimals, times in UTC). JSON keeps the field names and order of the records in
+`pggcl.models`; timestamps are ISO 8601 with their UTC offset, lease ids are strings, numbers
+stay numbers, unrounded.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import click
 
+from pggcl.formatting import moment, per_second, slots
 from pggcl.models import ConcurrencyLimit, Holder, Waiter
 
 #: `--output json` on the reading commands (the only format besides the default table).
@@ -44,22 +47,8 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2))
 
 
-def slots(value: float) -> str:
-    """Occupancy for people: whole slots as integers, a decaying level to two decimals."""
-    return str(round(value)) if abs(value - round(value)) < 0.005 else f"{value:.2f}"
-
-
-def number(value: float) -> str:
-    return f"{value:g}"
-
-
 def yes_no(value: bool) -> str:
     return "yes" if value else "no"
-
-
-def when(value: datetime | None) -> str:
-    """A timestamp in local time, to the second, with its offset; `-` for none."""
-    return "-" if value is None else value.astimezone().isoformat(timespec="seconds")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
@@ -77,7 +66,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence
 
 def holders_table(holders: Sequence[Holder]) -> str:
     rows = [
-        [str(h.lease_id), h.name, str(h.slots), h.holder or "-", when(h.since), when(h.expires)]
+        [str(h.lease_id), h.name, str(h.slots), h.holder or "-", moment(h.since), moment(h.expires)]
         for h in holders
     ]
     return table(["LEASE", "LIMIT", "SLOTS", "HOLDER", "SINCE", "EXPIRES"], rows, right=[2])
@@ -85,7 +74,7 @@ def holders_table(holders: Sequence[Holder]) -> str:
 
 def queue_table(waiters: Sequence[Waiter]) -> str:
     rows = [
-        [str(w.position), w.name, str(w.occupy), w.mode, w.holder or "-", when(w.since)]
+        [str(w.position), w.name, str(w.occupy), w.mode, w.holder or "-", moment(w.since)]
         for w in waiters
     ]
     return table(["POSITION", "LIMIT", "OCCUPY", "MODE", "HOLDER", "SINCE"], rows, right=[0, 2])
@@ -98,7 +87,7 @@ def limits_table(limits: Sequence[ConcurrencyLimit]) -> str:
             str(lim.limit),
             yes_no(lim.active),
             slots(lim.active_slots),
-            number(lim.slot_decay_per_second),
+            per_second(lim.slot_decay_per_second),
             str(lim.waiting),
         ]
         for lim in limits

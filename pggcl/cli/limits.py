@@ -12,14 +12,12 @@ from pggcl.cli._output import (
     echo_json,
     holders_table,
     limits_table,
-    number,
     output_option,
     queue_table,
     record,
-    slots,
-    when,
     yes_no,
 )
+from pggcl.formatting import moment, per_second, slots
 
 # Negative numbers are the engine's to refuse (exit 1, naming the value), not click's (exit 2).
 _limit_option = click.option("--limit", type=int, help="Maximum number of slots (0 or more).")
@@ -82,10 +80,10 @@ def inspect(ctx: click.Context, name: str, output: str | None) -> None:
             f"{slots(limit.active_slots)} (held {limit.held_slots}, "
             f"decaying {slots(limit.decaying_slots)})",
         ),
-        ("slot decay per second", number(limit.slot_decay_per_second)),
+        ("slot decay per second", per_second(limit.slot_decay_per_second)),
         ("waiting", str(limit.waiting)),
-        ("created", when(limit.created)),
-        ("updated", when(limit.updated)),
+        ("created", moment(limit.created)),
+        ("updated", moment(limit.updated)),
     ]
     width = max(len(label) for label, _ in fields) + 1
     for label, value in fields:

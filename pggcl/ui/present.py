@@ -1,36 +1,19 @@
 """Records turned into what pages and live events show, formatted once, here.
 
-The templates render these dicts and the browser's script puts the very same dicts (sent as
-JSON over the event stream) into the page, so a value looks the same before and after an update.
+Numbers and times follow :mod:`pggcl.formatting`, as the CLI's tables do. The templates render
+these dicts and the browser's script puts the very same dicts (sent as JSON over the event
+stream) into the page, so a value looks the same before and after an update.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
+from pggcl.formatting import moment, per_second, slots
 from pggcl.models import ConcurrencyLimit, Holder, Waiter
 
 View = dict[str, Any]
-
-
-def slots(value: float) -> str:
-    """A number of slots: whole numbers plain, fractions (a decaying level) to two decimals."""
-    text = f"{round(value, 2):.2f}".rstrip("0").rstrip(".")
-    return "0" if text == "-0" else text
-
-
-def per_second(value: float) -> str:
-    """A decay rate in slots per second, as short as it is exact (0.5, 2, 0.001)."""
-    return f"{value:g}"
-
-
-def when(moment: datetime | None, missing: str = "never") -> str:
-    """A timestamp in UTC, to the second."""
-    if moment is None:
-        return missing
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def limit_url(name: str, action: str = "") -> str:
@@ -53,7 +36,7 @@ def bar(limit: ConcurrencyLimit) -> View:
         "held_pct": round(held_pct, 1),
         "decaying_pct": round(decaying_pct, 1),
         "text": f"{slots(held + decaying)} / {cap}",
-        "title": f"held {held:g}, decaying {slots(decaying)}, limit {cap}",
+        "title": f"held {slots(held)}, decaying {slots(decaying)}, limit {cap}",
         "over": held + decaying > cap + 0.005,
     }
 
@@ -72,7 +55,7 @@ def limit_view(limit: ConcurrencyLimit) -> View:
         "held": limit.held_slots,
         "decaying": slots(limit.decaying_slots),
         "bar": bar(limit),
-        "updated": when(limit.updated),
+        "updated": moment(limit.updated),
     }
 
 
@@ -81,8 +64,8 @@ def holder_view(holder: Holder) -> View:
         "lease_id": str(holder.lease_id),
         "slots": holder.slots,
         "holder": holder.holder or "",
-        "since": when(holder.since),
-        "expires": when(holder.expires),
+        "since": moment(holder.since),
+        "expires": moment(holder.expires, missing="never"),
     }
 
 
@@ -92,7 +75,7 @@ def waiter_view(waiter: Waiter) -> View:
         "occupy": waiter.occupy,
         "mode": waiter.mode.replace("_", " "),
         "holder": waiter.holder or "",
-        "since": when(waiter.since),
+        "since": moment(waiter.since),
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -60,6 +60,10 @@ def test_holders_table_shows_who_holds_and_who_waits(pggcl_dsn: str, client: pgg
     by_limit = {row[1]: row for row in rows}
     assert by_limit["db"][3] == "backup"
     assert by_limit["db"][-1] == "-"  # held by a live session, no expiry
+    # Times in UTC, ISO 8601 to the second, as the UI shows them, wherever the command runs.
+    since = by_limit["db"][4]
+    assert since.endswith("Z") and datetime.fromisoformat(since).tzinfo == UTC
+    assert abs(datetime.now(UTC) - datetime.fromisoformat(since)) < timedelta(minutes=5)
     header, *rows = [line.split() for line in waiting.splitlines()]
     assert header == ["POSITION", "LIMIT", "OCCUPY", "MODE", "HOLDER", "SINCE"]
     assert [row[:5] for row in rows] == [["1", "db", "1", "concurrency", "report"]]

@@ -1,0 +1,35 @@
+"""How numbers and times look to people: one rule each, for the CLI's tables and the UI's pages.
+
+- A number of slots or a level (:func:`slots`): at most two decimals, trailing zeros dropped
+  (``1.5`` -> ``"1.5"``, ``2.0`` -> ``"2"``, ``0.3333`` -> ``"0.33"``). A decaying rate-limit
+  level is fractional; two decimals are finer than anything a person acts on.
+- A rate in slots per second (:func:`per_second`): as short as it is exact (``0.5``, ``2``,
+  ``0.001``): a rate is what someone typed, and rounding it would show a different limit.
+- A moment (:func:`moment`): UTC, ISO 8601 to the second (``2026-12-01T23:29:47Z``), the same
+  wherever the command runs or the page is opened, so two people comparing output agree.
+
+Programs get exact values instead: the CLI's ``--output json`` keeps full numbers and ISO 8601
+timestamps with their offset (see :mod:`pggcl.cli._output`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def slots(value: float) -> str:
+    """A number of slots or a level: at most two decimals, trailing zeros dropped."""
+    text = f"{value:.2f}".rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+def per_second(value: float) -> str:
+    """A rate in slots per second, as short as it is exact."""
+    return f"{value:g}"
+
+
+def moment(value: datetime | None, missing: str = "-") -> str:
+    """A timestamp in UTC, ISO 8601 to the second; ``missing`` for none."""
+    if value is None:
+        return missing
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
