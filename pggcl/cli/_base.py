@@ -10,11 +10,7 @@ from typing import Any
 import click
 
 import pggcl
-from pggcl.errors import LimitExistsError, LimitNotFoundError
-
-# Messages of a database where `pggcl db upgrade` was never run (the engine's objects are missing).
-_NOT_INSTALLED = ('schema "pggcl" does not exist', 'relation "pggcl.', "function pggcl.")
-_INSTALL_HINT = "pggcl is not installed in this database (run `pggcl db upgrade`)"
+from pggcl.errors import LimitExistsError, LimitNotFoundError, PggclError
 
 
 def require_dsn(ctx: click.Context) -> str:
@@ -86,13 +82,20 @@ class ClientLog(logging.Handler):
 
 
 def one_line(exc: BaseException) -> str:
-    # SQLAlchemy wraps the driver's error and appends a background link: show the driver's.
-    inner = getattr(exc, "orig", None) or exc
+    """The first line of what went wrong.
+
+    A PggclError says it for people already, by its type: a database without the schema
+    (SchemaNotInstalledError) reads "pggcl is not installed in this database (run `pggcl db
+    upgrade`): ...", a role without the grant (PermissionDeniedError) says which role it
+    needs. Nothing here reads an error's text to find out what it is."""
+    if isinstance(exc, PggclError):
+        inner: BaseException = exc
+    else:
+        # SQLAlchemy (`pggcl db`) wraps the driver's error and appends a background link:
+        # show the driver's.
+        inner = getattr(exc, "orig", None) or exc
     text = str(inner).strip() or type(inner).__name__
-    first = text.splitlines()[0]
-    if any(marker in first for marker in _NOT_INSTALLED):
-        return _INSTALL_HINT
-    return first
+    return text.splitlines()[0]
 
 
 class CliGroup(click.Group):

@@ -6,7 +6,11 @@ whether the role may execute the three management functions, which is exactly wh
 whether a change from the UI would succeed. That is more precise than asking for membership
 of ``pggcl_admin``: a superuser, the owner of the schema and a member of ``pggcl_admin`` all
 pass, and a role without the grant does not, whatever its name. The database still enforces
-it; the answer only decides which buttons the pages show.
+it; the answer only decides which buttons the pages show (and a change refused all the same,
+a :class:`~pggcl.errors.PermissionDeniedError`, makes the UI ask again).
+
+Its errors are mapped as the clients' are, by :func:`pggcl.core.failures.translate_error`: a
+database without pggcl raises :class:`~pggcl.errors.SchemaNotInstalledError`.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from pggcl.errors import DatabaseUnavailableError, PggclError
+from pggcl.core.failures import translate_error
+from pggcl.errors import PggclError
 
 MANAGE_FUNCTIONS = (
     "pggcl.create_limit(text, integer, double precision, boolean)",
@@ -38,17 +43,24 @@ class Access:
     can_manage: bool
 
 
+def _translate(exc: BaseException, connection_lost: bool) -> PggclError:
+    sqlstate = getattr(exc, "sqlstate", None)
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return translate_error(sqlstate, message, connection_lost)
+
+
 async def check_access(dsn: str, timeout: float = 10.0) -> Access:
     """Ask the database what the DSN's role may do. Raises DatabaseUnavailableError when it
-    cannot be reached, PggclError when pggcl is not installed there."""
+    cannot be reached, SchemaNotInstalledError when pggcl is not installed there."""
     try:
         conn = await asyncpg.connect(dsn, timeout=timeout)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise DatabaseUnavailableError(f"the database is unreachable: {exc}") from exc
+        raise _translate(exc, connection_lost=True) from exc
     try:
         row = await conn.fetchrow(_QUERY, list(MANAGE_FUNCTIONS), timeout=timeout)
-    except asyncpg.PostgresError as exc:
-        raise PggclError(f"{exc} (is the pggcl schema installed? run `pggcl db upgrade`)") from exc
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        lost = not isinstance(exc, asyncpg.PostgresError) or conn.is_closed()
+        raise _translate(exc, connection_lost=lost) from exc
     finally:
         await conn.close()
     assert row is not None

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from pggcl.errors import LimitNotFoundError, PggclError
+from pggcl.errors import LimitNotFoundError, PermissionDeniedError, PggclError
 from pggcl.ui.forms import FormRejected, LimitForm, read_form
 from pggcl.ui.guard import csrf_ok
 from pggcl.ui.present import limit_url
@@ -59,6 +59,8 @@ async def create_limit(request: Request) -> Response:
     if values is not None:
         try:
             await ui_state(request).client.create_limit(form.name, *values, active=form.active)
+        except PermissionDeniedError:
+            raise  # not about the form: the error page, which makes the UI read-only
         except PggclError as exc:
             form.reject(exc)
         else:
@@ -82,6 +84,8 @@ async def edit_limit(request: Request) -> Response:
             )
         except LimitNotFoundError:
             return see("/", "limit-gone", name)
+        except PermissionDeniedError:
+            raise
         except PggclError as exc:
             form.reject(exc)
         else:

@@ -17,7 +17,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from pggcl.asyncio import AsyncClient
-from pggcl.errors import DatabaseUnavailableError, LimitNotFoundError, PggclError
+from pggcl.errors import (
+    DatabaseUnavailableError,
+    LimitNotFoundError,
+    PermissionDeniedError,
+    PggclError,
+    SchemaNotInstalledError,
+)
 from pggcl.ui import actions, views
 from pggcl.ui.events import events
 from pggcl.ui.guard import LOOPBACK_HOSTS, Guard
@@ -82,7 +88,8 @@ def create_app(
 
 
 async def error_page(request: Request, exc: Exception) -> Response:
-    """An error as a page: a missing limit (404), no database (503), a refusal, the rest."""
+    """An error as a page, chosen by its type: a missing limit (404), no database or no pggcl
+    in it (503), a refusal (403), the rest (500)."""
     if isinstance(exc, HTTPException):
         status, message = exc.status_code, exc.detail
         heading = "Refused" if status == 403 else HTTPStatus(status).phrase
@@ -92,6 +99,13 @@ async def error_page(request: Request, exc: Exception) -> Response:
         message = f"There is no limit {name!r}." if name is not None else str(exc)
     elif isinstance(exc, DatabaseUnavailableError):
         status, heading, message = 503, "Database unavailable", str(exc)
+    elif isinstance(exc, SchemaNotInstalledError):
+        status, heading, message = 503, "pggcl is not installed", str(exc)
+    elif isinstance(exc, PermissionDeniedError):
+        # The role lost a grant since the UI last asked: the next page asks again, and shows
+        # the UI read-only if that is what the role now is.
+        request.app.state.ui.forget_access()
+        status, heading, message = 403, "Refused", f"read-only: {exc}"
     else:
         status, heading, message = 500, "Error", str(exc)
         log.error("pggcl ui: %s", exc)

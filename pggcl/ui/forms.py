@@ -2,8 +2,10 @@
 
 The rules are the engine's (a name of 1 to 255 characters without ``/ % & > <``, a limit of 0
 or more slots, a finite decay of 0 or more): the form only turns text into numbers, as click
-does for the CLI, and sends the rest to the engine, whose message names the field at fault.
-Nothing is saved unless every field is right: the engine checks all before it writes.
+does for the CLI, and sends the rest to the engine. The engine's error names the parameter at
+fault (:attr:`pggcl.PggclError.field`); an error that names none, or one the form has no
+field for, is shown at the top of the form. Nothing is saved unless every field is right: the
+engine checks all before it writes.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
-from pggcl.errors import LimitExistsError, PggclError, ValidationError
+from pggcl.errors import LimitExistsError, PggclError
+from pggcl.formatting import per_second
 from pggcl.models import ConcurrencyLimit
 
 INT4_MAX = 2**31 - 1
@@ -26,6 +29,15 @@ LABELS = {
     "limit": "Concurrency Limit",
     "slot_decay_per_second": "Slot Decay Per Second",
     "active": "Active",
+}
+
+#: The engine's parameter an error is about -> the form field that shows it. Renaming sends
+#: the form's name as update_limit's ``new_name``; the active checkbox has no error of its own.
+FIELD_OF_PARAMETER = {
+    "name": "name",
+    "new_name": "name",
+    "limit": "limit",
+    "slot_decay_per_second": "slot_decay_per_second",
 }
 
 
@@ -62,7 +74,9 @@ class LimitForm:
 
     @classmethod
     def of(cls, limit: ConcurrencyLimit) -> LimitForm:
-        return cls(limit.name, str(limit.limit), f"{limit.slot_decay_per_second:g}", limit.active)
+        return cls(
+            limit.name, str(limit.limit), per_second(limit.slot_decay_per_second), limit.active
+        )
 
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> LimitForm:
@@ -99,22 +113,13 @@ class LimitForm:
         return limit, decay
 
     def reject(self, exc: PggclError) -> None:
-        """Put the engine's refusal next to the field it names."""
+        """Put the engine's refusal next to the field it names (at the top when none)."""
         self.errors[field_of(exc)] = str(exc)
 
 
 def field_of(exc: PggclError) -> str:
-    """The form field an engine error is about ("form" when it names none)."""
+    """The form field an engine error is about: from its type and its ``field``, never from
+    its text; "form" when it names no field of this form."""
     if isinstance(exc, LimitExistsError):
         return "name"
-    if isinstance(exc, ValidationError):
-        message = str(exc)
-        # The engine's messages start with the field: see pggcl._check_name/_check_limit_values.
-        for prefix, name in (
-            ("invalid limit name", "name"),
-            ("invalid limit for", "limit"),
-            ("invalid slot_decay_per_second", "slot_decay_per_second"),
-        ):
-            if message.startswith(prefix):
-                return name
-    return "form"
+    return FIELD_OF_PARAMETER.get(exc.field or "", "form")

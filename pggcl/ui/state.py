@@ -39,6 +39,11 @@ class UiState:
                     self._access_at = time.monotonic()
         return self._access
 
+    def forget_access(self) -> None:
+        """Ask again at the next page: the database refused a change (PermissionDeniedError),
+        so the role's grants changed since they were last read."""
+        self._access = None
+
 
 def ui_state(request: Request) -> UiState:
     state: UiState = request.app.state.ui

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 import pytest
 
@@ -58,7 +59,17 @@ def test_unreachable_database_from_the_console_script() -> None:
 def test_database_without_the_schema(shared_empty_dsn: str, args: list[str]) -> None:
     result = cli(*args, dsn=shared_empty_dsn)
     assert (result.exit_code, result.stdout) == (1, "")
-    assert_one_line_error(result.stderr, "pggcl is not installed in this database")
+    assert_one_line_error(
+        result.stderr, "pggcl is not installed in this database", "run `pggcl db upgrade`"
+    )
+
+
+def test_a_role_without_the_grant_is_told_which_role_it_needs(
+    pggcl_role_dsn: Callable[[str], str],
+) -> None:
+    result = cli("create", "db", "--limit", "1", dsn=pggcl_role_dsn("pggcl_user"))
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert_one_line_error(result.stderr, "permission denied", "pggcl_admin to manage limits")
 
 
 def test_help_everywhere() -> None:

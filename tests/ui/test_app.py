@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 
+import psycopg.conninfo
 import pytest
 from click.testing import CliRunner
 from starlette.testclient import TestClient
@@ -13,6 +14,7 @@ import pggcl
 from pggcl.cli import main
 from pggcl.ui import create_app
 from pggcl.ui.metrics import exposition
+from tests.ui.conftest import error_spot
 
 BASE = "http://127.0.0.1:8787"
 
@@ -106,19 +108,23 @@ def test_edit_renames_and_puts_each_error_next_to_its_field(
         client.create_limit("database", 5)
     token = csrf_of(http.get("/limit/edit?name=database").text)
     form = {"csrf": token, "name": "database", "limit": "5", "active": "on"}
-    for field, value, message in (
-        ("slot_decay_per_second", "-1", "it must be a finite number, 0 or more"),
-        ("slot_decay_per_second", "inf", "must be a finite number"),
-        ("limit", "", "must be a whole number of slots, 0 or more; got nothing"),
-        ("limit", str(2**31), "at most 2147483647 slots"),
-        ("name", "", "it must not be empty"),
-        ("name", "a>b", "must not contain any of"),
+    # The form's own checks (text to numbers) are next to their field; the engine's refusals
+    # next to the field its error names (exc.field), at the top of the form while it names none.
+    for field, value, message, by_engine in (
+        ("slot_decay_per_second", "-1", "it must be a finite number, 0 or more", True),
+        ("slot_decay_per_second", "inf", "must be a finite number", False),
+        ("limit", "", "must be a whole number of slots, 0 or more; got nothing", False),
+        ("limit", str(2**31), "at most 2147483647 slots", False),
+        ("name", "", "it must not be empty", True),
+        ("name", "a>b", "must not contain any of", True),
     ):
         refused = http.post("/limit/edit?name=database", data={**form, field: value})
         assert refused.status_code == 422, (field, value)
-        error = re.search(rf'id="f-{field}-error">([^<]*)<', refused.text)
+        spot = error_spot(pggcl_dsn, field) if by_engine else f"f-{field}-error"
+        error = re.search(rf'id="{spot}">([^<]*)<', refused.text)
         assert error and message in error.group(1).replace("&gt;", ">"), (field, value)
-        assert refused.text.count('class="field-error"') == 1
+        shown = refused.text.count('class="field-error"') + refused.text.count('id="form-error"')
+        assert shown == 1, (field, value)
     with pggcl.Client(pggcl_dsn) as client:
         assert client.read_limit("database").slot_decay_per_second == 0
     renamed = http.post("/limit/edit?name=database", data={**form, "name": "primary-db"})
@@ -188,3 +194,27 @@ def test_the_command_refuses_to_listen_beyond_loopback_without_a_token() -> None
     )
     assert result.exit_code == 1
     assert "--token" in result.output
+
+
+def test_a_database_without_pggcl_says_how_to_install_it(empty_dsn: str) -> None:
+    with TestClient(create_app(empty_dsn), base_url=BASE) as http:
+        page = http.get("/")
+    assert page.status_code == 503
+    assert "pggcl is not installed" in page.text and "pggcl db upgrade" in page.text
+
+
+def test_a_role_that_loses_its_grant_is_refused_and_the_ui_turns_read_only(
+    pggcl_dsn: str, user_dsn: Callable[[str], str], psql: Callable[..., str]
+) -> None:
+    dsn = user_dsn("pggcl_admin")
+    role = psycopg.conninfo.conninfo_to_dict(dsn)["user"]
+    with TestClient(create_app(dsn), base_url=BASE, follow_redirects=False) as http:
+        token = csrf_of(http.get("/limits/new").text)  # the UI now trusts the role to manage
+        psql(f'GRANT pggcl_user TO "{role}"; REVOKE pggcl_admin FROM "{role}"', pggcl_dsn)
+        form = {"csrf": token, "name": "x", "limit": "1", "slot_decay_per_second": "0"}
+        refused = http.post("/limits/new", data=form)
+        assert refused.status_code == 403
+        assert "read-only" in refused.text and "permission denied" in refused.text
+        page = http.get("/").text  # asked again at once, not after the access TTL
+        assert "Read-only" in page and "New limit" not in page
+    assert names(pggcl_dsn) == []
