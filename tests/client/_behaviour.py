@@ -1,0 +1,73 @@
+"""Helpers of the behaviour suite that are the same in both worlds (plain blocking code).
+
+They live outside ``test_behaviour_async.py`` so that the generated twin imports them rather
+than copies them, and so that their SQL and the holder script keep their layout.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+from tests.client.conftest import sql
+
+LOCK_WAITS = """
+    SELECT count(*) FROM pg_stat_activity
+    WHERE datname = current_database() AND wait_event_type = 'Lock'
+"""
+
+# A holder in a process of its own, so that it can die the way processes die: it holds one
+# slot of "db" (which must exist), says so, and waits. Its session has no grace period.
+HOLDER = """
+import sys
+import pggcl
+
+client = pggcl.Client(sys.argv[1], grace_seconds=0.0)
+held = client.concurrency("db")
+held.__enter__()
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextmanager
+def row_locked(dsn: str, name: str) -> Iterator[None]:
+    """Hold the row lock of limit ``name`` on a connection of our own: a client call that
+    changes the limit then blocks, keeping its pool connection busy until the block ends."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SELECT FROM pggcl.limit_state WHERE name = %s FOR UPDATE", (name,))
+        yield
+        conn.rollback()
+
+
+def lock_waits(dsn: str) -> int:
+    """How many statements of this database wait for a lock now."""
+    ((n,),) = sql(dsn, LOCK_WAITS)
+    assert isinstance(n, int)
+    return n
+
+
+def start_holder(dsn: str) -> subprocess.Popen[str]:
+    """A process holding one slot of "db"; returns once it holds."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, dsn],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line != "held\n":
+        kill(proc)
+        raise AssertionError(f"the holder process did not hold: {line!r}")
+    return proc
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL: the process gets no chance to clean up."""
+    proc.kill()
+    proc.wait()

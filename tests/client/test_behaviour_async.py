@@ -1,0 +1,269 @@
+"""One behaviour suite for both clients: the source of ``tests/client/test_behaviour_sync.py``.
+
+The sync twin is generated from this file by ``tools/async_to_sync.py`` (``AsyncClient`` ->
+``Client``, ``_acompat`` -> ``_compat``, ...); run the tool after changing this file, a test
+checks the two agree. So every promise below is checked once per world, against a real server,
+and a drift between the clients fails in one of the two files. What differs between the worlds
+(a concurrent caller is a task or a thread; cancelling it is ``task.cancel()`` or a Ctrl-C)
+lives in ``tests/client/_acompat.py`` / ``_compat.py``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+import pggcl
+from pggcl import AsyncClient
+from tests.client._acompat import Call, Cancelled, cancel_when, run_blocking, sleep, spawn, until
+from tests.client._behaviour import kill, lock_waits, row_locked, start_holder
+from tests.client.conftest import sql
+
+
+@pytest.fixture
+async def client(pggcl_dsn: str) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(pggcl_dsn) as c:
+        yield c
+
+
+async def queued(c: AsyncClient, name: str, n: int) -> bool:
+    return len(await c.queue(name)) == n
+
+
+async def held(c: AsyncClient, name: str, n: int) -> bool:
+    return len(await c.holders(name)) == n
+
+
+async def hold_once(
+    c: AsyncClient, name: str, occupy: int = 1, timeout_seconds: float | None = None
+) -> uuid.UUID | None:
+    """Acquire, then release at once; the lease id it held."""
+    async with c.concurrency(name, occupy=occupy, timeout_seconds=timeout_seconds) as grant:
+        return grant.lease_id
+
+
+# --- Pool exhaustion ------------------------------------------------------------------------
+
+
+async def test_a_call_waits_for_a_busy_pool_beyond_connect_timeout(pggcl_dsn: str) -> None:
+    async with AsyncClient(pggcl_dsn, pool_size=1, pool_timeout=30.0, connect_timeout=0.5) as c:
+        await c.create_limit("db", 1)
+        with row_locked(pggcl_dsn, "db"):
+            blocked = spawn(lambda: c.update_limit("db", limit=2))
+            await until(lambda: lock_waits(pggcl_dsn) == 1, "update_limit waits for the lock")
+            waiting = spawn(c.list_limits)
+            # Not synchronisation: the scenario. The only pool connection stays busy for twice
+            # connect_timeout, which must not bound the wait for it (pool_timeout does).
+            await sleep(1.0)
+            assert not waiting.done()
+        updated = await blocked.result()
+        assert updated.limit == 2
+        assert [lim.name for lim in await waiting.result()] == ["db"]
+
+
+async def test_an_exhausted_pool_raises_pool_timeout_error(pggcl_dsn: str) -> None:
+    async with AsyncClient(pggcl_dsn, pool_size=1, pool_timeout=0.2) as c:
+        await c.create_limit("db", 1)
+        await c._session_id()
+        with row_locked(pggcl_dsn, "db"):
+            blocked = spawn(lambda: c.update_limit("db", limit=2))
+            await until(lambda: lock_waits(pggcl_dsn) == 1, "update_limit waits for the lock")
+            with pytest.raises(pggcl.PoolTimeoutError) as exhausted:
+                await c.list_limits()
+            with pytest.raises(pggcl.PoolTimeoutError):
+                await hold_once(c, "db")
+        updated = await blocked.result()
+        assert updated.limit == 2
+        assert await c.queue() == []
+        assert await c.holders() == []
+    error = exhausted.value
+    assert isinstance(error, TimeoutError)
+    assert not isinstance(error, pggcl.DatabaseUnavailableError)
+    message = str(error)
+    assert "pool_size" in message and "pool_timeout" in message, message
+    assert "unreachable" not in message, message
+
+
+# --- Use after close() ----------------------------------------------------------------------
+
+
+async def test_every_call_after_close_raises_client_closed_error(pggcl_dsn: str) -> None:
+    c = AsyncClient(pggcl_dsn)
+    await c.create_limit("db", 1, slot_decay_per_second=0.0)
+    lease = await hold_once(c, "db")
+    assert lease is not None
+    connects = c.stats.connects
+    await c.close()
+    calls: list[Call] = [
+        lambda: c.create_limit("other", 1),
+        lambda: c.read_limit("db"),
+        c.list_limits,
+        lambda: c.update_limit("db", limit=2),
+        lambda: c.delete_limit("db"),
+        c.holders,
+        c.queue,
+        lambda: c.release(lease),
+        lambda: c.rate_limit("db"),
+        lambda: hold_once(c, "db"),
+    ]
+    for call in calls:
+        with pytest.raises(pggcl.ClientClosedError, match="closed"):
+            await call()
+    assert c.stats.connects == connects  # nothing was reopened
+    assert sql(pggcl_dsn, "SELECT count(*) FROM pggcl.sessions") == [(0,)]
+    await c.close()  # a second close() is harmless
+
+
+async def test_a_client_closed_before_any_use_raises_client_closed_error(pggcl_dsn: str) -> None:
+    c = AsyncClient(pggcl_dsn)
+    await c.close()
+    with pytest.raises(pggcl.ClientClosedError, match="closed"):
+        await c.list_limits()
+    with pytest.raises(pggcl.ClientClosedError, match="closed"):
+        await hold_once(c, "db")
+    assert c.stats.connects == 0
+
+
+# --- Heartbeat and reclaim ------------------------------------------------------------------
+
+
+async def test_the_heartbeat_runs_while_there_are_waiters_and_only_then(pggcl_dsn: str) -> None:
+    async with AsyncClient(pggcl_dsn, heartbeat_seconds=0.05) as c:
+        await c.create_limit("db", 1)
+        async with c.concurrency("db"):
+            # Not synchronisation: five heartbeat intervals in which no heartbeat may run.
+            await sleep(0.25)
+            assert c.stats.heartbeats == 0
+            waiter = spawn(lambda: hold_once(c, "db"))
+            await until(lambda: c.stats.heartbeats >= 3, "three heartbeats ran")
+        assert await waiter.result() is not None
+        beats = c.stats.heartbeats
+        await sleep(0.25)
+        assert c.stats.heartbeats <= beats + 1  # one may have been under way: then none
+
+
+async def test_the_heartbeat_reclaims_a_dead_holder_for_a_waiter(pggcl_dsn: str) -> None:
+    async with AsyncClient(pggcl_dsn, heartbeat_seconds=0.05) as c:
+        await c.create_limit("db", 1)
+        proc = await run_blocking(start_holder, pggcl_dsn)
+        try:
+            (dead,) = await c.holders("db")
+            waiter = spawn(lambda: hold_once(c, "db"))
+            await until(lambda: queued(c, "db", 1), "the waiter is queued")
+        finally:
+            await run_blocking(kill, proc)
+        lease = await waiter.result(timeout=30)
+        assert lease is not None and lease != dead.lease_id
+        assert c.stats.heartbeats >= 1
+        assert await c.holders() == []
+        assert await c.queue() == []
+
+
+# --- Rejection, timeout, cancellation -------------------------------------------------------
+
+
+async def test_lowering_the_limit_rejects_a_waiter_that_can_never_fit(client: AsyncClient) -> None:
+    await client.create_limit("db", 2)
+    async with client.concurrency("db"):
+        big = spawn(lambda: hold_once(client, "db", occupy=2))
+        await until(lambda: queued(client, "db", 1), "the 2-slot request is queued")
+        await client.update_limit("db", limit=1)
+        with pytest.raises(pggcl.ConcurrencySlotAcquisitionError, match="'db'"):
+            await big.result()
+        assert await client.queue() == []
+    assert await client.holders() == []
+
+
+async def test_a_timeout_leaves_nothing_queued(client: AsyncClient) -> None:
+    await client.create_limit("db", 1)
+    async with client.concurrency("db"):
+        with pytest.raises(pggcl.AcquireConcurrencySlotTimeoutError, match="'db'"):
+            await hold_once(client, "db", timeout_seconds=0.05)
+        assert await client.queue() == []
+        with pytest.raises(TimeoutError):  # 0: one try, no waiting
+            await hold_once(client, "db", timeout_seconds=0)
+        assert await client.queue() == []
+        assert len(await client.holders()) == 1
+    assert await client.holders() == []
+
+
+async def test_cancel_while_waiting_leaves_nothing_and_serves_the_next(client: AsyncClient) -> None:
+    await client.create_limit("db", 2)
+    async with client.concurrency("db", holder="holder"):
+
+        async def behind() -> uuid.UUID | None:
+            # Queued behind the 2-slot request although one slot is free: first come, first
+            # served. Cancelling the request ahead must serve this one.
+            await until(lambda: queued(client, "db", 1), "the 2-slot request is queued")
+            return await hold_once(client, "db")
+
+        small = spawn(behind)
+        with pytest.raises(Cancelled):
+            await cancel_when(
+                lambda: hold_once(client, "db", occupy=2),
+                lambda: queued(client, "db", 2),
+                "both requests are queued",
+            )
+        assert await small.result() is not None
+        assert await client.queue() == []
+        assert [h.holder for h in await client.holders()] == ["holder"]
+    assert await client.holders() == []
+
+
+async def test_cancel_while_holding_releases(client: AsyncClient) -> None:
+    await client.create_limit("db", 1)
+
+    async def hold_long() -> None:
+        async with client.concurrency("db"):
+            await sleep(60)
+
+    with pytest.raises(Cancelled):
+        await cancel_when(hold_long, lambda: held(client, "db", 1), "the slot is held")
+    assert await client.holders() == []
+    assert await hold_once(client, "db") is not None
+
+
+# --- Hand-off and rate limits ---------------------------------------------------------------
+
+
+async def test_waiters_are_served_first_come_first_served(
+    pggcl_dsn: str, client: AsyncClient
+) -> None:
+    await client.create_limit("db", 1)
+    order: list[str] = []
+    async with AsyncClient(pggcl_dsn) as other:
+
+        async def take_turn(name: str) -> None:
+            async with other.concurrency("db", holder=name):
+                order.append(name)
+
+        async with client.concurrency("db"):
+            first = spawn(lambda: take_turn("first"))
+            await until(lambda: queued(client, "db", 1), "the first waiter is queued")
+            second = spawn(lambda: take_turn("second"))
+            await until(lambda: queued(client, "db", 2), "the second waiter is queued")
+            assert [w.holder for w in await client.queue("db")] == ["first", "second"]
+            assert order == []
+        await first.result()
+        await second.result()
+        assert order == ["first", "second"]
+        assert other.stats.notifications >= 2  # each grant came by NOTIFY
+    assert await client.holders() == []
+
+
+async def test_rate_limit_waits_until_the_bucket_has_room(client: AsyncClient) -> None:
+    await client.create_limit("api", 1, slot_decay_per_second=10.0)
+    await client._session_id()
+    calls = client.stats.calls
+    for _ in range(3):
+        await client.rate_limit("api")
+    # 1 immediate grant, then for each of the 2 others: the call that names the wait, a sleep
+    # of exactly that long, and one call that grants.
+    assert client.stats.calls == calls + 1 + 2 * 2
+    assert client.stats.heartbeats == 0
+    await client.update_limit("api", slot_decay_per_second=0.01)
+    with pytest.raises(pggcl.AcquireConcurrencySlotTimeoutError, match="'api'"):
+        await client.rate_limit("api", timeout_seconds=0.05)
+    assert await client.queue() == []

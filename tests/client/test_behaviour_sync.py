@@ -1,0 +1,261 @@
+"""GENERATED from ``tests/client/test_behaviour_async.py`` by ``tools/async_to_sync.py``: do not
+edit; change the async source (it says what this module is for) and run the tool.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+import pggcl
+from pggcl import Client
+from tests.client._behaviour import kill, lock_waits, row_locked, start_holder
+from tests.client._compat import Call, Cancelled, cancel_when, run_blocking, sleep, spawn, until
+from tests.client.conftest import sql
+
+
+@pytest.fixture
+def client(pggcl_dsn: str) -> Iterator[Client]:
+    with Client(pggcl_dsn) as c:
+        yield c
+
+
+def queued(c: Client, name: str, n: int) -> bool:
+    return len(c.queue(name)) == n
+
+
+def held(c: Client, name: str, n: int) -> bool:
+    return len(c.holders(name)) == n
+
+
+def hold_once(
+    c: Client, name: str, occupy: int = 1, timeout_seconds: float | None = None
+) -> uuid.UUID | None:
+    """Acquire, then release at once; the lease id it held."""
+    with c.concurrency(name, occupy=occupy, timeout_seconds=timeout_seconds) as grant:
+        return grant.lease_id
+
+
+# --- Pool exhaustion ------------------------------------------------------------------------
+
+
+def test_a_call_waits_for_a_busy_pool_beyond_connect_timeout(pggcl_dsn: str) -> None:
+    with Client(pggcl_dsn, pool_size=1, pool_timeout=30.0, connect_timeout=0.5) as c:
+        c.create_limit("db", 1)
+        with row_locked(pggcl_dsn, "db"):
+            blocked = spawn(lambda: c.update_limit("db", limit=2))
+            until(lambda: lock_waits(pggcl_dsn) == 1, "update_limit waits for the lock")
+            waiting = spawn(c.list_limits)
+            # Not synchronisation: the scenario. The only pool connection stays busy for twice
+            # connect_timeout, which must not bound the wait for it (pool_timeout does).
+            sleep(1.0)
+            assert not waiting.done()
+        updated = blocked.result()
+        assert updated.limit == 2
+        assert [lim.name for lim in waiting.result()] == ["db"]
+
+
+def test_an_exhausted_pool_raises_pool_timeout_error(pggcl_dsn: str) -> None:
+    with Client(pggcl_dsn, pool_size=1, pool_timeout=0.2) as c:
+        c.create_limit("db", 1)
+        c._session_id()
+        with row_locked(pggcl_dsn, "db"):
+            blocked = spawn(lambda: c.update_limit("db", limit=2))
+            until(lambda: lock_waits(pggcl_dsn) == 1, "update_limit waits for the lock")
+            with pytest.raises(pggcl.PoolTimeoutError) as exhausted:
+                c.list_limits()
+            with pytest.raises(pggcl.PoolTimeoutError):
+                hold_once(c, "db")
+        updated = blocked.result()
+        assert updated.limit == 2
+        assert c.queue() == []
+        assert c.holders() == []
+    error = exhausted.value
+    assert isinstance(error, TimeoutError)
+    assert not isinstance(error, pggcl.DatabaseUnavailableError)
+    message = str(error)
+    assert "pool_size" in message and "pool_timeout" in message, message
+    assert "unreachable" not in message, message
+
+
+# --- Use after close() ----------------------------------------------------------------------
+
+
+def test_every_call_after_close_raises_client_closed_error(pggcl_dsn: str) -> None:
+    c = Client(pggcl_dsn)
+    c.create_limit("db", 1, slot_decay_per_second=0.0)
+    lease = hold_once(c, "db")
+    assert lease is not None
+    connects = c.stats.connects
+    c.close()
+    calls: list[Call] = [
+        lambda: c.create_limit("other", 1),
+        lambda: c.read_limit("db"),
+        c.list_limits,
+        lambda: c.update_limit("db", limit=2),
+        lambda: c.delete_limit("db"),
+        c.holders,
+        c.queue,
+        lambda: c.release(lease),
+        lambda: c.rate_limit("db"),
+        lambda: hold_once(c, "db"),
+    ]
+    for call in calls:
+        with pytest.raises(pggcl.ClientClosedError, match="closed"):
+            call()
+    assert c.stats.connects == connects  # nothing was reopened
+    assert sql(pggcl_dsn, "SELECT count(*) FROM pggcl.sessions") == [(0,)]
+    c.close()  # a second close() is harmless
+
+
+def test_a_client_closed_before_any_use_raises_client_closed_error(pggcl_dsn: str) -> None:
+    c = Client(pggcl_dsn)
+    c.close()
+    with pytest.raises(pggcl.ClientClosedError, match="closed"):
+        c.list_limits()
+    with pytest.raises(pggcl.ClientClosedError, match="closed"):
+        hold_once(c, "db")
+    assert c.stats.connects == 0
+
+
+# --- Heartbeat and reclaim ------------------------------------------------------------------
+
+
+def test_the_heartbeat_runs_while_there_are_waiters_and_only_then(pggcl_dsn: str) -> None:
+    with Client(pggcl_dsn, heartbeat_seconds=0.05) as c:
+        c.create_limit("db", 1)
+        with c.concurrency("db"):
+            # Not synchronisation: five heartbeat intervals in which no heartbeat may run.
+            sleep(0.25)
+            assert c.stats.heartbeats == 0
+            waiter = spawn(lambda: hold_once(c, "db"))
+            until(lambda: c.stats.heartbeats >= 3, "three heartbeats ran")
+        assert waiter.result() is not None
+        beats = c.stats.heartbeats
+        sleep(0.25)
+        assert c.stats.heartbeats <= beats + 1  # one may have been under way: then none
+
+
+def test_the_heartbeat_reclaims_a_dead_holder_for_a_waiter(pggcl_dsn: str) -> None:
+    with Client(pggcl_dsn, heartbeat_seconds=0.05) as c:
+        c.create_limit("db", 1)
+        proc = run_blocking(start_holder, pggcl_dsn)
+        try:
+            (dead,) = c.holders("db")
+            waiter = spawn(lambda: hold_once(c, "db"))
+            until(lambda: queued(c, "db", 1), "the waiter is queued")
+        finally:
+            run_blocking(kill, proc)
+        lease = waiter.result(timeout=30)
+        assert lease is not None and lease != dead.lease_id
+        assert c.stats.heartbeats >= 1
+        assert c.holders() == []
+        assert c.queue() == []
+
+
+# --- Rejection, timeout, cancellation -------------------------------------------------------
+
+
+def test_lowering_the_limit_rejects_a_waiter_that_can_never_fit(client: Client) -> None:
+    client.create_limit("db", 2)
+    with client.concurrency("db"):
+        big = spawn(lambda: hold_once(client, "db", occupy=2))
+        until(lambda: queued(client, "db", 1), "the 2-slot request is queued")
+        client.update_limit("db", limit=1)
+        with pytest.raises(pggcl.ConcurrencySlotAcquisitionError, match="'db'"):
+            big.result()
+        assert client.queue() == []
+    assert client.holders() == []
+
+
+def test_a_timeout_leaves_nothing_queued(client: Client) -> None:
+    client.create_limit("db", 1)
+    with client.concurrency("db"):
+        with pytest.raises(pggcl.AcquireConcurrencySlotTimeoutError, match="'db'"):
+            hold_once(client, "db", timeout_seconds=0.05)
+        assert client.queue() == []
+        with pytest.raises(TimeoutError):  # 0: one try, no waiting
+            hold_once(client, "db", timeout_seconds=0)
+        assert client.queue() == []
+        assert len(client.holders()) == 1
+    assert client.holders() == []
+
+
+def test_cancel_while_waiting_leaves_nothing_and_serves_the_next(client: Client) -> None:
+    client.create_limit("db", 2)
+    with client.concurrency("db", holder="holder"):
+
+        def behind() -> uuid.UUID | None:
+            # Queued behind the 2-slot request although one slot is free: first come, first
+            # served. Cancelling the request ahead must serve this one.
+            until(lambda: queued(client, "db", 1), "the 2-slot request is queued")
+            return hold_once(client, "db")
+
+        small = spawn(behind)
+        with pytest.raises(Cancelled):
+            cancel_when(
+                lambda: hold_once(client, "db", occupy=2),
+                lambda: queued(client, "db", 2),
+                "both requests are queued",
+            )
+        assert small.result() is not None
+        assert client.queue() == []
+        assert [h.holder for h in client.holders()] == ["holder"]
+    assert client.holders() == []
+
+
+def test_cancel_while_holding_releases(client: Client) -> None:
+    client.create_limit("db", 1)
+
+    def hold_long() -> None:
+        with client.concurrency("db"):
+            sleep(60)
+
+    with pytest.raises(Cancelled):
+        cancel_when(hold_long, lambda: held(client, "db", 1), "the slot is held")
+    assert client.holders() == []
+    assert hold_once(client, "db") is not None
+
+
+# --- Hand-off and rate limits ---------------------------------------------------------------
+
+
+def test_waiters_are_served_first_come_first_served(pggcl_dsn: str, client: Client) -> None:
+    client.create_limit("db", 1)
+    order: list[str] = []
+    with Client(pggcl_dsn) as other:
+
+        def take_turn(name: str) -> None:
+            with other.concurrency("db", holder=name):
+                order.append(name)
+
+        with client.concurrency("db"):
+            first = spawn(lambda: take_turn("first"))
+            until(lambda: queued(client, "db", 1), "the first waiter is queued")
+            second = spawn(lambda: take_turn("second"))
+            until(lambda: queued(client, "db", 2), "the second waiter is queued")
+            assert [w.holder for w in client.queue("db")] == ["first", "second"]
+            assert order == []
+        first.result()
+        second.result()
+        assert order == ["first", "second"]
+        assert other.stats.notifications >= 2  # each grant came by NOTIFY
+    assert client.holders() == []
+
+
+def test_rate_limit_waits_until_the_bucket_has_room(client: Client) -> None:
+    client.create_limit("api", 1, slot_decay_per_second=10.0)
+    client._session_id()
+    calls = client.stats.calls
+    for _ in range(3):
+        client.rate_limit("api")
+    # 1 immediate grant, then for each of the 2 others: the call that names the wait, a sleep
+    # of exactly that long, and one call that grants.
+    assert client.stats.calls == calls + 1 + 2 * 2
+    assert client.stats.heartbeats == 0
+    client.update_limit("api", slot_decay_per_second=0.01)
+    with pytest.raises(pggcl.AcquireConcurrencySlotTimeoutError, match="'api'"):
+        client.rate_limit("api", timeout_seconds=0.05)
+    assert client.queue() == []
