@@ -33,7 +33,8 @@ SELECT w.id AS waiter_id, l.name,
 FROM pggcl.waiters w JOIN pggcl.limit_state l ON l.id = w.limit_id;
 COMMENT ON VIEW pggcl.queue IS 'Queued requests per limit, in the order they will be served';
 
--- Create a limit. Raises GC002 when the name is taken, GC003 on a bad name or value.
+-- Create a limit. Raises GC002 when the name is taken, GC003 on a bad name or value (its COLUMN
+-- field names the parameter).
 CREATE FUNCTION pggcl.create_limit(name text, "limit" integer,
                                    slot_decay_per_second double precision DEFAULT 0,
                                    active boolean DEFAULT true)
@@ -43,9 +44,10 @@ DECLARE
     new_id bigint;
     result pggcl.limits;
 BEGIN
-    PERFORM pggcl._check_name(create_limit.name);
+    PERFORM pggcl._check_name(create_limit.name, 'name');
     IF create_limit."limit" IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'GC003', MESSAGE = format('invalid limit for %L: it is required', create_limit.name);
+        RAISE EXCEPTION USING ERRCODE = 'GC003', COLUMN = 'limit',
+            MESSAGE = format('invalid limit for %L: it is required', create_limit.name);
     END IF;
     PERFORM pggcl._check_limit_values(create_limit.name, create_limit."limit",
                                       coalesce(create_limit.slot_decay_per_second, 'NaN'));
@@ -64,7 +66,8 @@ $$;
 
 -- Change what is given (NULL leaves a field as it is); `new_name` renames. The decay state is
 -- carried over exactly. Anything that adds room lets queued waiters in before this returns.
--- Raises GC001 when the limit does not exist.
+-- Raises GC001 when the limit does not exist, GC002 when `new_name` is taken, GC003 on a bad
+-- name or value.
 CREATE FUNCTION pggcl.update_limit(name text, "limit" integer DEFAULT NULL,
                                    slot_decay_per_second double precision DEFAULT NULL,
                                    active boolean DEFAULT NULL, new_name text DEFAULT NULL)
@@ -75,14 +78,14 @@ DECLARE
     l pggcl.limit_state;
     result pggcl.limits;
 BEGIN
-    PERFORM pggcl._check_name(update_limit.name);
+    PERFORM pggcl._check_name(update_limit.name, 'name');
     PERFORM pggcl._check_limit_values(update_limit.name, update_limit."limit", update_limit.slot_decay_per_second);
     SELECT * INTO l FROM pggcl.limit_state s WHERE s.name = update_limit.name FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'GC001', MESSAGE = format('limit %L does not exist', update_limit.name);
     END IF;
     IF new_name IS NOT NULL AND new_name <> l.name THEN
-        PERFORM pggcl._check_name(new_name);
+        PERFORM pggcl._check_name(new_name, 'new_name');
         IF EXISTS (SELECT FROM pggcl.limit_state s WHERE s.name = new_name) THEN
             RAISE EXCEPTION USING ERRCODE = 'GC002', MESSAGE = format('limit %L already exists', new_name);
         END IF;

@@ -28,7 +28,7 @@ DECLARE
     s pggcl.sessions;
 BEGIN
     IF NOT (open_session.grace_seconds >= 0 AND open_session.grace_seconds < 'Infinity') THEN
-        RAISE EXCEPTION USING ERRCODE = 'GC003', MESSAGE = format(
+        RAISE EXCEPTION USING ERRCODE = 'GC003', COLUMN = 'grace_seconds', MESSAGE = format(
             'invalid grace_seconds: %s; it must be a finite number of seconds, 0 or more', open_session.grace_seconds);
     END IF;
     SELECT * INTO s FROM pggcl.sessions x WHERE x.id = pggcl._connection_session() AND NOT x.reclaimed;
@@ -93,9 +93,6 @@ DECLARE
     target integer := coalesce(close_session.session_id, mine);
     s pggcl.sessions;
     ids bigint[];
-    freed_limits bigint[];
-    freed_slots integer[];
-    dequeued bigint[];
 BEGIN
     SELECT * INTO s FROM pggcl.sessions x WHERE x.id = target;
     IF NOT FOUND THEN
@@ -106,17 +103,7 @@ BEGIN
     ids := pggcl._lock(array(
         SELECT limit_id FROM pggcl.leases WHERE leases.session_id = target
         UNION SELECT limit_id FROM pggcl.waiters WHERE waiters.session_id = target));
-    WITH gone AS (
-        DELETE FROM pggcl.leases WHERE (id, limit_id) IN (
-            SELECT x.id, x.limit_id FROM pggcl.leases x
-            WHERE x.limit_id = ANY(ids) AND x.session_id = target FOR UPDATE SKIP LOCKED)
-        RETURNING limit_id, occupy
-    )
-    SELECT array_agg(limit_id), array_agg(occupy) INTO freed_limits, freed_slots FROM gone;
-    PERFORM pggcl._give_back(freed_limits, freed_slots);
-    WITH gone AS (DELETE FROM pggcl.waiters w WHERE w.session_id = target RETURNING w.limit_id)
-    SELECT array_agg(limit_id) INTO dequeued FROM gone;
-    PERFORM pggcl._dequeued(dequeued);
+    PERFORM pggcl._drop_session_claims(target, ids);
     PERFORM pggcl._grant(ids, at);
     DELETE FROM pggcl.sessions x WHERE x.id = target;
     IF target = mine THEN

@@ -1,0 +1,49 @@
+-- Internal: whose session a call acts for, whether a session's connection is alive, and how a
+-- session is told about its requests.
+
+-- The session this connection registered, if any (kept in a per-connection setting, so it
+-- vanishes with the connection).
+CREATE FUNCTION pggcl._connection_session() RETURNS integer
+LANGUAGE sql STABLE AS $$
+    SELECT nullif(current_setting('pggcl.session_id', true), '')::integer
+$$;
+
+-- Whether the session exists and has not been reclaimed.
+-- (PL/pgSQL, not SQL: a SQL function whose body has a subquery is never inlined, so it would be
+-- parsed and planned again at every call.)
+CREATE FUNCTION pggcl._session_exists(session_id integer) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN EXISTS (SELECT FROM pggcl.sessions s WHERE s.id = session_id AND NOT s.reclaimed);
+END
+$$;
+
+-- Raise GC007 unless the session exists and has not been reclaimed.
+CREATE FUNCTION pggcl._require_session(session_id integer) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF NOT pggcl._session_exists(session_id) THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC007', MESSAGE = format(
+            'session %s does not exist (it was closed, or reclaimed after its connection was lost)',
+            session_id);
+    END IF;
+END
+$$;
+
+-- Whether the session's connection is alive. A live session holds its advisory lock, so taking
+-- it (for this transaction only) fails; success means the owner is gone. Our own session is
+-- alive by definition (and would not fail the probe: advisory locks are re-entrant).
+CREATE FUNCTION pggcl._session_alive(session_id integer) RETURNS boolean
+LANGUAGE sql VOLATILE AS $$
+    SELECT session_id IS NOT DISTINCT FROM pggcl._connection_session()
+        OR NOT pg_try_advisory_xact_lock(pggcl._lock_space(), session_id)
+$$;
+
+-- Tell a session about its waiter, on the session's channel: `kind:waiter_id[:detail]`
+-- (see the payloads in 30_sessions.sql). The detail is cut to stay under NOTIFY's 8000 bytes.
+CREATE FUNCTION pggcl._notify(session_id integer, kind text, waiter_id bigint, detail text DEFAULT NULL)
+RETURNS void
+LANGUAGE sql VOLATILE AS $$
+    SELECT pg_notify('pggcl_' || session_id,
+                     kind || ':' || waiter_id || coalesce(':' || left(detail, 7000), ''))
+$$;

@@ -1,0 +1,182 @@
+-- Internal: locking limits, and the changes made on locked limits. Each function here keeps
+-- the counters of limit_state (`held`, `queued`) equal to the rows they count (leases, waiters).
+-- (Helpers whose body is a query are PL/pgSQL, whose plans are cached; SQL functions that
+-- cannot be inlined are planned anew at every call.)
+--
+-- Lease rows are taken with SKIP LOCKED everywhere a limit lock is held: a row locked by
+-- someone else is being released right now, and waiting for it could deadlock (a release
+-- deletes its lease rows before it locks the limits).
+
+-- Lock the given limits, in id order, and return their ids in that order.
+CREATE FUNCTION pggcl._lock(ids bigint[]) RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN (SELECT coalesce(array_agg(id), '{}') FROM (
+        SELECT id FROM pggcl.limit_state WHERE id = ANY(ids) ORDER BY id FOR NO KEY UPDATE
+    ) locked);
+END
+$$;
+
+-- Lock the limits named `names` that exist, in id order (so that no two calls deadlock), and
+-- return their rows as locked.
+CREATE FUNCTION pggcl._lock_named(names text[]) RETURNS pggcl.limit_state[]
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    lim pggcl.limit_state;
+BEGIN
+    IF cardinality(names) = 1 THEN
+        SELECT * INTO lim FROM pggcl.limit_state s WHERE s.name = names[1] FOR NO KEY UPDATE;
+        RETURN CASE WHEN FOUND THEN ARRAY[lim] ELSE '{}' END;
+    END IF;
+    RETURN array(SELECT s FROM pggcl.limit_state s WHERE s.name = ANY(names) ORDER BY s.id
+                 FOR NO KEY UPDATE);
+END
+$$;
+
+-- Create the limits of `wanted` missing from `locked`, inactive (they block nobody), and return
+-- their names; with `strict`, raise GC006 naming them instead. A limit created meanwhile by
+-- someone else is left as it is.
+CREATE FUNCTION pggcl._create_missing(wanted text[], locked pggcl.limit_state[], strict boolean)
+RETURNS text[]
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    missing text[] := array(SELECT x FROM unnest(wanted) x
+                            WHERE x <> ALL(array(SELECT (s).name FROM unnest(locked) s)));
+BEGIN
+    IF strict THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC006', MESSAGE = format('no such limit: %s',
+            array_to_string(array(SELECT quote_literal(x) FROM unnest(missing) x), ', '));
+    END IF;
+    INSERT INTO pggcl.limit_state (name, "limit", active)
+    SELECT x, 1, false FROM unnest(missing) x
+    ON CONFLICT ON CONSTRAINT limit_state_name_key DO NOTHING;
+    RETURN missing;
+END
+$$;
+
+-- Give slots to a request: the lease rows (concurrency mode) or the bucket level (rate-limit
+-- mode). Slots are taken on the active limits only. The caller has checked room and holds the
+-- locks.
+CREATE FUNCTION pggcl._take(ids bigint[], active_ids bigint[], occupy integer, mode text,
+                            lease_id uuid, session_id integer, holder text,
+                            ttl_seconds double precision, at timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF mode = 'concurrency' THEN
+        INSERT INTO pggcl.leases (id, limit_id, occupy, session_id, holder, acquired_at, expires_at)
+        SELECT lease_id, x, CASE WHEN x = ANY(active_ids) THEN occupy ELSE 0 END, session_id, holder,
+               at, at + make_interval(secs => ttl_seconds)
+        FROM unnest(ids) x;
+        IF cardinality(active_ids) > 0 THEN
+            UPDATE pggcl.limit_state SET held = held + occupy WHERE id = ANY(active_ids);
+        END IF;
+    ELSIF cardinality(active_ids) > 0 THEN
+        UPDATE pggcl.limit_state l
+        SET level = pggcl._decayed(l.level, l.slot_decay_per_second, l.level_at, at) + occupy, level_at = at
+        WHERE l.id = ANY(active_ids);
+    END IF;
+END
+$$;
+
+-- Give back the slots of deleted lease rows, summed per limit.
+CREATE FUNCTION pggcl._give_back(freed_limit_ids bigint[], freed_slots integer[]) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF cardinality(freed_limit_ids) = 1 THEN
+        UPDATE pggcl.limit_state SET held = held - freed_slots[1] WHERE id = freed_limit_ids[1];
+    ELSIF cardinality(freed_limit_ids) > 1 THEN
+        UPDATE pggcl.limit_state l SET held = l.held - f.slots
+        FROM (SELECT limit_id, sum(slots)::integer AS slots
+              FROM unnest(freed_limit_ids, freed_slots) AS u(limit_id, slots) GROUP BY limit_id) f
+        WHERE l.id = f.limit_id;
+    END IF;
+END
+$$;
+
+-- Drop the lease rows on the locked limits `ids` that belong to the session `of_session` or
+-- that expired by `expired_by` (callers give one of the two, the other NULL matches nothing),
+-- and give their slots back. Rows locked by someone else are skipped (see above).
+CREATE FUNCTION pggcl._drop_leases(ids bigint[], of_session integer, expired_by timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    freed_limits bigint[];
+    freed_slots integer[];
+BEGIN
+    WITH gone AS (
+        DELETE FROM pggcl.leases WHERE (id, limit_id) IN (
+            SELECT x.id, x.limit_id FROM pggcl.leases x
+            WHERE x.limit_id = ANY(ids) AND (x.session_id = of_session OR x.expires_at <= expired_by)
+            FOR UPDATE SKIP LOCKED)
+        RETURNING limit_id, occupy
+    )
+    SELECT array_agg(limit_id), array_agg(occupy) INTO freed_limits, freed_slots FROM gone;
+    PERFORM pggcl._give_back(freed_limits, freed_slots);
+END
+$$;
+
+-- Count waiter rows removed from the given (locked) limits, one array element per row.
+CREATE FUNCTION pggcl._dequeued(limit_ids bigint[]) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF limit_ids IS NOT NULL THEN
+        UPDATE pggcl.limit_state l SET queued = l.queued - c.n
+        FROM (SELECT x AS id, count(*)::integer AS n FROM unnest(limit_ids) x GROUP BY x) c
+        WHERE l.id = c.id;
+    END IF;
+END
+$$;
+
+-- Queue a request on the locked limits `ids`: one waiter row per limit, all under one new id
+-- (ids grow, so it is served after everyone queued there before it), counted in `queued`.
+-- Returns the waiter id.
+CREATE FUNCTION pggcl._enqueue(ids bigint[], occupy integer, mode text, lease_id uuid,
+                               session_id integer, holder text, ttl_seconds double precision,
+                               at timestamptz) RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    waiter_id bigint := nextval('pggcl.waiter_id_seq');
+BEGIN
+    INSERT INTO pggcl.waiters (id, limit_id, limit_ids, session_id, lease_id, occupy, mode, holder,
+                               ttl_seconds, enqueued_at)
+    SELECT waiter_id, x, ids, session_id, lease_id, occupy, mode, holder, ttl_seconds, at
+    FROM unnest(ids) x;
+    UPDATE pggcl.limit_state SET queued = queued + 1 WHERE id = ANY(ids);
+    RETURN waiter_id;
+END
+$$;
+
+-- Remove a waiter from every queue it is in; its limits are locked. False when it was in none.
+CREATE FUNCTION pggcl._dequeue_waiter(waiter_id bigint) RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    WITH gone AS (DELETE FROM pggcl.waiters w WHERE w.id = waiter_id RETURNING w.limit_id)
+    UPDATE pggcl.limit_state l SET queued = l.queued - 1 FROM gone WHERE l.id = gone.limit_id;
+    RETURN FOUND;
+END
+$$;
+
+-- Drop what a session holds and waits for on the locked limits `ids` (a dead, reclaimed or
+-- orphaned session, or one being closed), and forget a reclaimed session once nothing of it
+-- is left. Its claims on other limits go when those limits are reaped in turn.
+CREATE FUNCTION pggcl._drop_session_claims(dead_session integer, ids bigint[]) RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    dequeued bigint[];
+BEGIN
+    PERFORM pggcl._drop_leases(ids, dead_session, NULL);
+
+    WITH gone AS (
+        DELETE FROM pggcl.waiters WHERE session_id = dead_session AND limit_id = ANY(ids)
+        RETURNING limit_id
+    )
+    SELECT array_agg(limit_id) INTO dequeued FROM gone;
+    PERFORM pggcl._dequeued(dequeued);
+
+    DELETE FROM pggcl.sessions s
+    WHERE s.id = dead_session AND s.reclaimed
+      AND NOT EXISTS (SELECT FROM pggcl.leases WHERE session_id = dead_session)
+      AND NOT EXISTS (SELECT FROM pggcl.waiters WHERE session_id = dead_session);
+END
+$$;

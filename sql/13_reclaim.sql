@@ -1,0 +1,93 @@
+-- Internal: reclaiming what died. Leases whose TTL passed, and the leases and waiters of
+-- sessions whose connection has been gone for longer than their grace period, are dropped on
+-- the limits a call has locked; no janitor process is needed.
+
+-- The sessions with a claim on the limits `ids`: a lease or a queued request there.
+CREATE FUNCTION pggcl._claimants(ids bigint[]) RETURNS TABLE (session_id integer)
+LANGUAGE sql STABLE AS $$
+    SELECT x.session_id FROM pggcl.leases x WHERE x.limit_id = ANY(ids) AND x.session_id IS NOT NULL
+    UNION
+    SELECT w.session_id FROM pggcl.waiters w WHERE w.limit_id = ANY(ids)
+$$;
+
+-- Reclaim what is dead on the locked limits `ids`: leases whose TTL passed, and the leases and
+-- waiters of sessions whose connection has been gone for longer than their grace period.
+-- Returns the next moment something here may expire (a TTL, the end of a grace), or NULL.
+CREATE FUNCTION pggcl._reap(ids bigint[], at timestamptz) RETURNS timestamptz
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    next_at timestamptz;
+    owner record;
+    alive boolean;
+    s pggcl.sessions;
+    dead_since timestamptz;
+BEGIN
+    PERFORM pggcl._drop_leases(ids, NULL, at);
+
+    SELECT min(expires_at) INTO next_at FROM pggcl.leases WHERE limit_id = ANY(ids);
+
+    FOR owner IN SELECT c.session_id FROM pggcl._claimants(ids) c LOOP
+        -- Probe first: a live session costs no write. A dead one's advisory lock is now ours
+        -- until commit, so resume_session cannot take it meanwhile: a session is either resumed
+        -- or reclaimed, never both.
+        alive := pggcl._session_alive(owner.session_id);
+        SELECT * INTO s FROM pggcl.sessions WHERE id = owner.session_id;
+        IF NOT FOUND OR s.reclaimed THEN
+            PERFORM pggcl._drop_session_claims(owner.session_id, ids);
+        ELSIF alive THEN
+            IF s.dead_since IS NOT NULL THEN
+                UPDATE pggcl.sessions SET dead_since = NULL WHERE id = s.id;
+            END IF;
+        ELSE
+            dead_since := coalesce(s.dead_since, at);
+            IF s.dead_since IS NULL THEN
+                UPDATE pggcl.sessions SET dead_since = at WHERE id = s.id;
+            END IF;
+            IF dead_since + make_interval(secs => s.grace_seconds) <= at THEN
+                UPDATE pggcl.sessions SET reclaimed = true WHERE id = s.id;
+                PERFORM pggcl._drop_session_claims(s.id, ids);
+            ELSE
+                next_at := least(next_at, dead_since + make_interval(secs => s.grace_seconds));
+            END IF;
+        END IF;
+    END LOOP;
+    RETURN next_at;
+END
+$$;
+
+-- Whether anything on the limits `ids` is there to reclaim: an expired lease, or a claim (lease
+-- or waiter) of a session that is gone, reclaimed, or marked dead. Takes no limit lock and
+-- writes nothing; a dead session's probe keeps its advisory lock until commit (see _reap).
+CREATE FUNCTION pggcl._anything_to_reap(ids bigint[], at timestamptz) RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN EXISTS (SELECT FROM pggcl.leases WHERE limit_id = ANY(ids) AND expires_at <= at)
+        OR EXISTS (
+            SELECT FROM pggcl._claimants(ids) c
+            LEFT JOIN pggcl.sessions s ON s.id = c.session_id
+            WHERE s.id IS NULL OR s.reclaimed OR s.dead_since IS NOT NULL
+               OR NOT pggcl._session_alive(c.session_id));
+END
+$$;
+
+-- Reclaim what died on the given limits and serve whoever that lets in. Returns the seconds
+-- until the next known expiry there, or NULL. When everyone there is alive and nothing has
+-- expired (the usual heartbeat), no limit is locked, so a heartbeat never holds up a release.
+CREATE FUNCTION pggcl._reclaim(ids bigint[]) RETURNS double precision
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    at timestamptz := clock_timestamp();
+    next_at timestamptz;
+BEGIN
+    IF NOT pggcl._anything_to_reap(ids, at) THEN
+        RETURN pggcl._seconds_until((SELECT min(expires_at) FROM pggcl.leases WHERE limit_id = ANY(ids)), at);
+    END IF;
+    ids := pggcl._lock(ids);
+    IF cardinality(ids) = 0 THEN
+        RETURN NULL;
+    END IF;
+    next_at := pggcl._reap(ids, at);
+    PERFORM pggcl._grant(ids, at);
+    RETURN pggcl._seconds_until(next_at, at);
+END
+$$;

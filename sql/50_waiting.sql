@@ -1,0 +1,54 @@
+-- Waiting: where a queued request stands, and giving up on it. (Hot path: see 80_hot_path.sql.)
+
+-- Where a waiter stands: 'granted', 'queued', 'rejected' (can never be granted) or 'gone'
+-- (cancelled, reclaimed, or a rate-limit grant already delivered). Also serves whoever can be
+-- served on its limits, so it is what a client calls on an 'r:' notification or at retry_after.
+CREATE FUNCTION pggcl.recheck(waiter_id bigint, lease_id uuid DEFAULT NULL)
+RETURNS TABLE (status text, retry_after double precision)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    at timestamptz := clock_timestamp();
+    w pggcl.waiters;
+    ids bigint[];
+    next_at timestamptz;
+BEGIN
+    ids := pggcl._lock(array(SELECT limit_id FROM pggcl.waiters x WHERE x.id = recheck.waiter_id));
+    SELECT * INTO w FROM pggcl.waiters x WHERE x.id = recheck.waiter_id LIMIT 1;
+    IF FOUND THEN
+        next_at := pggcl._reap(ids, at);
+        IF recheck.waiter_id = ANY(pggcl._grant(ids, at)) THEN
+            RETURN QUERY SELECT 'granted'::text, NULL::double precision;
+            RETURN;
+        ELSIF EXISTS (SELECT FROM pggcl.waiters x WHERE x.id = recheck.waiter_id) THEN
+            RETURN QUERY SELECT 'queued'::text, pggcl._retry_after(ids, w.occupy, w.id, at, next_at);
+            RETURN;
+        ELSIF pggcl._impossible(ids, w.occupy, w.mode) IS NOT NULL THEN
+            RETURN QUERY SELECT 'rejected'::text, NULL::double precision;
+            RETURN;
+        END IF;
+    END IF;
+    RETURN QUERY SELECT CASE WHEN EXISTS (SELECT FROM pggcl.leases x WHERE x.id = recheck.lease_id)
+                             THEN 'granted' ELSE 'gone' END, NULL::double precision;
+END
+$$;
+
+-- Stop waiting. 'cancelled' when the request was still queued (whoever it blocked is served);
+-- otherwise what recheck would say ('granted': the caller now holds lease_id and must release it).
+-- With waiter_id NULL, the waiter is found by the request id given to acquire (as lease_id).
+CREATE FUNCTION pggcl.cancel(waiter_id bigint, lease_id uuid DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    at timestamptz := clock_timestamp();
+    ids bigint[];
+BEGIN
+    IF cancel.waiter_id IS NULL THEN  -- the caller knows only the request id it chose
+        waiter_id := (SELECT x.id FROM pggcl.waiters x WHERE x.lease_id = cancel.lease_id LIMIT 1);
+    END IF;
+    ids := pggcl._lock(array(SELECT limit_id FROM pggcl.waiters x WHERE x.id = cancel.waiter_id));
+    IF pggcl._dequeue_waiter(cancel.waiter_id) THEN
+        PERFORM pggcl._grant(ids, at);
+        RETURN 'cancelled';
+    END IF;
+    RETURN CASE WHEN EXISTS (SELECT FROM pggcl.leases x WHERE x.id = cancel.lease_id) THEN 'granted' ELSE 'gone' END;
+END
+$$;

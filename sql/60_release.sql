@@ -1,0 +1,50 @@
+-- Releasing slots, and extending a lease. (Hot path: see 80_hot_path.sql.)
+
+-- Give back a lease's slots and serve the queue. False when the lease is not held (already
+-- released, or reclaimed), and then nothing changes.
+CREATE FUNCTION pggcl.release(lease_id uuid) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    at timestamptz := clock_timestamp();
+    freed_limits bigint[];
+    freed_slots integer[];
+    lim pggcl.limit_state;
+BEGIN
+    -- The lease rows go first; everyone who deletes lease rows under a limit lock skips rows
+    -- that are locked, so taking the limit locks afterwards cannot deadlock.
+    WITH gone AS (
+        DELETE FROM pggcl.leases x WHERE x.id = release.lease_id RETURNING x.limit_id, x.occupy
+    )
+    SELECT array_agg(gone.limit_id), array_agg(gone.occupy) INTO freed_limits, freed_slots FROM gone;
+    IF freed_limits IS NULL THEN
+        RETURN false;
+    ELSIF cardinality(freed_limits) = 1 THEN
+        -- The usual case: one limit. Its slots go straight to the head of its queue.
+        UPDATE pggcl.limit_state SET held = held - freed_slots[1] WHERE id = freed_limits[1]
+        RETURNING * INTO lim;
+        IF lim.queued > 0 THEN
+            PERFORM pggcl._serve(lim, at);
+        END IF;
+    ELSE
+        PERFORM pggcl._lock(freed_limits);
+        PERFORM pggcl._give_back(freed_limits, freed_slots);
+        PERFORM pggcl._grant(freed_limits, at);
+    END IF;
+    RETURN true;
+END
+$$;
+
+-- Extend a lease to end ttl_seconds from now. False when the lease is not held.
+CREATE FUNCTION pggcl.renew(lease_id uuid, ttl_seconds double precision) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF renew.ttl_seconds IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC003', COLUMN = 'ttl_seconds',
+            MESSAGE = 'invalid ttl_seconds: it is required';
+    END IF;
+    PERFORM pggcl._check_seconds('ttl_seconds', renew.ttl_seconds);
+    UPDATE pggcl.leases x SET expires_at = clock_timestamp() + make_interval(secs => renew.ttl_seconds)
+    WHERE x.id = renew.lease_id;
+    RETURN FOUND;
+END
+$$;
