@@ -2,8 +2,8 @@
 
 Tables format numbers and times as the UI does (:mod:`pggcl.formatting`: slots to at most two
 decimals, times in UTC). JSON keeps the field names and order of the records in
-`pggcl.models`; timestamps are ISO 8601 with their UTC offset, lease ids are strings, numbers
-stay numbers, unrounded.
+`pggcl.models`; timestamps are ISO 8601 in UTC with their offset (``+00:00``), lease ids are
+strings, numbers stay numbers, unrounded.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import dataclasses
 import json
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -26,13 +26,13 @@ output_option = click.option(
     "-o",
     type=click.Choice(["json"]),
     default=None,
-    help="Print JSON instead of a table.",
+    help="Print JSON (exact numbers) instead of a table. Times are UTC either way.",
 )
 
 
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.isoformat()
+        return value.astimezone(UTC).isoformat()  # in UTC whatever the server's TimeZone
     if isinstance(value, uuid.UUID):
         return str(value)
     return value

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -157,7 +157,7 @@ def test_inspect_json(pggcl_dsn: str, client: pggcl.Client) -> None:
     assert (data["name"], data["limit"], data["active"]) == ("db", 3, True)
     assert data["active_slots"] == 2 and data["held_slots"] == 2 and data["waiting"] == 0
     assert isinstance(data["active_slots"], float | int)
-    assert datetime.fromisoformat(data["created"]).tzinfo is not None
+    assert datetime.fromisoformat(data["created"]).utcoffset() == timedelta(0)  # in UTC
     [holder] = data["holders"]
     assert list(holder) == ["lease_id", "name", "slots", "holder", "session_id", "since", "expires"]
     assert (holder["name"], holder["slots"], holder["holder"]) == ("db", 2, "job-1")
@@ -166,6 +166,21 @@ def test_inspect_json(pggcl_dsn: str, client: pggcl.Client) -> None:
     # The same through -o, and stable: the same fields for an idle limit.
     idle = as_json(cli("inspect", "db", "-o", "json", dsn=pggcl_dsn).stdout)
     assert list(idle) == list(data) and idle["holders"] == [] and idle["active_slots"] == 0
+
+
+def test_times_are_utc_whatever_the_sessions_time_zone(
+    pggcl_dsn: str, client: pggcl.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client.create_limit("db", 1)
+    monkeypatch.setenv("PGTZ", "Asia/Kolkata")  # libpq: the session's TimeZone, +05:30
+    table = cli("inspect", "db", dsn=pggcl_dsn).stdout
+    [created] = [line.split()[1] for line in table.splitlines() if line.startswith("created:")]
+    assert created.endswith("Z") and datetime.fromisoformat(created).utcoffset() == timedelta(0)
+    data = as_json(cli("inspect", "db", "-o", "json", dsn=pggcl_dsn).stdout)
+    assert datetime.fromisoformat(data["created"]).utcoffset() == timedelta(0)
+    assert abs(datetime.fromisoformat(data["created"]) - datetime.fromisoformat(created)) < (
+        timedelta(seconds=1)
+    )
 
 
 def test_inspect_missing(shared_dsn: str) -> None:
