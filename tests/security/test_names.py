@@ -1,0 +1,201 @@
+"""Names (issue #13, point 3): printable characters only, enforced in the engine (a tenant
+names limits too: a request naming a missing limit creates it), kept exactly as given (leading
+and trailing spaces included) by the engine, the Python client and the CLI; whole numbers of
+slots only."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pggcl
+from tests.security.conftest import Cast
+from tests.security.helpers import Connect, RawSession, attempt, describe, rows
+
+
+def xfail(reason: str) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"issue #13: {reason}")
+
+
+UNPRINTABLE = {
+    "newline": ["a\nb", "trailing\n", "a\rb"],
+    "control": ["a\tb", "\x1b[2J\x1b[31mred", "a\x07b", "a\x7fb", "a\x85b"],
+    "bidi": ["a\u202eb", "\u2066x\u2069", "a\u200fb"],
+}
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param(
+            kind,
+            marks=xfail(
+                f"names with {kind} characters ({names[1]!r}, ...) were accepted: the manager's "
+                "create_limit and the tenant's acquire (which creates the limit) both succeeded"
+            ),
+        )
+        for kind, names in UNPRINTABLE.items()
+    ],
+)
+def test_unprintable_names_are_refused(cast: Cast, connect: Connect, kind: str) -> None:
+    manager = connect(cast.manager.dsn)
+    tenant = connect(cast.tenant.dsn)
+    RawSession(tenant)
+    accepted = []
+    for name in UNPRINTABLE[kind]:
+        for who, conn, query in (
+            ("manager", manager, "SELECT pggcl.create_limit(%s, 1)"),
+            (
+                "tenant",
+                tenant,
+                "SELECT granted FROM pggcl.try_acquire(ARRAY[%s], ttl_seconds => 1)",
+            ),
+            ("tenant", tenant, "SELECT pggcl.take(%s, 1, 1, 'h', gen_random_uuid())"),
+        ):
+            _, error = attempt(conn, query, name)
+            if error is None:
+                accepted.append((who, name))
+            else:
+                assert error.sqlstate == "GC003", (name, describe(error))
+    assert rows(connect(cast.admin.dsn), "SELECT name FROM pggcl.limit_state") == []
+    assert accepted == []
+
+
+def refused_as_validation_error(call: Callable[[], object]) -> None:
+    try:
+        call()
+    except pggcl.PggclError as error:
+        assert isinstance(error, pggcl.ValidationError), repr(error)
+    else:
+        raise AssertionError("accepted")
+
+
+@xfail(
+    "client.create_limit('a\\x00b', 1) raised a bare PggclError('PostgreSQL text fields cannot "
+    "contain NUL (0x00) bytes'), psycopg's DataError, not a ValidationError"
+)
+def test_a_nul_in_a_name_is_a_validation_error_in_the_client(cast: Cast) -> None:
+    """NUL cannot reach the engine (PostgreSQL text has none); the client must say so as a
+    ValidationError, like any other bad name, before it sends anything."""
+    with pggcl.Client(cast.manager.dsn) as client:
+        refused_as_validation_error(lambda: client.create_limit("a\x00b", 1))
+
+        def hold() -> None:
+            with client.concurrency("a\x00b", strict=True):
+                pass
+
+        refused_as_validation_error(hold)
+
+
+@pytest.mark.parametrize("name", [" lead", "trail ", "  both  ", "\u00a0nbsp"])
+def test_spaces_are_kept_exactly_by_the_engine(cast: Cast, connect: Connect, name: str) -> None:
+    manager = connect(cast.manager.dsn)
+    manager.execute("SELECT pggcl.create_limit(%s, 1)", (name,))
+    tenant = connect(cast.tenant.dsn)
+    got = tenant.execute(
+        "SELECT granted FROM pggcl.try_acquire(ARRAY[%s], strict => true, ttl_seconds => 5)",
+        (name,),
+    ).fetchone()
+    assert got == (True,)
+    assert [r["name"] for r in rows(tenant, "SELECT name FROM pggcl.limits")] == [name]
+    stripped = name.strip()
+    assert rows(tenant, "SELECT * FROM pggcl.limits WHERE name = %s", stripped) == []
+
+
+def test_spaces_are_kept_exactly_by_the_client(cast: Cast) -> None:
+    with pggcl.Client(cast.manager.dsn) as client:
+        client.create_limit(" lead ", 1)
+        assert client.read_limit(" lead ").name == " lead "
+        with client.concurrency(" lead ", strict=True):
+            assert [h.name for h in client.holders()] == [" lead "]
+
+
+def _pggcl(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "pggcl"
+    return subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+@xfail(
+    "`pggcl run ' lead' --strict` looked for 'lead' (the CLI strips names) and failed: "
+    "no such limit"
+)
+def test_spaces_are_kept_exactly_by_pggcl_run(cast: Cast, connect: Connect) -> None:
+    connect(cast.admin.dsn).execute("SELECT pggcl.create_limit(' lead', 1)")
+    done = _pggcl("--dsn", cast.tenant.dsn, "run", " lead", "--strict", "--", "true")
+    assert done.returncode == 0, done.stderr
+
+
+@xfail(
+    "client.create_limit('x', limit=1.5) created a limit of 2 (the float is sent as float8 "
+    "and cast to integer by $2::integer)"
+)
+def test_a_fractional_limit_is_refused_by_the_client(cast: Cast, connect: Connect) -> None:
+    fractional: Any = 1.5
+    with pggcl.Client(cast.manager.dsn) as client:
+        refused_as_validation_error(lambda: client.create_limit("x", limit=fractional))
+        client.create_limit("y", limit=1)
+        refused_as_validation_error(lambda: client.update_limit("y", limit=fractional))
+    assert rows(connect(cast.admin.dsn), 'SELECT name, "limit" FROM pggcl.limit_state') == [
+        {"name": "y", "limit": 1}
+    ]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT pggcl.create_limit('x', 1.5)",
+        "SELECT pggcl.create_limit('x', 1.5::float8)",
+        "SELECT pggcl.create_limit('x', '1.5')",
+        "SELECT pggcl.update_limit('x', 1.5)",
+    ],
+)
+def test_a_fractional_limit_is_never_rounded_in_sql(
+    cast: Cast, connect: Connect, query: str
+) -> None:
+    """The SQL parameter is an integer: PostgreSQL finds no function (42883) or refuses the
+    text (22P02); what must not happen is a limit of 2."""
+    manager = connect(cast.manager.dsn)
+    _, error = attempt(manager, query)
+    assert error is not None
+    admin = connect(cast.admin.dsn)
+    assert rows(admin, 'SELECT "limit" FROM pggcl.limit_state WHERE "limit" = 2') == []
+
+
+@xfail(
+    "acquire('{{base}}', strict => true) with limit 'base' existing raised GC006 "
+    "\"no such limit: 'base'\" (a 2-D array: names[1] is NULL)"
+)
+def test_a_two_dimensional_names_array_reports_the_right_thing(
+    cast: Cast, connect: Connect
+) -> None:
+    connect(cast.admin.dsn).execute("SELECT pggcl.create_limit('base', 1)")
+    tenant = connect(cast.tenant.dsn)
+    RawSession(tenant)
+    for query in (
+        "SELECT granted FROM pggcl.acquire('{{base}}', strict => true, wait => false)",
+        "SELECT granted FROM pggcl.try_acquire('{{base}}', strict => true)",
+    ):
+        result, error = attempt(tenant, query)
+        if error is not None:
+            # Refusing a multi-dimensional array is fine; saying 'base' is missing is not.
+            assert error.sqlstate == "GC003", describe(error)
+        else:
+            assert result is True
+    _, error = attempt(tenant, "SELECT * FROM pggcl.acquire('{{nobase}}', strict => true)")
+    assert error is not None and error.sqlstate in ("GC003", "GC006"), error
+    if error.sqlstate == "GC006":
+        assert "nobase" in str(error)
+
+
+def test_a_name_too_long_is_refused_with_gc003_by_a_tenant(cast: Cast, connect: Connect) -> None:
+    tenant = connect(cast.tenant.dsn)
+    RawSession(tenant)
+    _, error = attempt(tenant, "SELECT * FROM pggcl.acquire(ARRAY[repeat('x', 256)])")
+    assert error is not None and error.sqlstate == "GC003"
