@@ -10,6 +10,7 @@ lives in ``tests/client/_acompat.py`` / ``_compat.py``.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 
@@ -19,11 +20,18 @@ import pggcl
 from pggcl import AsyncClient
 from tests.client._acompat import Call, Cancelled, cancel_when, run_blocking, sleep, spawn, until
 from tests.client._behaviour import kill, lock_waits, row_locked, start_holder
-from tests.client.conftest import sql
+from tests.client.conftest import sql, terminate_session_connection
 
 
 @pytest.fixture
 async def client(pggcl_dsn: str) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(pggcl_dsn) as c:
+        yield c
+
+
+@pytest.fixture
+async def other(pggcl_dsn: str) -> AsyncIterator[AsyncClient]:
+    """A second client (a second session) on the same database."""
     async with AsyncClient(pggcl_dsn) as c:
         yield c
 
@@ -37,10 +45,14 @@ async def held(c: AsyncClient, name: str, n: int) -> bool:
 
 
 async def hold_once(
-    c: AsyncClient, name: str, occupy: int = 1, timeout_seconds: float | None = None
+    c: AsyncClient,
+    names: str | list[str],
+    occupy: int = 1,
+    timeout_seconds: float | None = None,
+    strict: bool = False,
 ) -> uuid.UUID | None:
     """Acquire, then release at once; the lease id it held."""
-    async with c.concurrency(name, occupy=occupy, timeout_seconds=timeout_seconds) as grant:
+    async with c.concurrency(names, occupy, timeout_seconds, strict) as grant:
         return grant.lease_id
 
 
@@ -229,27 +241,26 @@ async def test_cancel_while_holding_releases(client: AsyncClient) -> None:
 
 
 async def test_waiters_are_served_first_come_first_served(
-    pggcl_dsn: str, client: AsyncClient
+    client: AsyncClient, other: AsyncClient
 ) -> None:
     await client.create_limit("db", 1)
     order: list[str] = []
-    async with AsyncClient(pggcl_dsn) as other:
 
-        async def take_turn(name: str) -> None:
-            async with other.concurrency("db", holder=name):
-                order.append(name)
+    async def take_turn(name: str) -> None:
+        async with other.concurrency("db", holder=name):
+            order.append(name)
 
-        async with client.concurrency("db"):
-            first = spawn(lambda: take_turn("first"))
-            await until(lambda: queued(client, "db", 1), "the first waiter is queued")
-            second = spawn(lambda: take_turn("second"))
-            await until(lambda: queued(client, "db", 2), "the second waiter is queued")
-            assert [w.holder for w in await client.queue("db")] == ["first", "second"]
-            assert order == []
-        await first.result()
-        await second.result()
-        assert order == ["first", "second"]
-        assert other.stats.notifications >= 2  # each grant came by NOTIFY
+    async with client.concurrency("db"):
+        first = spawn(lambda: take_turn("first"))
+        await until(lambda: queued(client, "db", 1), "the first waiter is queued")
+        second = spawn(lambda: take_turn("second"))
+        await until(lambda: queued(client, "db", 2), "the second waiter is queued")
+        assert [w.holder for w in await client.queue("db")] == ["first", "second"]
+        assert order == []
+    await first.result()
+    await second.result()
+    assert order == ["first", "second"]
+    assert other.stats.notifications >= 2  # each grant came by NOTIFY
     assert await client.holders() == []
 
 
@@ -267,3 +278,133 @@ async def test_rate_limit_waits_until_the_bucket_has_room(client: AsyncClient) -
     with pytest.raises(pggcl.AcquireConcurrencySlotTimeoutError, match="'api'"):
         await client.rate_limit("api", timeout_seconds=0.05)
     assert await client.queue() == []
+
+
+# --- Sessions: reconnect, loss, close -------------------------------------------------------
+
+
+async def test_a_lost_session_connection_is_remade_and_keeps_its_leases(
+    pggcl_dsn: str, client: AsyncClient
+) -> None:
+    await client.create_limit("db", 1)
+    async with client.concurrency("db") as grant:
+        waiter = spawn(lambda: hold_once(client, "db"))
+        await until(lambda: queued(client, "db", 1), "the waiter is queued")
+        generation = await client._wait_listening(0)
+        session_id = await client._session_id()
+        await run_blocking(terminate_session_connection, pggcl_dsn, session_id)
+        await client._wait_listening(generation)
+        assert [h.lease_id for h in await client.holders("db")] == [grant.lease_id]
+        assert await queued(client, "db", 1)
+    assert await waiter.result() is not None
+    assert await client._session_id() == session_id
+    assert (client.stats.reconnects, client.stats.sessions_opened) == (1, 1)
+
+
+async def test_a_reclaimed_session_fails_its_waiters_and_logs_for_its_holders(
+    pggcl_dsn: str, client: AsyncClient, other: AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    await client.create_limit("held", 1)
+    await client.create_limit("busy", 1)
+    async with other.concurrency("busy"), client.concurrency("held"):
+        waiter = spawn(lambda: hold_once(client, "busy"))
+        await until(lambda: queued(client, "busy", 1), "the waiter is queued")
+        session_id = await client._session_id()
+        ((token, pid),) = sql(
+            pggcl_dsn, "SELECT token, backend_pid FROM pggcl.sessions WHERE id = %s", session_id
+        )
+        generation = await client._wait_listening(0)
+        with caplog.at_level(logging.ERROR, logger="pggcl"):
+            # Closed from outside while its connection is away: it cannot be resumed.
+            sql(pggcl_dsn, "SELECT pggcl.close_session(%s, %s)", session_id, token)
+            sql(pggcl_dsn, "SELECT pg_terminate_backend(%s)", pid)
+            await client._wait_listening(generation)
+            with pytest.raises(pggcl.SessionLostError):
+                await waiter.result()
+    assert "1 lease(s)" in caplog.text
+    assert client.stats.sessions_opened == 2
+    assert await client.holders() == []
+    assert await client.queue() == []
+
+
+async def test_close_releases_what_the_session_held(pggcl_dsn: str) -> None:
+    c = AsyncClient(pggcl_dsn)
+    await c.create_limit("db", 1)
+    held = c.concurrency("db")
+    await held.__aenter__()
+    assert len(await c.holders()) == 1
+    await c.close()
+    assert sql(pggcl_dsn, "SELECT count(*) FROM pggcl.leases") == [(0,)]
+
+
+async def test_an_unreachable_database_says_so() -> None:
+    async with AsyncClient("postgresql://nobody@127.0.0.1:1/x", connect_timeout=1) as c:
+        with pytest.raises(pggcl.DatabaseUnavailableError, match="unreachable"):
+            await c.list_limits()
+        with pytest.raises(pggcl.DatabaseUnavailableError, match="unreachable"):
+            await hold_once(c, "db")
+
+
+# --- What a request may ask -----------------------------------------------------------------
+
+
+async def test_missing_strict_and_impossible_requests(
+    client: AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="pggcl"):
+        assert await hold_once(client, "fresh") is not None
+    assert "'fresh'" in caplog.text
+    fresh = await client.read_limit("fresh")
+    assert fresh.active is False
+    with pytest.raises(pggcl.ConcurrencySlotAcquisitionError, match="'nope'"):
+        await hold_once(client, "nope", strict=True)
+    with pytest.raises(pggcl.LimitNotFoundError):
+        await client.read_limit("nope")
+    await client.create_limit("db", 2)
+    with pytest.raises(pggcl.ConcurrencySlotAcquisitionError, match="3 slots on limit 'db'"):
+        await hold_once(client, "db", occupy=3)
+    with pytest.raises(pggcl.ValidationError, match="occupy: 0"):
+        await hold_once(client, "db", occupy=0)
+    with pytest.raises(pggcl.ConcurrencySlotAcquisitionError, match="slot_decay_per_second"):
+        await client.rate_limit("db")
+    assert await client.holders() == []
+    assert await client.queue() == []
+
+
+async def test_a_multi_name_request_is_all_or_nothing(client: AsyncClient) -> None:
+    await client.create_limit("a", 1)
+    await client.create_limit("b", 1)
+
+    async def both() -> set[str]:
+        async with client.concurrency(["a", "b"]):
+            return {h.name for h in await client.holders()}
+
+    async with client.concurrency("b"):
+        waiter = spawn(both)
+        await until(lambda: queued(client, "b", 1), "the request is queued on b")
+        assert await queued(client, "a", 1)
+        a = await client.read_limit("a")
+        assert a.active_slots == 0  # nothing taken on a meanwhile
+    assert await waiter.result() == {"a", "b"}
+    assert await client.holders() == []
+
+
+async def test_an_error_in_the_body_propagates_and_releases(client: AsyncClient) -> None:
+    await client.create_limit("db", 1)
+
+    async def fail_inside() -> None:
+        async with client.concurrency("db"):
+            raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        await fail_inside()
+    assert await client.holders() == []
+
+
+async def test_release_by_id(client: AsyncClient) -> None:
+    await client.create_limit("db", 1)
+    async with client.concurrency("db") as grant:
+        assert grant.lease_id is not None
+        assert await client.release(grant.lease_id) is True
+        assert await client.release(uuid.uuid4()) is False
+        assert await client.holders() == []

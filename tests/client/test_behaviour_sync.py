@@ -4,6 +4,7 @@ edit; change the async source (it says what this module is for) and run the tool
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 
@@ -13,11 +14,18 @@ import pggcl
 from pggcl import Client
 from tests.client._behaviour import kill, lock_waits, row_locked, start_holder
 from tests.client._compat import Call, Cancelled, cancel_when, run_blocking, sleep, spawn, until
-from tests.client.conftest import sql
+from tests.client.conftest import sql, terminate_session_connection
 
 
 @pytest.fixture
 def client(pggcl_dsn: str) -> Iterator[Client]:
+    with Client(pggcl_dsn) as c:
+        yield c
+
+
+@pytest.fixture
+def other(pggcl_dsn: str) -> Iterator[Client]:
+    """A second client (a second session) on the same database."""
     with Client(pggcl_dsn) as c:
         yield c
 
@@ -31,10 +39,14 @@ def held(c: Client, name: str, n: int) -> bool:
 
 
 def hold_once(
-    c: Client, name: str, occupy: int = 1, timeout_seconds: float | None = None
+    c: Client,
+    names: str | list[str],
+    occupy: int = 1,
+    timeout_seconds: float | None = None,
+    strict: bool = False,
 ) -> uuid.UUID | None:
     """Acquire, then release at once; the lease id it held."""
-    with c.concurrency(name, occupy=occupy, timeout_seconds=timeout_seconds) as grant:
+    with c.concurrency(names, occupy, timeout_seconds, strict) as grant:
         return grant.lease_id
 
 
@@ -222,26 +234,25 @@ def test_cancel_while_holding_releases(client: Client) -> None:
 # --- Hand-off and rate limits ---------------------------------------------------------------
 
 
-def test_waiters_are_served_first_come_first_served(pggcl_dsn: str, client: Client) -> None:
+def test_waiters_are_served_first_come_first_served(client: Client, other: Client) -> None:
     client.create_limit("db", 1)
     order: list[str] = []
-    with Client(pggcl_dsn) as other:
 
-        def take_turn(name: str) -> None:
-            with other.concurrency("db", holder=name):
-                order.append(name)
+    def take_turn(name: str) -> None:
+        with other.concurrency("db", holder=name):
+            order.append(name)
 
-        with client.concurrency("db"):
-            first = spawn(lambda: take_turn("first"))
-            until(lambda: queued(client, "db", 1), "the first waiter is queued")
-            second = spawn(lambda: take_turn("second"))
-            until(lambda: queued(client, "db", 2), "the second waiter is queued")
-            assert [w.holder for w in client.queue("db")] == ["first", "second"]
-            assert order == []
-        first.result()
-        second.result()
-        assert order == ["first", "second"]
-        assert other.stats.notifications >= 2  # each grant came by NOTIFY
+    with client.concurrency("db"):
+        first = spawn(lambda: take_turn("first"))
+        until(lambda: queued(client, "db", 1), "the first waiter is queued")
+        second = spawn(lambda: take_turn("second"))
+        until(lambda: queued(client, "db", 2), "the second waiter is queued")
+        assert [w.holder for w in client.queue("db")] == ["first", "second"]
+        assert order == []
+    first.result()
+    second.result()
+    assert order == ["first", "second"]
+    assert other.stats.notifications >= 2  # each grant came by NOTIFY
     assert client.holders() == []
 
 
@@ -259,3 +270,133 @@ def test_rate_limit_waits_until_the_bucket_has_room(client: Client) -> None:
     with pytest.raises(pggcl.AcquireConcurrencySlotTimeoutError, match="'api'"):
         client.rate_limit("api", timeout_seconds=0.05)
     assert client.queue() == []
+
+
+# --- Sessions: reconnect, loss, close -------------------------------------------------------
+
+
+def test_a_lost_session_connection_is_remade_and_keeps_its_leases(
+    pggcl_dsn: str, client: Client
+) -> None:
+    client.create_limit("db", 1)
+    with client.concurrency("db") as grant:
+        waiter = spawn(lambda: hold_once(client, "db"))
+        until(lambda: queued(client, "db", 1), "the waiter is queued")
+        generation = client._wait_listening(0)
+        session_id = client._session_id()
+        run_blocking(terminate_session_connection, pggcl_dsn, session_id)
+        client._wait_listening(generation)
+        assert [h.lease_id for h in client.holders("db")] == [grant.lease_id]
+        assert queued(client, "db", 1)
+    assert waiter.result() is not None
+    assert client._session_id() == session_id
+    assert (client.stats.reconnects, client.stats.sessions_opened) == (1, 1)
+
+
+def test_a_reclaimed_session_fails_its_waiters_and_logs_for_its_holders(
+    pggcl_dsn: str, client: Client, other: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    client.create_limit("held", 1)
+    client.create_limit("busy", 1)
+    with other.concurrency("busy"), client.concurrency("held"):
+        waiter = spawn(lambda: hold_once(client, "busy"))
+        until(lambda: queued(client, "busy", 1), "the waiter is queued")
+        session_id = client._session_id()
+        ((token, pid),) = sql(
+            pggcl_dsn, "SELECT token, backend_pid FROM pggcl.sessions WHERE id = %s", session_id
+        )
+        generation = client._wait_listening(0)
+        with caplog.at_level(logging.ERROR, logger="pggcl"):
+            # Closed from outside while its connection is away: it cannot be resumed.
+            sql(pggcl_dsn, "SELECT pggcl.close_session(%s, %s)", session_id, token)
+            sql(pggcl_dsn, "SELECT pg_terminate_backend(%s)", pid)
+            client._wait_listening(generation)
+            with pytest.raises(pggcl.SessionLostError):
+                waiter.result()
+    assert "1 lease(s)" in caplog.text
+    assert client.stats.sessions_opened == 2
+    assert client.holders() == []
+    assert client.queue() == []
+
+
+def test_close_releases_what_the_session_held(pggcl_dsn: str) -> None:
+    c = Client(pggcl_dsn)
+    c.create_limit("db", 1)
+    held = c.concurrency("db")
+    held.__enter__()
+    assert len(c.holders()) == 1
+    c.close()
+    assert sql(pggcl_dsn, "SELECT count(*) FROM pggcl.leases") == [(0,)]
+
+
+def test_an_unreachable_database_says_so() -> None:
+    with Client("postgresql://nobody@127.0.0.1:1/x", connect_timeout=1) as c:
+        with pytest.raises(pggcl.DatabaseUnavailableError, match="unreachable"):
+            c.list_limits()
+        with pytest.raises(pggcl.DatabaseUnavailableError, match="unreachable"):
+            hold_once(c, "db")
+
+
+# --- What a request may ask -----------------------------------------------------------------
+
+
+def test_missing_strict_and_impossible_requests(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="pggcl"):
+        assert hold_once(client, "fresh") is not None
+    assert "'fresh'" in caplog.text
+    fresh = client.read_limit("fresh")
+    assert fresh.active is False
+    with pytest.raises(pggcl.ConcurrencySlotAcquisitionError, match="'nope'"):
+        hold_once(client, "nope", strict=True)
+    with pytest.raises(pggcl.LimitNotFoundError):
+        client.read_limit("nope")
+    client.create_limit("db", 2)
+    with pytest.raises(pggcl.ConcurrencySlotAcquisitionError, match="3 slots on limit 'db'"):
+        hold_once(client, "db", occupy=3)
+    with pytest.raises(pggcl.ValidationError, match="occupy: 0"):
+        hold_once(client, "db", occupy=0)
+    with pytest.raises(pggcl.ConcurrencySlotAcquisitionError, match="slot_decay_per_second"):
+        client.rate_limit("db")
+    assert client.holders() == []
+    assert client.queue() == []
+
+
+def test_a_multi_name_request_is_all_or_nothing(client: Client) -> None:
+    client.create_limit("a", 1)
+    client.create_limit("b", 1)
+
+    def both() -> set[str]:
+        with client.concurrency(["a", "b"]):
+            return {h.name for h in client.holders()}
+
+    with client.concurrency("b"):
+        waiter = spawn(both)
+        until(lambda: queued(client, "b", 1), "the request is queued on b")
+        assert queued(client, "a", 1)
+        a = client.read_limit("a")
+        assert a.active_slots == 0  # nothing taken on a meanwhile
+    assert waiter.result() == {"a", "b"}
+    assert client.holders() == []
+
+
+def test_an_error_in_the_body_propagates_and_releases(client: Client) -> None:
+    client.create_limit("db", 1)
+
+    def fail_inside() -> None:
+        with client.concurrency("db"):
+            raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        fail_inside()
+    assert client.holders() == []
+
+
+def test_release_by_id(client: Client) -> None:
+    client.create_limit("db", 1)
+    with client.concurrency("db") as grant:
+        assert grant.lease_id is not None
+        assert client.release(grant.lease_id) is True
+        assert client.release(uuid.uuid4()) is False
+        assert client.holders() == []
