@@ -101,6 +101,10 @@ class Mailbox:
         return self._events.popleft() if self._events else None
 
 
+async def sleep(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
 def spawn(target: Callable[[], Coroutine[Any, Any, None]], name: str) -> Worker:
     """Run ``target`` concurrently: a task of the running loop."""
     return asyncio.get_running_loop().create_task(target(), name=name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -53,6 +54,10 @@ class Mailbox:
 def shielded(value: T) -> T:
     """A call in the sync world cannot be cut short by a cancellation: nothing to shield."""
     return value
+
+
+def sleep(seconds: float) -> None:
+    time.sleep(seconds)
 
 
 def spawn(target: Callable[[], None], name: str) -> Worker:

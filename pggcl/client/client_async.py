@@ -17,7 +17,7 @@ from typing import TypeVar
 from pggcl.client._acompat import worker_name
 from pggcl.client.port_async import AsyncPort
 from pggcl.client.runner_async import run
-from pggcl.core import flows, requests
+from pggcl.core import acquiring, flows, requests
 from pggcl.core.ops import Flow
 from pggcl.core.options import HeldLeases, Options, default_holder
 from pggcl.core.policy import Stats
@@ -49,11 +49,13 @@ class AsyncClient:
         heartbeat_seconds: float = 2.0,
         connect_timeout: float = 10.0,
         pool_timeout: float = 30.0,
+        retry_seconds: float = 30.0,
     ) -> None:
         self.dsn = dsn
         self._options = Options(
-            pool_size, grace_seconds, heartbeat_seconds, connect_timeout, pool_timeout
-        )
+            pool_size, grace_seconds, heartbeat_seconds, connect_timeout, pool_timeout,
+            retry_seconds,
+        )  # fmt: skip
         self._held = HeldLeases()
         self._contention = requests.Contention()
         self._pid = os.getpid()
@@ -74,6 +76,9 @@ class AsyncClient:
         """Counters (calls, notifications, heartbeats, reconnects...) of this client."""
         return self._port.stats
 
+    def _retry_until(self) -> float:
+        return time.monotonic() + self._options.retry_seconds
+
     async def _run(self, flow: Flow[T]) -> T:
         return await run(flow, self._port)
 
@@ -90,10 +95,8 @@ class AsyncClient:
     # --- Acquiring --------------------------------------------------------------------------
 
     async def _acquire(self, req: requests.Request, started: float) -> Grant:
-        port = self._port
-        session_id = await port.session_id()
-        flow = flows.acquire_flow(req, session_id, time.monotonic, started, self._contention)
-        return await run(flow, port)
+        flow = acquiring.acquire_flow(req, time.monotonic, started, self._contention)
+        return await run(flow, self._port)
 
     @asynccontextmanager
     async def concurrency(
@@ -127,11 +130,13 @@ class AsyncClient:
 
     async def _release(self, lease_id: uuid.UUID, names: Sequence[str]) -> None:
         try:
-            released = await self._run(flows.release_flow(lease_id))
+            released = await self._run(
+                acquiring.release_flow(lease_id, self._retry_until(), time.monotonic, quiet=True)
+            )
         except ClientClosedError:
             return  # closing the client closed its session, which released the lease
         if not released:
-            flows.log.error(
+            acquiring.log.error(
                 "lease %s on %s was gone when released: it was reclaimed", lease_id, names
             )
 
@@ -152,7 +157,9 @@ class AsyncClient:
 
     async def release(self, lease_id: uuid.UUID) -> bool:
         """Release a lease by id (e.g. one seen in :meth:`holders`); False when not held."""
-        return await self._run(flows.release_flow(lease_id))
+        return await self._run(
+            acquiring.release_flow(lease_id, self._retry_until(), time.monotonic, quiet=False)
+        )
 
     # --- Managing ---------------------------------------------------------------------------
 
@@ -164,11 +171,11 @@ class AsyncClient:
 
     async def read_limit(self, name: str) -> ConcurrencyLimit:
         """The limit called ``name``; LimitNotFoundError when there is none."""
-        return await self._run(flows.read_limit_flow(name))
+        return await self._run(flows.read_limit_flow(name, self._retry_until(), time.monotonic))
 
     async def list_limits(self) -> list[ConcurrencyLimit]:
         """Every limit, sorted by name."""
-        return await self._run(flows.list_limits_flow())
+        return await self._run(flows.list_limits_flow(self._retry_until(), time.monotonic))
 
     async def update_limit(
         self,
@@ -190,11 +197,11 @@ class AsyncClient:
 
     async def holders(self, name: str | None = None) -> list[Holder]:
         """Slots held now, one row per lease and limit (of ``name`` only, if given)."""
-        return await self._run(flows.holders_flow(name))
+        return await self._run(flows.holders_flow(name, self._retry_until(), time.monotonic))
 
     async def queue(self, name: str | None = None) -> list[Waiter]:
         """Queued requests, in the order they will be served (of ``name`` only, if given)."""
-        return await self._run(flows.queue_flow(name))
+        return await self._run(flows.queue_flow(name, self._retry_until(), time.monotonic))
 
     # --- Test hooks -------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from typing import TypeVar
 from pggcl.client._compat import worker_name
 from pggcl.client.port_sync import SyncPort
 from pggcl.client.runner_sync import run
-from pggcl.core import flows, requests
+from pggcl.core import acquiring, flows, requests
 from pggcl.core.ops import Flow
 from pggcl.core.options import HeldLeases, Options, default_holder
 from pggcl.core.policy import Stats
@@ -44,11 +44,10 @@ class Client:
         heartbeat_seconds: float = 2.0,
         connect_timeout: float = 10.0,
         pool_timeout: float = 30.0,
+        retry_seconds: float = 30.0,
     ) -> None:
         self.dsn = dsn
-        self._options = Options(
-            pool_size, grace_seconds, heartbeat_seconds, connect_timeout, pool_timeout
-        )
+        self._options = Options(pool_size, grace_seconds, heartbeat_seconds, connect_timeout, pool_timeout, retry_seconds)  # fmt: skip
         self._held = HeldLeases()
         self._contention = requests.Contention()
         self._pid = os.getpid()
@@ -69,6 +68,9 @@ class Client:
         """Counters (calls, notifications, heartbeats, reconnects...) of this client."""
         return self._port.stats
 
+    def _retry_until(self) -> float:
+        return time.monotonic() + self._options.retry_seconds
+
     def _run(self, flow: Flow[T]) -> T:
         return run(flow, self._port)
 
@@ -85,10 +87,8 @@ class Client:
     # --- Acquiring --------------------------------------------------------------------------
 
     def _acquire(self, req: requests.Request, started: float) -> Grant:
-        port = self._port
-        session_id = port.session_id()
-        flow = flows.acquire_flow(req, session_id, time.monotonic, started, self._contention)
-        return run(flow, port)
+        flow = acquiring.acquire_flow(req, time.monotonic, started, self._contention)
+        return run(flow, self._port)
 
     @contextmanager
     def concurrency(
@@ -122,11 +122,13 @@ class Client:
 
     def _release(self, lease_id: uuid.UUID, names: Sequence[str]) -> None:
         try:
-            released = self._run(flows.release_flow(lease_id))
+            released = self._run(
+                acquiring.release_flow(lease_id, self._retry_until(), time.monotonic, quiet=True)
+            )
         except ClientClosedError:
             return  # closing the client closed its session, which released the lease
         if not released:
-            flows.log.error(
+            acquiring.log.error(
                 "lease %s on %s was gone when released: it was reclaimed", lease_id, names
             )
 
@@ -147,7 +149,9 @@ class Client:
 
     def release(self, lease_id: uuid.UUID) -> bool:
         """Release a lease by id (e.g. one seen in :meth:`holders`); False when not held."""
-        return self._run(flows.release_flow(lease_id))
+        return self._run(
+            acquiring.release_flow(lease_id, self._retry_until(), time.monotonic, quiet=False)
+        )
 
     # --- Managing ---------------------------------------------------------------------------
 
@@ -159,11 +163,11 @@ class Client:
 
     def read_limit(self, name: str) -> ConcurrencyLimit:
         """The limit called ``name``; LimitNotFoundError when there is none."""
-        return self._run(flows.read_limit_flow(name))
+        return self._run(flows.read_limit_flow(name, self._retry_until(), time.monotonic))
 
     def list_limits(self) -> list[ConcurrencyLimit]:
         """Every limit, sorted by name."""
-        return self._run(flows.list_limits_flow())
+        return self._run(flows.list_limits_flow(self._retry_until(), time.monotonic))
 
     def update_limit(
         self,
@@ -185,11 +189,11 @@ class Client:
 
     def holders(self, name: str | None = None) -> list[Holder]:
         """Slots held now, one row per lease and limit (of ``name`` only, if given)."""
-        return self._run(flows.holders_flow(name))
+        return self._run(flows.holders_flow(name, self._retry_until(), time.monotonic))
 
     def queue(self, name: str | None = None) -> list[Waiter]:
         """Queued requests, in the order they will be served (of ``name`` only, if given)."""
-        return self._run(flows.queue_flow(name))
+        return self._run(flows.queue_flow(name, self._retry_until(), time.monotonic))
 
     # --- Test hooks -------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ class Pool:
         self._open = 0  # connections made and not dropped (idle or in use)
         self._waiting: deque[Event] = deque()  # callers waiting for a connection, in order
         self._closed = False
+        self.connected_once = False  # a connection was ever made: the database exists
 
     def get(self) -> Connection:
         """An idle connection, or a new one while fewer than ``size`` are open; otherwise wait
@@ -28,8 +29,12 @@ class Pool:
         deadline: float | None = None
         while True:
             with self._lock:
-                if self._idle:
-                    return self._idle.pop()
+                while self._idle:
+                    conn = self._idle.pop()
+                    if conn.usable:
+                        return conn
+                    conn.terminate()  # the server closed it while it was idle
+                    self._open -= 1
                 if self._open < self._size:
                     self._open += 1
                     break
@@ -49,7 +54,9 @@ class Pool:
                     f"all {self._size} pool connection(s) stayed busy for {self._pool_timeout} s; raise pool_size or pool_timeout"
                 )
         try:
-            return connect(self._dsn, self._connect_timeout)
+            conn = connect(self._dsn, self._connect_timeout)
+            self.connected_once = True
+            return conn
         except BaseException:
             self._dropped()
             raise

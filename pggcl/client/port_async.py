@@ -12,15 +12,17 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
+from pggcl.client._acompat import sleep
 from pggcl.client.pool_async import Pool
 from pggcl.client.session_async import Session
 from pggcl.core import queries as q
 from pggcl.core.notifications import PING
 from pggcl.core.notifications import Event as Notice
-from pggcl.core.ops import Row
+from pggcl.core.ops import Call, Row
 from pggcl.core.options import Options
 from pggcl.core.policy import Stats
-from pggcl.errors import ClientClosedError, PggclError
+from pggcl.core.retrying import FirstContactError
+from pggcl.errors import ClientClosedError, DatabaseUnavailableError, PggclError
 
 
 class AsyncPort:
@@ -46,7 +48,10 @@ class AsyncPort:
         """Run one statement on a pool connection."""
         if self._closed:
             raise ClientClosedError("this pggcl client is closed: make a new one")
-        conn = await self._pool.get()
+        try:
+            conn = await self._pool.get()
+        except DatabaseUnavailableError as exc:
+            raise self._first_contact(exc) from exc
         try:
             return await conn.execute(sql, args)
         finally:
@@ -59,10 +64,26 @@ class AsyncPort:
     def forget(self, waiter_id: int) -> None:
         self.session.forget(waiter_id)
 
+    async def sleep(self, seconds: float) -> None:
+        await sleep(seconds)
+
+    def defer(self, calls: tuple[Call, ...]) -> None:
+        self.session.defer(calls)
+
     async def session_id(self) -> int:
         if self._closed:
             raise ClientClosedError("this pggcl client is closed: make a new one")
-        return await self.session.session_id()
+        try:
+            return await self.session.session_id()
+        except DatabaseUnavailableError as exc:
+            raise self._first_contact(exc) from exc
+
+    def _first_contact(self, exc: DatabaseUnavailableError) -> DatabaseUnavailableError:
+        """``exc``, or, when this client never reached its database, the same as a
+        FirstContactError: a wrong address is said at once, not waited out."""
+        if self._pool.connected_once or self.stats.connects > 0:
+            return exc
+        return FirstContactError(str(exc))
 
     async def close(self) -> None:
         """Close the session (releasing what it still holds), then every connection. Calls

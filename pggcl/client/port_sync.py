@@ -8,15 +8,17 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
+from pggcl.client._compat import sleep
 from pggcl.client.pool_sync import Pool
 from pggcl.client.session_sync import Session
 from pggcl.core import queries as q
 from pggcl.core.notifications import PING
 from pggcl.core.notifications import Event as Notice
-from pggcl.core.ops import Row
+from pggcl.core.ops import Call, Row
 from pggcl.core.options import Options
 from pggcl.core.policy import Stats
-from pggcl.errors import ClientClosedError, PggclError
+from pggcl.core.retrying import FirstContactError
+from pggcl.errors import ClientClosedError, DatabaseUnavailableError, PggclError
 
 
 class SyncPort:
@@ -42,7 +44,10 @@ class SyncPort:
         """Run one statement on a pool connection."""
         if self._closed:
             raise ClientClosedError("this pggcl client is closed: make a new one")
-        conn = self._pool.get()
+        try:
+            conn = self._pool.get()
+        except DatabaseUnavailableError as exc:
+            raise self._first_contact(exc) from exc
         try:
             return conn.execute(sql, args)
         finally:
@@ -55,10 +60,26 @@ class SyncPort:
     def forget(self, waiter_id: int) -> None:
         self.session.forget(waiter_id)
 
+    def sleep(self, seconds: float) -> None:
+        sleep(seconds)
+
+    def defer(self, calls: tuple[Call, ...]) -> None:
+        self.session.defer(calls)
+
     def session_id(self) -> int:
         if self._closed:
             raise ClientClosedError("this pggcl client is closed: make a new one")
-        return self.session.session_id()
+        try:
+            return self.session.session_id()
+        except DatabaseUnavailableError as exc:
+            raise self._first_contact(exc) from exc
+
+    def _first_contact(self, exc: DatabaseUnavailableError) -> DatabaseUnavailableError:
+        """``exc``, or, when this client never reached its database, the same as a
+        FirstContactError: a wrong address is said at once, not waited out."""
+        if self._pool.connected_once or self.stats.connects > 0:
+            return exc
+        return FirstContactError(str(exc))
 
     def close(self) -> None:
         """Close the session (releasing what it still holds), then every connection. Calls

@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 from pggcl.client._acompat import shielded
 from pggcl.core.notifications import Event
-from pggcl.core.ops import Call, Flow, Row, Wait
+from pggcl.core.ops import Call, Defer, Flow, OpenSession, Row, Sleep, Wait
 
 T = TypeVar("T")
 
@@ -27,6 +27,9 @@ class Port(Protocol):
     async def call(self, sql: str, args: tuple[Any, ...]) -> list[Row]: ...
     async def wait(self, waiter_id: int, timeout: float | None, epoch: int) -> Event | None: ...
     def forget(self, waiter_id: int) -> None: ...
+    async def session_id(self) -> int: ...
+    async def sleep(self, seconds: float) -> None: ...
+    def defer(self, calls: tuple[Call, ...]) -> None: ...
 
 
 async def run(flow: Flow[T], port: Port) -> T:
@@ -49,6 +52,12 @@ async def run(flow: Flow[T], port: Port) -> T:
                 elif isinstance(op, Wait):
                     waited.add(op.waiter_id)
                     value = await port.wait(op.waiter_id, op.timeout, epoch)
+                elif isinstance(op, OpenSession):
+                    value = await port.session_id()
+                elif isinstance(op, Sleep):
+                    await port.sleep(op.seconds)
+                elif isinstance(op, Defer):
+                    port.defer(op.calls)
             except BaseException as exc:  # KeyboardInterrupt too: the flow cleans up
                 error, unwinding = exc, True
     finally:

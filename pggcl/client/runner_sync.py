@@ -8,7 +8,7 @@ from typing import Any, Protocol, TypeVar
 
 from pggcl.client._compat import shielded
 from pggcl.core.notifications import Event
-from pggcl.core.ops import Call, Flow, Row, Wait
+from pggcl.core.ops import Call, Defer, Flow, OpenSession, Row, Sleep, Wait
 
 T = TypeVar("T")
 
@@ -22,6 +22,12 @@ class Port(Protocol):
     def wait(self, waiter_id: int, timeout: float | None, epoch: int) -> Event | None: ...
 
     def forget(self, waiter_id: int) -> None: ...
+
+    def session_id(self) -> int: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+    def defer(self, calls: tuple[Call, ...]) -> None: ...
 
 
 def run(flow: Flow[T], port: Port) -> T:
@@ -44,6 +50,12 @@ def run(flow: Flow[T], port: Port) -> T:
                 elif isinstance(op, Wait):
                     waited.add(op.waiter_id)
                     value = port.wait(op.waiter_id, op.timeout, epoch)
+                elif isinstance(op, OpenSession):
+                    value = port.session_id()
+                elif isinstance(op, Sleep):
+                    port.sleep(op.seconds)
+                elif isinstance(op, Defer):
+                    port.defer(op.calls)
             except BaseException as exc:  # KeyboardInterrupt too: the flow cleans up
                 error, unwinding = (exc, True)
     finally:

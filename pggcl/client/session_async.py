@@ -19,6 +19,7 @@ from pggcl.client._acompat import Event, Lock, Mailbox, Signal, Worker, cancel, 
 from pggcl.core import queries as q
 from pggcl.core.notifications import LOST, RECHECK, Dispatcher, parse_payload
 from pggcl.core.notifications import Event as Notice
+from pggcl.core.ops import Call
 from pggcl.core.policy import (
     Backoff,
     Stats,
@@ -28,7 +29,7 @@ from pggcl.core.policy import (
     session_failure,
 )
 from pggcl.drivers.asyncpg_driver import Connection, connect
-from pggcl.errors import PggclError, SessionLostError
+from pggcl.errors import DatabaseUnavailableError, PggclError, SessionLostError
 
 log = logging.getLogger("pggcl")
 
@@ -67,6 +68,7 @@ class Session:
         # When this process went from no waiters to some: the heartbeat counts from there, not
         # from when the worker (which looks at most once a tick while idle) noticed.
         self._waiting_since = 0.0
+        self._deferred: list[Call] = []  # clean-ups a flow could not wait for (see defer)
 
     @property
     def epoch(self) -> int:
@@ -94,6 +96,12 @@ class Session:
     def forget(self, waiter_id: int) -> None:
         with self._lock:
             self._dispatch.unregister(waiter_id)
+
+    def defer(self, calls: tuple[Call, ...]) -> None:
+        """Run ``calls`` (idempotent clean-ups: cancel, release) on the session connection as
+        soon as the database answers, in order."""
+        with self._lock:
+            self._deferred.extend(calls)
 
     # --- The session ------------------------------------------------------------------------
 
@@ -213,6 +221,8 @@ class Session:
     async def _serve(self, conn: Connection) -> None:
         next_beat: float | None = None
         while not self._stopping.is_set():
+            if self._deferred:
+                await self._run_deferred(conn)
             now = time.monotonic()
             if len(self._dispatch) == 0:
                 next_beat = None
@@ -225,6 +235,18 @@ class Session:
                 self._deliver(payload)
                 if self._stopping.is_set():
                     return
+
+    async def _run_deferred(self, conn: Connection) -> None:
+        while self._deferred:
+            call = self._deferred[0]
+            try:
+                await conn.execute(call.sql, call.args)
+            except DatabaseUnavailableError:
+                raise  # kept: run again after the reconnect
+            except PggclError as exc:
+                log.error("pggcl could not clean up (%s): %s", call.sql, exc)
+            with self._lock:
+                self._deferred.pop(0)
 
     async def _beat(self, conn: Connection) -> float | None:
         """Run the heartbeat; the seconds until the next expiry it knows of."""

@@ -14,6 +14,7 @@ from pggcl.client._compat import Event, Lock, Mailbox, Signal, Worker, cancel, j
 from pggcl.core import queries as q
 from pggcl.core.notifications import LOST, RECHECK, Dispatcher, parse_payload
 from pggcl.core.notifications import Event as Notice
+from pggcl.core.ops import Call
 from pggcl.core.policy import (
     Backoff,
     Stats,
@@ -23,7 +24,7 @@ from pggcl.core.policy import (
     session_failure,
 )
 from pggcl.drivers.psycopg_driver import Connection, connect
-from pggcl.errors import PggclError, SessionLostError
+from pggcl.errors import DatabaseUnavailableError, PggclError, SessionLostError
 
 log = logging.getLogger("pggcl")
 # How often the worker looks up while idle: to start the heartbeat once waiters appear, and to
@@ -61,6 +62,7 @@ class Session:
         # When this process went from no waiters to some: the heartbeat counts from there, not
         # from when the worker (which looks at most once a tick while idle) noticed.
         self._waiting_since = 0.0
+        self._deferred: list[Call] = []  # clean-ups a flow could not wait for (see defer)
 
     @property
     def epoch(self) -> int:
@@ -88,6 +90,12 @@ class Session:
     def forget(self, waiter_id: int) -> None:
         with self._lock:
             self._dispatch.unregister(waiter_id)
+
+    def defer(self, calls: tuple[Call, ...]) -> None:
+        """Run ``calls`` (idempotent clean-ups: cancel, release) on the session connection as
+        soon as the database answers, in order."""
+        with self._lock:
+            self._deferred.extend(calls)
 
     # --- The session ------------------------------------------------------------------------
 
@@ -207,6 +215,8 @@ class Session:
     def _serve(self, conn: Connection) -> None:
         next_beat: float | None = None
         while not self._stopping.is_set():
+            if self._deferred:
+                self._run_deferred(conn)
             now = time.monotonic()
             if len(self._dispatch) == 0:
                 next_beat = None
@@ -219,6 +229,18 @@ class Session:
                 self._deliver(payload)
                 if self._stopping.is_set():
                     return
+
+    def _run_deferred(self, conn: Connection) -> None:
+        while self._deferred:
+            call = self._deferred[0]
+            try:
+                conn.execute(call.sql, call.args)
+            except DatabaseUnavailableError:
+                raise  # kept: run again after the reconnect
+            except PggclError as exc:
+                log.error("pggcl could not clean up (%s): %s", call.sql, exc)
+            with self._lock:
+                self._deferred.pop(0)
 
     def _beat(self, conn: Connection) -> float | None:
         """Run the heartbeat; the seconds until the next expiry it knows of."""

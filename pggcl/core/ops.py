@@ -5,7 +5,9 @@ and receives their results:
 
 - :class:`Call` -> the result rows (tuples) of one autocommit statement on a pool connection;
 - :class:`Wait` -> the next :class:`~pggcl.core.notifications.Event` for a waiter, or None on
-  timeout.
+  timeout;
+- :class:`Sleep` -> None, after a pause; :class:`OpenSession` -> the session id;
+- :class:`Defer` -> None at once: the calls run later, on the session connection.
 """
 
 from __future__ import annotations
@@ -33,6 +35,26 @@ class Wait:
     timeout: float | None
 
 
-Op = Call | Wait
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Sleep ``seconds`` (between two attempts while the database is unreachable)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class OpenSession:
+    """The id of the client's session, opening it first if needed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Defer:
+    """Leave ``calls`` (idempotent clean-ups) to the session's worker, which runs them, in
+    order, as soon as the database answers it: for a flow that cannot wait any longer."""
+
+    calls: tuple[Call, ...]
+
+
+Op = Call | Wait | Sleep | OpenSession | Defer
 T = TypeVar("T")
 Flow = Generator[Op, Any, T]

@@ -24,6 +24,8 @@ class Options:
     ``connect_timeout``: how long to wait for a connection, or for the first session.
     ``pool_timeout``: how long a call waits for a free pool connection before it raises
     PoolTimeoutError.
+    ``retry_seconds``: how long a release, or a read of limits, holders and queues, keeps
+    retrying while the database is unreachable (an acquire retries until its own timeout).
     """
 
     pool_size: int = 10
@@ -31,6 +33,7 @@ class Options:
     heartbeat_seconds: float = 2.0
     connect_timeout: float = 10.0
     pool_timeout: float = 30.0
+    retry_seconds: float = 30.0
 
 
 def env_dsn() -> str:

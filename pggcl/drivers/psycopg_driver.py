@@ -5,6 +5,7 @@ psycopg must be >= 3.2.10: earlier releases lose or leak notifications.
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,9 +60,13 @@ class Connection:
 
     @property
     def usable(self) -> bool:
-        """Open and idle, as far as the client can tell without a round trip."""
+        """Open and idle, as far as the client can tell without a round trip. An idle pool
+        connection has nothing to read unless the server closed it (a restart,
+        pg_terminate_backend, idle_session_timeout): then it is not usable either."""
         conn = self._conn
-        return not (conn.closed or conn.broken) and conn.pgconn.transaction_status == _IDLE
+        if conn.closed or conn.broken or conn.pgconn.transaction_status != _IDLE:
+            return False
+        return not select.select([conn.pgconn.socket], [], [], 0)[0]
 
     def execute(self, sql: str, args: tuple[Any, ...]) -> list[Row]:
         """Run one statement; its rows as tuples."""
