@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 
 from pggcl.client.client_async import AsyncClient
-from pggcl.core.options import env_dsn
+from pggcl.core.options import env_dsn, env_session_dsn
 from pggcl.models import Grant
 
 __all__ = ["AsyncClient", "concurrency", "rate_limit"]
@@ -33,7 +33,7 @@ def _client() -> AsyncClient:
     per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
     client = per_loop.get(dsn)
     if client is None:
-        client = per_loop[dsn] = AsyncClient(dsn)
+        client = per_loop[dsn] = AsyncClient(dsn, session_dsn=env_session_dsn())
     return client
 
 

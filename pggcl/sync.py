@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 
 from pggcl.client.client_sync import Client
-from pggcl.core.options import env_dsn
+from pggcl.core.options import env_dsn, env_session_dsn
 from pggcl.models import Grant
 
 __all__ = ["Client", "concurrency", "rate_limit"]
@@ -33,7 +33,7 @@ def _client() -> Client:
     with _clients_lock:
         client = _clients.get(dsn)
         if client is None:
-            client = _clients[dsn] = Client(dsn)
+            client = _clients[dsn] = Client(dsn, session_dsn=env_session_dsn())
         return client
 
 

@@ -8,18 +8,21 @@ Signals: SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to pggcl are passed to COMMAND
 are released once COMMAND has exited. A Ctrl-C typed at the terminal already reaches COMMAND
 directly (the terminal signals the whole foreground process group), so it is not sent twice.
 While pggcl still waits for slots, such a signal stops the wait and gives up the request.
-If pggcl is killed outright (SIGKILL), the server reclaims its slots when its session ends.
+If pggcl is killed outright (SIGKILL), COMMAND is killed with it (on Linux, by the parent-death
+signal), so that the slots the server then reclaims are really free.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shlex
 import signal
 import socket
 import subprocess
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 import click
@@ -101,7 +104,7 @@ class SignalRelay:
         self.phase = "starting"
         try:
             try:
-                self.child = subprocess.Popen(command)
+                self.child = subprocess.Popen(command, preexec_fn=_die_with_parent())
             except FileNotFoundError:
                 raise CommandFailed(127, f"command not found: {command[0]}") from None
             except OSError as exc:
@@ -113,6 +116,26 @@ class SignalRelay:
         finally:
             self.phase = "done"
         return 128 - returncode if returncode < 0 else returncode
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """What COMMAND runs before it starts, so that it dies if pggcl dies: on Linux, the
+    parent-death signal (PR_SET_PDEATHSIG = 1) set to SIGKILL. Loaded before the fork, so the
+    child only makes one libc call. None where there is no such call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(1, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # pggcl died before the signal was armed
+            os._exit(137)
+
+    return arm
 
 
 class CommandFailed(Exception):

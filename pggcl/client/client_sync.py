@@ -45,9 +45,10 @@ class Client:
         connect_timeout: float = 10.0,
         pool_timeout: float = 30.0,
         retry_seconds: float = 30.0,
+        session_dsn: str | None = None,
     ) -> None:
         self.dsn = dsn
-        self._options = Options(pool_size, grace_seconds, heartbeat_seconds, connect_timeout, pool_timeout, retry_seconds)  # fmt: skip
+        self._options = Options(pool_size, grace_seconds, heartbeat_seconds, connect_timeout, pool_timeout, retry_seconds, session_dsn)  # fmt: skip
         self._held = HeldLeases()
         self._contention = requests.Contention()
         self._pid = os.getpid()

@@ -13,8 +13,10 @@ from pggcl.errors import PoolTimeoutError
 
 
 class Pool:
-    def __init__(self, dsn: str, size: int, connect_timeout: float, pool_timeout: float) -> None:
-        self._dsn, self._size = (dsn, size)
+    def __init__(
+        self, dsn: str, size: int, connect_timeout: float, pool_timeout: float, pooled: bool
+    ) -> None:
+        self._dsn, self._size, self._pooled = (dsn, size, pooled)
         self._connect_timeout, self._pool_timeout = (connect_timeout, pool_timeout)
         self._lock = Lock()
         self._idle: list[Connection] = []
@@ -54,7 +56,7 @@ class Pool:
                     f"all {self._size} pool connection(s) stayed busy for {self._pool_timeout} s; raise pool_size or pool_timeout"
                 )
         try:
-            conn = connect(self._dsn, self._connect_timeout)
+            conn = connect(self._dsn, self._connect_timeout, pooled=self._pooled)
             self.connected_once = True
             return conn
         except BaseException:

@@ -29,9 +29,13 @@ class AsyncPort:
     def __init__(self, dsn: str, options: Options, on_session_lost: Callable[[str], None]) -> None:
         self.stats = Stats()
         self._timeout = options.connect_timeout
-        self._pool = Pool(dsn, options.pool_size, options.connect_timeout, options.pool_timeout)
+        # With a separate session DSN, the calls go through a pooler.
+        pooled = options.session_dsn is not None
+        self._pool = Pool(
+            dsn, options.pool_size, options.connect_timeout, options.pool_timeout, pooled
+        )
         self.session = Session(
-            dsn,
+            options.session_dsn or dsn,
             grace_seconds=options.grace_seconds,
             heartbeat_seconds=options.heartbeat_seconds,
             connect_timeout=options.connect_timeout,

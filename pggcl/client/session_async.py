@@ -23,6 +23,7 @@ from pggcl.core.ops import Call
 from pggcl.core.policy import (
     Backoff,
     Stats,
+    check_fresh_connection,
     check_session_kept,
     next_heartbeat,
     reconnect_warning,
@@ -149,7 +150,8 @@ class Session:
             try:
                 conn = await connect(self._dsn, self._timeout)
                 self._stats.connects += 1
-                await conn.execute(q.KEEPALIVES, ())
+                ((*_, setting),) = await conn.execute(q.KEEPALIVES, ())
+                check_fresh_connection(setting)
                 session_id, channel = await self._take_session(conn)
                 ((kept,),) = await conn.execute(q.SESSION_SETTING, ())
                 check_session_kept(session_id, kept)
@@ -252,10 +254,11 @@ class Session:
         """Run the heartbeat; the seconds until the next expiry it knows of."""
         assert self._session is not None
         try:
-            ((expiry_in,),) = await conn.execute(q.HEARTBEAT, (self._session[0],))
+            ((expiry_in, setting),) = await conn.execute(q.HEARTBEAT, (self._session[0],))
         except SessionLostError as exc:
             self._lose_session(str(exc))
             raise  # reconnect and open a new session
+        check_session_kept(self._session[0], setting)
         self._stats.heartbeats += 1
         return None if expiry_in is None else float(expiry_in)
 

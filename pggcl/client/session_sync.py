@@ -18,6 +18,7 @@ from pggcl.core.ops import Call
 from pggcl.core.policy import (
     Backoff,
     Stats,
+    check_fresh_connection,
     check_session_kept,
     next_heartbeat,
     reconnect_warning,
@@ -143,7 +144,8 @@ class Session:
             try:
                 conn = connect(self._dsn, self._timeout)
                 self._stats.connects += 1
-                conn.execute(q.KEEPALIVES, ())
+                ((*_, setting),) = conn.execute(q.KEEPALIVES, ())
+                check_fresh_connection(setting)
                 session_id, channel = self._take_session(conn)
                 ((kept,),) = conn.execute(q.SESSION_SETTING, ())
                 check_session_kept(session_id, kept)
@@ -246,10 +248,11 @@ class Session:
         """Run the heartbeat; the seconds until the next expiry it knows of."""
         assert self._session is not None
         try:
-            ((expiry_in,),) = conn.execute(q.HEARTBEAT, (self._session[0],))
+            ((expiry_in, setting),) = conn.execute(q.HEARTBEAT, (self._session[0],))
         except SessionLostError as exc:
             self._lose_session(str(exc))
             raise  # reconnect and open a new session
+        check_session_kept(self._session[0], setting)
         self._stats.heartbeats += 1
         return None if expiry_in is None else float(expiry_in)
 

@@ -12,6 +12,7 @@ from pggcl.errors import ConfigurationError
 log = logging.getLogger("pggcl")
 
 DSN_ENV = "PGGCL_DSN"
+SESSION_DSN_ENV = "PGGCL_SESSION_DSN"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,9 @@ class Options:
     PoolTimeoutError.
     ``retry_seconds``: how long a release, or a read of limits, holders and queues, keeps
     retrying while the database is unreachable (an acquire retries until its own timeout).
+    ``session_dsn``: a direct connection for the session connection, when the calls go
+    through a transaction pooler (PgBouncer) at the client's DSN; the pool then uses no named
+    prepared statements.
     """
 
     pool_size: int = 10
@@ -34,6 +38,7 @@ class Options:
     connect_timeout: float = 10.0
     pool_timeout: float = 30.0
     retry_seconds: float = 30.0
+    session_dsn: str | None = None
 
 
 def env_dsn() -> str:
@@ -45,6 +50,12 @@ def env_dsn() -> str:
             "or use pggcl.Client(dsn) / pggcl.AsyncClient(dsn)"
         )
     return dsn
+
+
+def env_session_dsn() -> str | None:
+    """The direct DSN for the session connection of the module-level functions and the CLI,
+    from PGGCL_SESSION_DSN, when PGGCL_DSN is a transaction pooler's (see Options)."""
+    return os.environ.get(SESSION_DSN_ENV) or None
 
 
 def default_holder(worker: str | None) -> str:

@@ -65,6 +65,27 @@ def reconnect_warning(ever_listened: bool, error: PggclError) -> str:
     return f"pggcl could not open its session connection, retrying: {first_line}"
 
 
+_POOLER_FIX = (
+    "give pggcl a direct connection for its session (session_dsn=..., or PGGCL_SESSION_DSN)"
+    " and send only its calls through the pooler, or use PgBouncer in session pooling mode"
+    " with server_reset_query = DISCARD ALL"
+)
+
+
+def check_fresh_connection(setting: str | None) -> None:
+    """A new session connection must reach a server session of its own. One that already
+    carries a pggcl session was used by another client before: a pooler hands server
+    connections from client to client (PgBouncer in transaction or statement mode, or in
+    session mode without a reset), and the session, its LISTEN and its liveness lock would be
+    shared."""
+    if setting:
+        raise ConfigurationError(
+            f"the session connection reached a server session that already carries pggcl "
+            f"session {setting}: a connection pooler is between pggcl and PostgreSQL; "
+            + _POOLER_FIX
+        )
+
+
 def check_session_kept(session_id: int, setting: str | None) -> None:
     """The session connection must keep its server session from one statement to the next: the
     LISTEN and the liveness lock live there. Behind PgBouncer in transaction (or statement)
@@ -72,6 +93,5 @@ def check_session_kept(session_id: int, setting: str | None) -> None:
     if setting != str(session_id):
         raise ConfigurationError(
             "the session connection does not keep its PostgreSQL session between statements "
-            "(PgBouncer in transaction or statement pooling mode?): pggcl's session connection "
-            "needs a direct connection, or PgBouncer in session pooling mode"
+            "(a connection pooler in transaction or statement mode?); " + _POOLER_FIX
         )

@@ -20,17 +20,21 @@ CANCEL: Final = "SELECT pggcl.cancel($1::bigint, $2::uuid)"
 RELEASE: Final = "SELECT pggcl.release($1::uuid)"
 
 # The session connection.
+# Server-side keepalives, and the session already on this server connection (there should be
+# none: see pggcl.core.policy.check_fresh_connection).
 KEEPALIVES: Final = (
     "SELECT set_config('tcp_keepalives_idle', '5', false),"
     " set_config('tcp_keepalives_interval', '2', false),"
-    " set_config('tcp_keepalives_count', '3', false)"
+    " set_config('tcp_keepalives_count', '3', false),"
+    " current_setting('pggcl.session_id', true)"
 )
 OPEN_SESSION: Final = (
     "SELECT session_id, token, channel FROM pggcl.open_session($1::double precision)"
 )
 RESUME_SESSION: Final = "SELECT pggcl.resume_session($1::integer, $2::uuid)"
 CLOSE_SESSION: Final = "SELECT pggcl.close_session()"
-HEARTBEAT: Final = "SELECT pggcl.heartbeat($1::integer)"
+# With the session's per-connection setting: a pooler that moved us shows there.
+HEARTBEAT: Final = "SELECT pggcl.heartbeat($1::integer), current_setting('pggcl.session_id', true)"
 # The engine keeps the session id in a per-connection setting; see _core.check_session_kept.
 SESSION_SETTING: Final = "SELECT current_setting('pggcl.session_id', true)"
 NOTIFY: Final = "SELECT pg_notify($1::text, $2::text)"

@@ -36,10 +36,12 @@ def _error(exc: BaseException) -> PggclError:
     return translate_error(sqlstate, str(exc) or type(exc).__name__, lost, field=field)
 
 
-async def connect(dsn: str, timeout: float) -> Connection:
-    """A new connection, within ``timeout`` seconds."""
+async def connect(dsn: str, timeout: float, pooled: bool = False) -> Connection:
+    """A new connection, within ``timeout`` seconds. ``pooled``: through a transaction
+    pooler, which cannot keep the prepared statements asyncpg caches."""
     try:
-        return Connection(await asyncpg.connect(dsn, timeout=timeout))
+        cache = 0 if pooled else 100
+        return Connection(await asyncpg.connect(dsn, timeout=timeout, statement_cache_size=cache))
     except _ERRORS as exc:
         raise _error(exc) from exc
 

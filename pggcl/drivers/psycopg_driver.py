@@ -30,8 +30,9 @@ def _error(exc: psycopg.Error, conn: psycopg.Connection[Any] | None) -> PggclErr
     )
 
 
-def connect(dsn: str, timeout: float) -> Connection:
-    """A new autocommit connection, within ``timeout`` seconds (libpq counts whole seconds)."""
+def connect(dsn: str, timeout: float, pooled: bool = False) -> Connection:
+    """A new autocommit connection, within ``timeout`` seconds (libpq counts whole seconds).
+    ``pooled``: through a transaction pooler, which cannot keep named prepared statements."""
     try:
         # TCP keepalives: a peer that vanished without closing the connection (a dead machine,
         # a dropped NAT entry) is noticed in about 11 s.
@@ -45,6 +46,8 @@ def connect(dsn: str, timeout: float) -> Connection:
             keepalives_interval=2,
             keepalives_count=3,
         )
+        if pooled:
+            conn.prepare_threshold = None
     except psycopg.Error as exc:
         raise _error(exc, None) from exc
     return Connection(conn)
