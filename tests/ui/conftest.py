@@ -164,18 +164,3 @@ def holders() -> Iterator[list[HolderProcess]]:
     yield started
     for holder in started:
         holder.stop()
-
-
-def error_spot(dsn: str, field: str) -> str:
-    """The id of the element that shows an engine refusal about ``field``: the field's own
-    (``f-limit-error``) once the engine names the parameter at fault (the error's COLUMN,
-    ``exc.field``), else the banner at the top of the form (``form-error``), since the UI
-    never guesses the field from the message. Asked of the engine itself, through the client."""
-    import pggcl
-
-    with pggcl.Client(dsn) as client:
-        try:
-            client.create_limit("", 1)
-        except pggcl.ValidationError as exc:
-            return f"f-{field}-error" if exc.field == "name" else "form-error"
-    pytest.fail("the engine accepted an empty limit name")
