@@ -7,6 +7,7 @@ as the ``pggcl/_sql`` directory.)
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 ACQUIRE: Final = (
@@ -41,8 +42,9 @@ NOTIFY: Final = "SELECT pg_notify($1::text, $2::text)"
 
 
 def listen(channel: str) -> str:
-    """LISTEN cannot take a parameter; the channel comes from the engine (``pggcl_<int>``)."""
-    if not channel.startswith("pggcl_") or not channel[6:].isdigit():
+    """LISTEN cannot take a parameter; the channel comes from the engine (``pggcl_`` and
+    letters, digits and underscores), and is checked before it is spliced in."""
+    if not re.fullmatch(r"pggcl_[0-9A-Za-z_]{1,57}", channel):
         raise ValueError(f"unexpected channel name {channel!r}")
     return f'LISTEN "{channel}"'
 
