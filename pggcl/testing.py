@@ -9,35 +9,57 @@ The server runs from local PostgreSQL binaries (`apt-get install postgresql` on
 Debian/Ubuntu) in a temporary directory, with durability switched off for speed; it is
 removed on `stop()`. As root, the server runs as the `postgres` OS user (initdb refuses
 root). pytest users get the same through the fixtures in `pggcl.pytest_plugin`.
+
+Faults, for tests of what a client survives (the server keeps its port and data):
+
+    with TempPostgres(settings={"idle_session_timeout": "'1s'"}) as pg:
+        pg.restart("immediate")         # a crash and its recovery; or "fast"
+        pg.stop("fast"); ...; pg.start()  # down until started again
+        pg.down_for(4.0)                # the same, for a deliberate outage duration
+        with TempPgBouncer(pg, pool_mode="transaction") as bouncer:
+            bouncer.dsn_for("mydb")     # through PgBouncer (Debian: `apt-get install pgbouncer`)
+
+Everything listens on 127.0.0.1 only, and goes away by itself when the process that started
+it dies (a watchdog stops the server; PgBouncer gets the parent-death signal).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 __all__ = [
+    "PgBouncerNotFound",
+    "PoolMode",
     "PostgresNotFound",
     "PsqlError",
+    "StopMode",
+    "TempPgBouncer",
     "TempPostgres",
     "create_database",
     "drop_database",
     "find_client_binary",
+    "find_pgbouncer",
     "find_server_binaries",
     "psql",
     "random_database_name",
@@ -56,6 +78,14 @@ _SERVER_SETTINGS = {
     "full_page_writes": "off",
     "max_connections": "200",
 }
+
+
+#: How `pg_ctl stop` / `pg_ctl restart` ends the server: "fast" disconnects the clients and
+#: checkpoints; "immediate" kills every process at once, as a crash would (recovery on start).
+StopMode = Literal["smart", "fast", "immediate"]
+
+#: PgBouncer's `pool_mode`.
+PoolMode = Literal["session", "transaction", "statement"]
 
 
 class PostgresNotFound(RuntimeError):
@@ -193,6 +223,15 @@ def temporary_database(
         drop_database(admin_dsn, name)
 
 
+def _copy_tree(src: Path, dest: Path) -> None:
+    """`cp -a`: keeps owners and modes (a data directory must stay the server user's, 0700)."""
+    proc = subprocess.run(["cp", "-a", str(src), str(dest)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"copying {src} failed: {proc.stderr.strip()}")
+    for pid_file in ("postmaster.pid",):
+        (dest / pid_file).unlink(missing_ok=True)
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -200,19 +239,46 @@ def _free_port() -> int:
         return port
 
 
+# Stops the server and removes its directory once the process that started it is gone: its
+# stdin is a pipe that only that process (and its forked children) hold open. A line on stdin
+# ("detach") makes it exit without touching anything.
+_WATCHDOG = """
+import shutil, subprocess, sys
+if sys.stdin.readline():
+    sys.exit(0)
+cmd, datadir, tmpdir = sys.argv[1:-2], sys.argv[-2], sys.argv[-1]
+subprocess.run([*cmd, "stop", "-m", "immediate", "-w", "-D", datadir], capture_output=True)
+shutil.rmtree(tmpdir, ignore_errors=True)
+"""
+
+
 class TempPostgres:
     """A PostgreSQL server in a temporary directory, for tests and demos only.
 
     Use as a context manager, or call `start()` and `stop()`. `dsn` connects as the
     superuser `postgres` (trust authentication, loopback only) to database `postgres`.
+
+    For fault tests the server can be stopped and started again on the same port with the
+    same data: `restart(mode)`, `stop(mode)` then `start()`, or `down_for(seconds, mode)`;
+    `configure(settings)` changes settings (reloaded; some need a restart). If the process
+    that started it dies, a watchdog process stops the server and removes its directory.
     """
 
-    def __init__(self, bindir: Path | None = None, settings: dict[str, str] | None = None):
+    def __init__(
+        self,
+        bindir: Path | None = None,
+        settings: dict[str, str] | None = None,
+        datadir_from: Path | None = None,
+    ):
         self.bindir = bindir or find_server_binaries()
         self.settings = {**_SERVER_SETTINGS, **(settings or {})}
+        #: A data directory (of a server stopped cleanly, see `copy_datadir`) to start from,
+        #: instead of a fresh initdb: its databases come along.
+        self.datadir_from = datadir_from
         self.port: int | None = None
         self.tmpdir: Path | None = None
         self._as_postgres = os.geteuid() == 0
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     @property
     def dsn(self) -> str:
@@ -226,10 +292,19 @@ class TempPostgres:
             raise RuntimeError("TempPostgres is not started")
         return self.tmpdir / "data"
 
-    def _run(self, *args: str) -> None:
+    @property
+    def running(self) -> bool:
+        """Whether the server is up (its postmaster.pid exists)."""
+        return self.tmpdir is not None and (self.datadir / "postmaster.pid").exists()
+
+    def _command(self, *args: str) -> list[str]:
         cmd = [str(self.bindir / args[0]), *args[1:]]
         if self._as_postgres:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        return cmd
+
+    def _run(self, *args: str) -> None:
+        cmd = self._command(*args)
         proc = subprocess.run(cmd, cwd=self.tmpdir, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             log = self.tmpdir / "server.log" if self.tmpdir else None
@@ -239,57 +314,355 @@ class TempPostgres:
             )
 
     def start(self) -> TempPostgres:
+        """Create and start the server; once created (and stopped by `stop(mode)`), start it
+        again on the same port with the same data."""
+        if self.tmpdir is not None:
+            if not self.running:
+                self._pg_ctl_start()
+            return self
         self.tmpdir = Path(tempfile.mkdtemp(prefix="pggcl-pg-"))
         if self._as_postgres:
             try:
                 pw = pwd.getpwnam("postgres")
             except KeyError:
+                shutil.rmtree(self.tmpdir, ignore_errors=True)
+                self.tmpdir = None
                 raise PostgresNotFound(
                     "running as root needs a `postgres` OS user to run the server as"
                 ) from None
             os.chown(self.tmpdir, pw.pw_uid, pw.pw_gid)
         try:
-            self._run(*_INITDB, "-D", str(self.datadir))
+            if self.datadir_from is not None:
+                _copy_tree(self.datadir_from, self.datadir)
+            else:
+                self._run(*_INITDB, "-D", str(self.datadir))
+            self._start_watchdog()
             self._start_server()
         except BaseException:
             self.stop()
             raise
         return self
 
+    def _start_watchdog(self) -> None:
+        assert self.tmpdir is not None
+        cmd = [*self._command("pg_ctl"), str(self.datadir), str(self.tmpdir)]
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, *cmd],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # not killed with our process group: it outlives us
+        )
+
+    def _stop_watchdog(self) -> None:
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None and watchdog.stdin is not None:
+            with contextlib.suppress(OSError):
+                watchdog.stdin.write(b"detach\n")
+                watchdog.stdin.close()
+            try:
+                watchdog.wait(10)
+            except subprocess.TimeoutExpired:
+                watchdog.kill()
+                watchdog.wait()
+
+    def _write_conf(self) -> None:
+        assert self.port is not None and self.tmpdir is not None
+        conf = {
+            **self.settings,
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.tmpdir}'",
+        }
+        path = self.datadir / "postgresql.auto.conf"
+        with open(path, "w") as f:
+            f.writelines(f"{k} = {v}\n" for k, v in conf.items())
+        if self._as_postgres:  # so that ALTER SYSTEM works too
+            pw = pwd.getpwnam("postgres")
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+
+    def _pg_ctl_start(self) -> None:
+        assert self.tmpdir is not None
+        log = str(self.tmpdir / "server.log")
+        self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.datadir), "-l", log)
+
     def _start_server(self) -> None:
         assert self.tmpdir is not None
         # A port can be taken between choosing and binding it: try a few.
         for attempt in range(3):
             self.port = _free_port()
-            conf = {
-                **self.settings,
-                "listen_addresses": "'127.0.0.1'",
-                "port": str(self.port),
-                "unix_socket_directories": f"'{self.tmpdir}'",
-            }
-            with open(self.datadir / "postgresql.auto.conf", "w") as f:
-                f.writelines(f"{k} = {v}\n" for k, v in conf.items())
+            self._write_conf()
             try:
-                log = str(self.tmpdir / "server.log")
-                self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.datadir), "-l", log)
+                self._pg_ctl_start()
                 return
             except RuntimeError:
                 if attempt == 2:
                     raise
 
-    def stop(self) -> None:
-        """Stop the server at once (no checkpoint) and remove its directory."""
+    def restart(self, mode: StopMode = "fast") -> None:
+        """`pg_ctl restart -m mode`: same port, same data; returns once it accepts
+        connections. "immediate" is a crash: the server recovers from its WAL."""
+        if self.tmpdir is None:
+            raise RuntimeError("TempPostgres is not started")
+        if not self.running:
+            self._pg_ctl_start()
+            return
+        log = str(self.tmpdir / "server.log")
+        self._run(
+            "pg_ctl", "restart", "-m", mode, "-w", "-t", "60", "-D", str(self.datadir), "-l", log
+        )
+
+    def stop(self, mode: StopMode | None = None) -> None:
+        """Without `mode`: stop the server at once (no checkpoint) and remove its directory.
+        With a `mode` ("fast", "immediate", "smart"): stop the server only, keeping its port
+        and data for `start()`."""
+        if mode is not None:
+            if self.running:
+                self._run("pg_ctl", "stop", "-m", mode, "-w", "-t", "60", "-D", str(self.datadir))
+            return
         if self.tmpdir is None:
             return
         try:
             if (self.datadir / "postmaster.pid").exists():
                 self._run("pg_ctl", "stop", "-m", "immediate", "-w", "-D", str(self.datadir))
         finally:
+            self._stop_watchdog()
             shutil.rmtree(self.tmpdir, ignore_errors=True)
             self.tmpdir = None
             self.port = None
 
+    def copy_datadir(self, dest: Path) -> Path:
+        """Copy the data directory to `dest` (which must not exist), stopping the server
+        cleanly first and starting it again afterwards: a `datadir_from` for other servers,
+        which then start without initdb and with the same databases."""
+        was_running = self.running
+        self.stop("fast")
+        try:
+            _copy_tree(self.datadir, dest)
+        finally:
+            if was_running:
+                self.start()
+        return dest
+
+    def down_for(self, seconds: float, mode: StopMode = "fast") -> None:
+        """An outage: `stop(mode)`, `seconds` down, then `start()` (a fault input, for tests
+        of what a client survives; not a way to wait for anything)."""
+        self.stop(mode)
+        time.sleep(seconds)
+        self.start()
+
+    def configure(self, settings: Mapping[str, str], reload: bool = True) -> None:
+        """Change server settings (values as in postgresql.conf, strings quoted: "'1s'"),
+        then reload them unless `reload` is false. Settings that need a restart take effect
+        at the next `restart()` or `start()`."""
+        self.settings.update(settings)
+        if self.tmpdir is not None and self.port is not None:
+            self._write_conf()
+            if reload and self.running:
+                self._run("pg_ctl", "reload", "-D", str(self.datadir))
+
     def __enter__(self) -> TempPostgres:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# --- PgBouncer ----------------------------------------------------------------------------
+
+_PGBOUNCER_HINT = "install PgBouncer (Debian/Ubuntu: `apt-get install pgbouncer`)"
+
+
+class PgBouncerNotFound(RuntimeError):
+    """No `pgbouncer` program was found."""
+
+
+def find_pgbouncer() -> str:
+    """Path of the `pgbouncer` program: PATH, then /usr/sbin (Debian's package puts it
+    there). Raises PgBouncerNotFound, saying how to install it."""
+    found = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin:/usr/bin")
+    if found is None:
+        raise PgBouncerNotFound(f"pgbouncer not found: {_PGBOUNCER_HINT}")
+    return found
+
+
+def _parent_death_signal(signum: int) -> Callable[[], None]:
+    """A `preexec_fn` that makes the child get `signum` when its parent thread dies (Linux)."""
+
+    def preexec() -> None:
+        if sys.platform.startswith("linux"):
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signum, 0, 0, 0)
+
+    return preexec
+
+
+def _port_accepts(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class TempPgBouncer:
+    """PgBouncer in front of a loopback PostgreSQL server, for tests only.
+
+    Listens on a free 127.0.0.1 port; every database of the server is reachable through it
+    (`dsn_for(dbname)`), with `auth_type = trust` for the `users` given. `pool_mode` is
+    "session", "transaction" or "statement"; `server_reset_query` None keeps PgBouncer's
+    default (DISCARD ALL), "" sets none. `settings` adds or overrides lines of its
+    `[pgbouncer]` section. Runs in the foreground as a child process (as the `postgres` OS
+    user when root, since PgBouncer refuses root), stopped by `stop()` or when the thread
+    that started it dies (parent-death signal).
+    """
+
+    def __init__(
+        self,
+        server: TempPostgres | int,
+        *,
+        pool_mode: PoolMode = "session",
+        server_reset_query: str | None = None,
+        users: Sequence[str] = ("postgres",),
+        settings: Mapping[str, str] | None = None,
+        binary: str | None = None,
+    ) -> None:
+        self.server = server
+        self.pool_mode: PoolMode = pool_mode
+        self.server_reset_query = server_reset_query
+        self.users = tuple(users)
+        self.settings = dict(settings or {})
+        self.binary = binary or find_pgbouncer()
+        self.port: int | None = None
+        self.tmpdir: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._as_postgres = os.geteuid() == 0
+
+    @property
+    def upstream_port(self) -> int:
+        port = self.server.port if isinstance(self.server, TempPostgres) else self.server
+        if port is None:
+            raise RuntimeError("the PostgreSQL server behind PgBouncer is not started")
+        return port
+
+    @property
+    def dsn(self) -> str:
+        """Through PgBouncer, as `postgres`, to database `postgres`."""
+        return self.dsn_for("postgres")
+
+    def dsn_for(self, dbname: str, user: str = "postgres") -> str:
+        """A DSN through PgBouncer to database `dbname` of the server."""
+        if self.port is None:
+            raise RuntimeError("TempPgBouncer is not started")
+        return f"postgresql://{urllib.parse.quote(user)}@127.0.0.1:{self.port}/{dbname}"
+
+    def through(self, dsn: str) -> str:
+        """`dsn` (of the server behind, as `postgres`) rewritten to go through PgBouncer."""
+        if dsn.startswith(("postgresql://", "postgres://")):
+            dbname = urllib.parse.unquote(urllib.parse.urlsplit(dsn).path.lstrip("/"))
+        else:
+            dbname = str(conninfo_to_dict(dsn).get("dbname") or "")
+        return self.dsn_for(dbname or "postgres")
+
+    @property
+    def log(self) -> str:
+        """PgBouncer's log so far."""
+        path = self.tmpdir / "pgbouncer.log" if self.tmpdir else None
+        return path.read_text(errors="replace") if path and path.exists() else ""
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _write_conf(self) -> Path:
+        assert self.tmpdir is not None and self.port is not None
+        section = {
+            "listen_addr": "127.0.0.1",
+            "listen_port": str(self.port),
+            "unix_socket_dir": "",
+            "auth_type": "trust",
+            "auth_file": str(self.tmpdir / "userlist.txt"),
+            "pool_mode": self.pool_mode,
+            "max_client_conn": "1000",
+            "default_pool_size": "50",
+            "server_login_retry": "1",
+            "ignore_startup_parameters": "extra_float_digits,options",
+            "logfile": str(self.tmpdir / "pgbouncer.log"),
+            "admin_users": self.users[0] if self.users else "postgres",
+        }
+        if self.server_reset_query is not None:
+            section["server_reset_query"] = self.server_reset_query
+        section.update(self.settings)
+        upstream = f"host=127.0.0.1 port={self.upstream_port}"
+        lines = ["[databases]", f"* = {upstream}", "", "[pgbouncer]"]
+        lines += [f"{k} = {v}" for k, v in section.items()]
+        conf = self.tmpdir / "pgbouncer.ini"
+        conf.write_text("\n".join(lines) + "\n")
+        (self.tmpdir / "userlist.txt").write_text("".join(f'"{u}" ""\n' for u in self.users))
+        return conf
+
+    def start(self) -> TempPgBouncer:
+        """Start PgBouncer; returns once it accepts connections."""
+        if self.running:
+            return self
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="pggcl-pgbouncer-"))
+        user: str | None = None
+        if self._as_postgres:
+            user = "postgres"
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.tmpdir, pw.pw_uid, pw.pw_gid)
+        try:
+            for attempt in range(3):  # a port can be taken between choosing and binding it
+                self.port = _free_port()
+                conf = self._write_conf()
+                self._proc = subprocess.Popen(
+                    [self.binary, "-q", str(conf)],
+                    cwd=self.tmpdir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    user=user,
+                    preexec_fn=_parent_death_signal(signal.SIGTERM),
+                )
+                deadline = time.monotonic() + 20
+                while self._proc.poll() is None and time.monotonic() < deadline:
+                    if _port_accepts(self.port):
+                        return self
+                    time.sleep(0.02)
+                self._kill()
+                if attempt == 2:
+                    raise RuntimeError(f"pgbouncer did not start:\n{self.log[-2000:]}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+    def stop(self) -> None:
+        """Stop PgBouncer (its clients are disconnected) and remove its directory."""
+        self._kill()
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+        self.tmpdir = None
+        self.port = None
+
+    def __enter__(self) -> TempPgBouncer:
         return self.start()
 
     def __exit__(

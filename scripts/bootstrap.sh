@@ -34,6 +34,19 @@ if [ ! -x /usr/bin/chromium ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 
+# The fault tests (tests/faults) run a real PgBouncer in front of their throwaway servers.
+if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
+    echo "bootstrap: installing pgbouncer (apt-get)" >&2
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq pgbouncer >/dev/null
+    # The package enables a system-wide service on port 6432; the tests start their own.
+    if command -v systemctl >/dev/null 2>&1; then
+        $SUDO systemctl disable --now pgbouncer >/dev/null 2>&1 || true
+    fi
+fi
+
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     echo "bootstrap: creating .venv" >&2

@@ -1,0 +1,237 @@
+"""Behind a real PgBouncer (Debian package): in transaction mode pggcl either works (the
+session connection on a direct DSN, `session_dsn`, the calls through the pooler) or refuses
+at once with ConfigurationError naming the fix; it never shares a session between processes
+nor puts more holders than the limit at once. Session mode works, also with
+``server_reset_query = ''``: a SIGKILLed holder is reclaimed and a new process does not
+inherit its session (issue #12)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+import pytest
+
+from pggcl.testing import PgBouncerNotFound, PoolMode, TempPgBouncer, TempPostgres, find_pgbouncer
+from tests.faults.conftest import (
+    KINDS,
+    Problems,
+    Worker,
+    Workers,
+    all_intervals,
+    max_overlap,
+    queued_count,
+    sql,
+    wait_until,
+)
+
+LIMIT, PROCESSES, HOLDS = 2, 4, 4
+TIMEOUT = 5.0  # of each acquisition in a crowd: ample for 4 short holds on 2 slots
+GRACE = 1.0  # of the sync and async holders killed in session mode
+CLI_GRACE = 5.0  # pggcl run's: the client default
+HEARTBEAT = 2.0  # the client default: how often a waiter's process reclaims the dead
+
+
+def _pgbouncer_installed() -> bool:
+    try:
+        find_pgbouncer()
+    except PgBouncerNotFound:
+        return False
+    return True
+
+
+pytestmark = pytest.mark.skipif(
+    not _pgbouncer_installed(), reason="pgbouncer is not installed (scripts/bootstrap.sh)"
+)
+
+MakeBouncer = Callable[..., TempPgBouncer]
+
+
+@pytest.fixture
+def bouncer(cluster: TempPostgres) -> Iterator[MakeBouncer]:
+    """`bouncer(pool_mode, server_reset_query=None)`: a PgBouncer in front of the cluster,
+    stopped after the test."""
+    started: list[TempPgBouncer] = []
+
+    def make(pool_mode: PoolMode, server_reset_query: str | None = None) -> TempPgBouncer:
+        started.append(
+            TempPgBouncer(cluster, pool_mode=pool_mode, server_reset_query=server_reset_query)
+        )
+        return started[-1].start()
+
+    yield make
+    for b in started:
+        b.stop()
+
+
+def names_the_fix(error: str) -> bool:
+    return "session_dsn" in error or "session mode" in error or "pool_mode" in error
+
+
+def check_sessions_not_shared(seen: Problems, processes: list[Worker]) -> None:
+    owners: dict[int, str] = {}
+    for worker in processes:
+        for session in worker.sessions():
+            other = owners.setdefault(session, worker.role)
+            seen.check(other == worker.role, f"{other} and {worker.role} shared session {session}")
+
+
+def run_crowd(
+    kind: str, dsn: str, through: str, workers: Workers, client_options: dict[str, Any]
+) -> tuple[Problems, list[Worker]]:
+    """PROCESSES processes, each holding a slot of a limit of LIMIT for HOLDS short blocks,
+    through the pooler; returns what went wrong and the workers (all finished)."""
+    sql(dsn, "SELECT pggcl.create_limit('db', %s)", LIMIT)
+    seen = Problems()
+    spec: dict[str, Any] = {"hold_seconds": 0.05, "wait_release": False}
+    if kind == "cli":  # one hold per `pggcl run`, so as many runs as the others' holds
+        crowd = [
+            workers.start(kind, f"p{i}", through, admin_dsn=dsn, timeout=TIMEOUT, **spec)
+            for i in range(PROCESSES * 2)
+        ]
+    else:
+        crowd = [
+            workers.start(
+                kind,
+                f"p{i}",
+                through,
+                admin_dsn=dsn,
+                timeout=TIMEOUT,
+                holds=HOLDS,
+                client_options=client_options,
+                **spec,
+            )
+            for i in range(PROCESSES)
+        ]
+        for worker in crowd:
+            seen.expect(partial(worker.wait, "result"))
+        seen.nothing_held_or_queued(dsn)  # while the clients are still open
+    for worker in crowd:
+        seen.expect(worker.finish)
+    overlap = max_overlap(all_intervals(*crowd))
+    seen.check(overlap <= LIMIT, f"{overlap} holders at once on a limit of {LIMIT}")
+    check_sessions_not_shared(seen, crowd)
+    seen.nothing_held_or_queued(dsn)
+    return seen, crowd
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue #12: no session_dsn option yet (Client/AsyncClient raise TypeError)",
+)
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_transaction_mode_with_a_direct_session_dsn_works(
+    kind: str, dsn: str, workers: Workers, bouncer: MakeBouncer
+) -> None:
+    through = bouncer("transaction").through(dsn)
+    seen, crowd = run_crowd(kind, dsn, through, workers, {"session_dsn": dsn})
+    for worker in crowd:
+        seen.found += worker.problems()
+    seen.assert_none()
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param(
+            "sync",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="issue #12: no ConfigurationError; processes share a pggcl session and "
+                "their acquisitions time out",
+            ),
+        ),
+        pytest.param(
+            "async",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="issue #12: no ConfigurationError; asyncpg fails with 'prepared statement "
+                "__asyncpg_stmt_1__ already exists'",
+            ),
+        ),
+        pytest.param(
+            "cli",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="issue #12: no refusal naming the fix; pggcl run fails with 'session N does "
+                "not exist' or times out",
+            ),
+        ),
+    ],
+)
+def test_transaction_mode_alone_works_or_refuses_at_once(
+    kind: str, dsn: str, workers: Workers, bouncer: MakeBouncer
+) -> None:
+    through = bouncer("transaction").through(dsn)
+    seen, crowd = run_crowd(kind, dsn, through, workers, {})
+    for worker in crowd:
+        problems = worker.problems()
+        if not problems:
+            continue  # it worked
+        refused = (
+            "ConfigurationError" in problems[0] if kind != "cli" else "Error: " in worker.stderr
+        )
+        fix_named = names_the_fix(problems[0])
+        never_entered = not worker.events("entered")
+        if refused and fix_named and never_entered and len(problems) == 1:
+            continue  # it refused at once, naming the fix
+        seen.found += [f"neither worked nor refused at once naming the fix: {p}" for p in problems]
+    seen.assert_none()
+
+
+@pytest.mark.parametrize(
+    "reset",
+    [
+        pytest.param("DISCARD ALL", id="discard-all"),
+        pytest.param(
+            "",
+            id="no-reset-query",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="issue #12: with server_reset_query='' the killed holder's session lock "
+                "lives on in the pooled server connection: never reclaimed, the waiter times out",
+            ),
+        ),
+    ],
+)
+@pytest.mark.parametrize("kind", KINDS)
+def test_session_mode_reclaims_a_killed_holder(
+    kind: str, reset: str, dsn: str, workers: Workers, bouncer: MakeBouncer
+) -> None:
+    through = bouncer("session", server_reset_query=reset).through(dsn)
+    sql(dsn, "SELECT pggcl.create_limit('db', 1)")
+    grace = CLI_GRACE if kind == "cli" else GRACE
+    options: dict[str, Any] = {"admin_dsn": dsn}
+    if kind != "cli":
+        options["grace"] = GRACE
+    seen = Problems()
+
+    killed = workers.start(kind, "killed", through, **options)
+    killed.wait("entered")
+    waiter = workers.start(kind, "waiter", through, timeout=grace + HEARTBEAT + 3, **options)
+    wait_until(lambda: queued_count(dsn) == 1, "the waiter is queued")
+    killed.kill_group()  # SIGKILL (for pggcl run, COMMAND too)
+
+    seen.expect(lambda: waiter.wait("entered", timeout=grace + HEARTBEAT + 10))
+    if waiter.events("entered"):
+        newcomer = workers.start(kind, "newcomer", through, timeout=30, **options)
+        wait_until(lambda: queued_count(dsn) == 1, "the newcomer is queued")
+        waiter.release()
+        seen.expect(lambda: newcomer.wait("entered"))
+        newcomer.release()
+        seen.expect(lambda: newcomer.wait("exited"))
+        seen.expect(newcomer.finish)
+        seen.found += newcomer.problems()
+        inherited = newcomer.sessions() & killed.sessions()
+        seen.check(not inherited, f"the newcomer inherited the killed one's session {inherited}")
+    else:
+        seen.found.append("the killed holder's slot was never reclaimed (no newcomer started)")
+    seen.expect(lambda: waiter.wait("exited"))
+    seen.expect(waiter.finish)
+    seen.found += waiter.problems()
+    check_sessions_not_shared(seen, workers.started)
+    overlap = max_overlap(all_intervals(*workers.started))
+    seen.check(overlap <= 1, f"{overlap} holders at once on a limit of 1")
+    seen.nothing_held_or_queued(dsn)
+    seen.assert_none()
