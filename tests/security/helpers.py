@@ -52,7 +52,8 @@ def attempt(
     """Run `query`; (first column of its first row, None), or (None, the error)."""
     params = args[0] if len(args) == 1 and isinstance(args[0], dict) else args
     try:
-        row = conn.execute(query, params).fetchone()
+        cur = conn.execute(query, params)
+        row = cur.fetchone() if cur.description is not None else None
     except psycopg.Error as error:
         return None, error
     return (row[0] if row else None), None

@@ -252,3 +252,64 @@ def test_a_tenant_may_execute_no_internal_function_that_writes(
         )
     ]
     assert writable == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="issue #13 (beyond its list): pggcl.session_id is an ordinary setting that any role "
+    "may SET; after SET pggcl.session_id = '<victim's id>', the tenant's open_session() "
+    "returned the victim's session and token, and close_session() with no arguments closed the "
+    "victim's session (its lease released) without any token",
+)
+def test_a_tenant_cannot_become_another_session_by_setting_pggcl_session_id(
+    cast: Cast, connect: Connect, victim: Victim
+) -> None:
+    admin = connect(cast.admin.dsn)
+    before = victim_state(admin, victim.session.session_id)
+    tenant = connect(cast.tenant.dsn)
+    sid = str(victim.session.session_id)
+    for how in (
+        f"SET pggcl.session_id = '{sid}'",
+        f"SELECT set_config('pggcl.session_id', '{sid}', false)",
+    ):
+        # Refusing the setting is fine; so is ignoring it.
+        refused_or_harmless(tenant, how)
+        disclosed = rows(tenant, "SELECT session_id, token FROM pggcl.open_session()")
+        assert all(r["token"] != victim.session.token for r in disclosed), "token disclosed"
+        assert all(r["session_id"] != victim.session.session_id for r in disclosed)
+        for attack in (
+            "SELECT pggcl.close_session()",
+            "SELECT granted FROM pggcl.acquire('{z}')",
+            "SELECT granted FROM pggcl.try_acquire('{z}')",
+            f"SELECT pggcl.resume_session({sid}, NULL)",
+        ):
+            refused_or_harmless(tenant, attack)
+            _assert_victim_intact(admin, victim, before, attack)
+        tenant.execute("RESET pggcl.session_id")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="issue #13: a tenant acquired 'z' with request_id => the victim's lease id (accepted:"
+    " one lease id under two sessions), then its release of that id released the victim's "
+    "lease on 'x' too",
+)
+def test_a_tenant_cannot_borrow_another_sessions_lease_id(
+    cast: Cast, connect: Connect, victim: Victim
+) -> None:
+    """request_id is the caller's choice; choosing someone else's lease id must not make their
+    lease the caller's (a fix that checks 'a row of this lease is mine' would fall for it)."""
+    admin = connect(cast.admin.dsn)
+    before = victim_state(admin, victim.session.session_id)
+    tenant = RawSession(connect(cast.tenant.dsn))
+    for query in (
+        "SELECT granted FROM pggcl.acquire('{z}', session_id => %(me)s, request_id => %(lease)s)",
+        "SELECT granted FROM pggcl.acquire('{x}', session_id => %(me)s, request_id => %(lease)s)",
+        "SELECT pggcl.take('z', 1, %(me)s, 'h', %(lease)s)",
+        "SELECT pggcl.release(%(lease)s)",
+        "SELECT pggcl.cancel(NULL, %(lease)s)",
+    ):
+        refused_or_harmless(tenant.conn, query, {"me": tenant.session_id, "lease": victim.lease_id})
+        _assert_victim_intact(admin, victim, before, query)

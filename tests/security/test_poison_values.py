@@ -87,11 +87,11 @@ def xfail(reason: str) -> pytest.MarkDecorator:
     return pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"issue #13: {reason}")
 
 
-SECONDS = [1e13, 1e300, 2.0**62, 5e-324]
+SECONDS = [1e13, 1e300, 5e-324]
 
 
 #: Values that were accepted and then failed someone's call, when the suite was written.
-FAILED_TODAY = {1e13, 1e300, 2.0**62}
+FAILED_TODAY = {1e13, 1e300}
 
 
 def _cases(today: Callable[[float], str]) -> list[Any]:
@@ -228,7 +228,7 @@ def test_occupying_near_the_integer_range_is_refused_clearly(cast: Cast, connect
 @xfail(
     "with slot_decay_per_second=1e-300 (accepted: finite, above 0), the tenant's second "
     "rate-limit try_acquire of 2^31-1 slots failed with 22003 value out of range: overflow "
-    "(retry_after = excess / decay), and so did every other caller's acquire on the limit"
+    "instead of a refusal (retry_after = excess / decay overflows double precision)"
 )
 def test_a_full_rate_limit_with_a_tiny_decay_breaks_nobody(cast: Cast, connect: Connect) -> None:
     scene = _scene(cast, connect, limit=0, held_by_other=0)
@@ -241,23 +241,21 @@ def test_a_full_rate_limit_with_a_tiny_decay_breaks_nobody(cast: Cast, connect: 
     everyone_else_still_works(scene)
 
 
-ManagerValue = Callable[[psycopg.Connection[Any]], None]
-
-
 @xfail(
-    "a manager's slot_decay_per_second=1e308 made reading pggcl.limits fail for everyone "
-    "(22003 value out of range: overflow) once the bucket had decayed a second or two"
+    "after a manager set slot_decay_per_second=1.7e308 and a tenant took 1 rate-limit slot, "
+    "another caller's acquire on the limit failed 1.2 s later with 22003 value out of range: "
+    "overflow (level - decay * elapsed)"
 )
 def test_a_huge_decay_breaks_no_reader(cast: Cast, connect: Connect) -> None:
     """Beyond the issue: the decay is bounded only by 'finite'; level - decay * elapsed
     overflows double precision in the view (and in every acquire on that limit)."""
     scene = _scene(cast, connect, limit=5, held_by_other=0)
     _, error = attempt(
-        scene.manager, "SELECT pggcl.update_limit('p', slot_decay_per_second => 1e308)"
+        scene.manager, "SELECT pggcl.update_limit('p', slot_decay_per_second => 1.7e308)"
     )
     if error is not None:
         assert error.sqlstate == "GC003", describe(error)
         return
     scene.tenant.execute("SELECT * FROM pggcl.try_acquire('{p}', 1, 'rate_limit')")
-    time.sleep(2.1)
+    time.sleep(1.2)
     everyone_else_still_works(scene)
