@@ -16,11 +16,15 @@ from typing import Any, Generic, ParamSpec, TypeVar
 T = TypeVar("T")
 P = ParamSpec("P")
 
+# Which world this is: for the marks of a test that fails today in one world only.
+ASYNC = True
+
 # What a caller interrupted while it waits raises.
 Cancelled = asyncio.CancelledError
 
-# A call of the client API, to be made later.
-Call = Callable[[], Awaitable[object]]
+# What a call of the client API gives before it is awaited; a call to be made later.
+Pending = Awaitable[object]
+Call = Callable[[], Pending]
 
 # A condition to poll: plain, or asking the database.
 Predicate = Callable[[], bool | Awaitable[bool]]

@@ -17,9 +17,12 @@ from typing import Generic, ParamSpec, TypeVar
 T = TypeVar("T")
 P = ParamSpec("P")
 
+ASYNC = False
+
 Cancelled = KeyboardInterrupt
 
-Call = Callable[[], object]
+Pending = object
+Call = Callable[[], Pending]
 
 Predicate = Callable[[], bool]
 
