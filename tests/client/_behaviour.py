@@ -74,6 +74,21 @@ def kill(proc: subprocess.Popen[str]) -> None:
     proc.wait()
 
 
+def terminate_pool_connections(dsn: str) -> int:
+    """Kill the backends of this database that are no session's (the clients' pools), as a
+    network failure or a server-side idle timeout would; how many."""
+    rows = sql(dsn, POOL_BACKENDS_TERMINATED)
+    assert all(ok for (ok,) in rows)
+    return len(rows)
+
+
+POOL_BACKENDS_TERMINATED = """
+    SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+    WHERE datname = current_database() AND backend_type = 'client backend'
+      AND pid <> pg_backend_pid() AND pid NOT IN (SELECT backend_pid FROM pggcl.sessions)
+"""
+
+
 def set_database_time_zone(dsn: str, zone: str) -> None:
     """The TimeZone of every new session of this database."""
     with psycopg.connect(dsn, autocommit=True) as conn:

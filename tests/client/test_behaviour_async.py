@@ -39,6 +39,7 @@ from tests.client._behaviour import (
     row_locked,
     set_database_time_zone,
     start_holder,
+    terminate_pool_connections,
 )
 from tests.client.conftest import sql, terminate_session_connection
 
@@ -440,6 +441,79 @@ async def test_release_by_id(client: AsyncClient) -> None:
         assert await client.release(grant.lease_id) is True
         assert await client.release(uuid.uuid4()) is False
         assert await client.holders() == []
+
+
+# --- Cost and the fast path ----------------------------------------------------------------
+
+
+async def test_empty_names_do_nothing(client: AsyncClient) -> None:
+    async with client.concurrency([]) as grant:
+        await client.rate_limit([])
+    assert grant.lease_id is None
+    assert (client.stats.calls, client.stats.connects) == (0, 0)
+
+
+async def test_the_uncontended_path_is_one_round_trip_each_way(client: AsyncClient) -> None:
+    await client.create_limit("db", 1)
+    await client._session_id()
+    before = client.stats.calls
+    async with client.concurrency("db"):
+        assert client.stats.calls == before + 1
+    assert client.stats.calls == before + 2
+
+
+async def test_a_hand_off_is_a_notification_not_a_poll(
+    client: AsyncClient, other: AsyncClient
+) -> None:
+    await client.create_limit("db", 1)
+    async with client.concurrency("db"):
+        waiter = spawn(lambda: hold_once(other, "db"))
+        await until(lambda: queued(client, "db", 1), "the waiter is queued")
+    assert await waiter.result() is not None
+    # take (refused), acquire (queued), release: nothing ran in between; the grant came by
+    # NOTIFY.
+    assert (other.stats.calls, other.stats.notifications) == (3, 1)
+
+
+# --- What changes to a limit do to its waiters ----------------------------------------------
+
+
+async def test_inactive_limits_never_block(client: AsyncClient) -> None:
+    await client.create_limit("off", 1, active=False)
+    async with client.concurrency("off"):
+        assert await hold_once(client, "off", timeout_seconds=0) is not None
+        await client.rate_limit("off", timeout_seconds=0)
+
+
+async def test_raising_disabling_or_deleting_a_limit_frees_waiters(client: AsyncClient) -> None:
+    for change in ("raise", "disable", "delete"):
+        await client.create_limit("db", 1)
+        async with client.concurrency("db"):
+            waiter = spawn(lambda: hold_once(client, "db"))
+            await until(lambda: queued(client, "db", 1), f"the waiter is queued ({change})")
+            if change == "raise":
+                await client.update_limit("db", limit=2)
+            elif change == "disable":
+                await client.update_limit("db", active=False)
+            else:
+                await client.delete_limit("db")
+            await waiter.result()
+            assert await client.queue() == [], change
+        await client.delete_limit("db")
+    assert await client.holders() == []
+
+
+# --- Connections ----------------------------------------------------------------------------
+
+
+async def test_a_pool_connection_killed_while_idle_is_replaced(pggcl_dsn: str) -> None:
+    async with AsyncClient(pggcl_dsn, pool_size=2) as c:
+        await c.create_limit("db", 1)
+        await c._session_id()
+        assert terminate_pool_connections(pggcl_dsn) == 1
+        assert [lim.name for lim in await c.list_limits()] == ["db"]
+        assert await hold_once(c, "db") is not None
+        assert c.stats.reconnects == 0
 
 
 # --- Values: what both drivers send and give back -------------------------------------------

@@ -22,6 +22,7 @@ from tests.client._behaviour import (
     row_locked,
     set_database_time_zone,
     start_holder,
+    terminate_pool_connections,
 )
 from tests.client._compat import (
     ASYNC,
@@ -432,6 +433,77 @@ def test_release_by_id(client: Client) -> None:
         assert client.release(grant.lease_id) is True
         assert client.release(uuid.uuid4()) is False
         assert client.holders() == []
+
+
+# --- Cost and the fast path ----------------------------------------------------------------
+
+
+def test_empty_names_do_nothing(client: Client) -> None:
+    with client.concurrency([]) as grant:
+        client.rate_limit([])
+    assert grant.lease_id is None
+    assert (client.stats.calls, client.stats.connects) == (0, 0)
+
+
+def test_the_uncontended_path_is_one_round_trip_each_way(client: Client) -> None:
+    client.create_limit("db", 1)
+    client._session_id()
+    before = client.stats.calls
+    with client.concurrency("db"):
+        assert client.stats.calls == before + 1
+    assert client.stats.calls == before + 2
+
+
+def test_a_hand_off_is_a_notification_not_a_poll(client: Client, other: Client) -> None:
+    client.create_limit("db", 1)
+    with client.concurrency("db"):
+        waiter = spawn(lambda: hold_once(other, "db"))
+        until(lambda: queued(client, "db", 1), "the waiter is queued")
+    assert waiter.result() is not None
+    # take (refused), acquire (queued), release: nothing ran in between; the grant came by
+    # NOTIFY.
+    assert (other.stats.calls, other.stats.notifications) == (3, 1)
+
+
+# --- What changes to a limit do to its waiters ----------------------------------------------
+
+
+def test_inactive_limits_never_block(client: Client) -> None:
+    client.create_limit("off", 1, active=False)
+    with client.concurrency("off"):
+        assert hold_once(client, "off", timeout_seconds=0) is not None
+        client.rate_limit("off", timeout_seconds=0)
+
+
+def test_raising_disabling_or_deleting_a_limit_frees_waiters(client: Client) -> None:
+    for change in ("raise", "disable", "delete"):
+        client.create_limit("db", 1)
+        with client.concurrency("db"):
+            waiter = spawn(lambda: hold_once(client, "db"))
+            until(lambda: queued(client, "db", 1), f"the waiter is queued ({change})")
+            if change == "raise":
+                client.update_limit("db", limit=2)
+            elif change == "disable":
+                client.update_limit("db", active=False)
+            else:
+                client.delete_limit("db")
+            waiter.result()
+            assert client.queue() == [], change
+        client.delete_limit("db")
+    assert client.holders() == []
+
+
+# --- Connections ----------------------------------------------------------------------------
+
+
+def test_a_pool_connection_killed_while_idle_is_replaced(pggcl_dsn: str) -> None:
+    with Client(pggcl_dsn, pool_size=2) as c:
+        c.create_limit("db", 1)
+        c._session_id()
+        assert terminate_pool_connections(pggcl_dsn) == 1
+        assert [lim.name for lim in c.list_limits()] == ["db"]
+        assert hold_once(c, "db") is not None
+        assert c.stats.reconnects == 0
 
 
 # --- Values: what both drivers send and give back -------------------------------------------
