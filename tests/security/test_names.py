@@ -199,3 +199,36 @@ def test_a_name_too_long_is_refused_with_gc003_by_a_tenant(cast: Cast, connect: 
     RawSession(tenant)
     _, error = attempt(tenant, "SELECT * FROM pggcl.acquire(ARRAY[repeat('x', 256)])")
     assert error is not None and error.sqlstate == "GC003"
+
+
+HOSTILE_HOLDER = "job\x1b]52;c;cHduZWQ=\x07\x1b[2J\nlease-id  x  99  root  (a fake row)"
+
+
+@xfail(
+    "(beyond its list) a tenant's holder text reached the operator's terminal raw: `pggcl "
+    "holders` and `pggcl inspect` printed its OSC 52 sequence (ESC ]52;c;...BEL, a clipboard "
+    "write in many terminals) and its newline (a fake row); click strips only CSI sequences, "
+    "and only when stdout is not a terminal"
+)
+def test_what_a_tenant_writes_reaches_no_terminal_raw(cast: Cast, connect: Connect) -> None:
+    """The holder is free text from any pggcl_user; the CLI prints it to whoever runs
+    `pggcl holders`. Either the engine refuses control characters there too, or the CLI shows
+    them escaped."""
+    connect(cast.admin.dsn).execute("SELECT pggcl.create_limit('x', 2)")
+    tenant = RawSession(connect(cast.tenant.dsn))
+    _, error = attempt(
+        tenant.conn,
+        "SELECT granted FROM pggcl.acquire('{x}', session_id => %s, holder => %s)",
+        tenant.session_id,
+        HOSTILE_HOLDER,
+    )
+    if error is not None:
+        assert error.sqlstate == "GC003", describe(error)
+    for args in (["holders"], ["inspect", "x"], ["holders", "--output", "json"]):
+        done = _pggcl("--dsn", cast.admin.dsn, *args)
+        assert done.returncode == 0, done.stderr
+        assert "\x1b" not in done.stdout and "\x07" not in done.stdout, (args, done.stdout)
+        fake_rows = [
+            line for line in done.stdout.splitlines() if line.lstrip().startswith("lease-id")
+        ]
+        assert fake_rows == [], (args, done.stdout)
