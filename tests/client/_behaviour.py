@@ -141,6 +141,10 @@ FAILS_TODAY: dict[str, dict[str, str]] = {
         "sync": "sync: UnicodeEncodeError from psycopg, not a PggclError at all",
         "async": "async: bare PggclError (sqlstate 22000) 'invalid input for query argument $1'",
     },
+    "close while waiting": {
+        "both": "both: close() dequeues the waiter (pggcl.close_session) but never tells it: "
+        "the waiting call hangs for good, with nothing queued",
+    },
     "UTC timestamps": {
         "sync": "sync: timestamps come in the database session's TimeZone (+09:00 here); "
         "async: in UTC",

@@ -252,6 +252,23 @@ def test_cancel_while_holding_releases(client: Client) -> None:
     assert hold_once(client, "db") is not None
 
 
+def test_a_call_interrupted_mid_statement_has_settled_when_it_raises(
+    pggcl_dsn: str, client: Client
+) -> None:
+    client.create_limit("db", 1)
+    with row_locked(pggcl_dsn, "db"):
+        with pytest.raises(Cancelled):
+            cancel_when(
+                lambda: client.update_limit("db", limit=5),
+                lambda: lock_waits(pggcl_dsn) == 1,
+                "update_limit waits for the lock",
+            )
+        assert lock_waits(pggcl_dsn) == 0  # cancelled on the server, not left to run later
+    limit = client.read_limit("db")
+    assert limit.limit == 1
+    assert hold_once(client, "db") is not None  # the pool connection is fine
+
+
 # --- Hand-off and rate limits ---------------------------------------------------------------
 
 
@@ -350,6 +367,18 @@ def test_a_reclaimed_session_requeues_its_waiters_and_logs_for_its_holders(
     assert client.stats.sessions_opened == 2
     assert client.holders() == []
     assert client.queue() == []
+
+
+@pytest.mark.xfail(strict=True, reason=FAILS_TODAY["close while waiting"]["both"])
+def test_close_ends_a_waiter_with_client_closed_error(client: Client, other: Client) -> None:
+    client.create_limit("db", 1)
+    with other.concurrency("db"):
+        waiter = spawn(lambda: hold_once(client, "db"))
+        until(lambda: queued(client, "db", 1), "the waiter is queued")
+        client.close()
+        assert other.queue() == []
+        with pytest.raises(pggcl.ClientClosedError):
+            waiter.result(timeout=2)
 
 
 def test_close_releases_what_the_session_held(pggcl_dsn: str) -> None:
