@@ -36,6 +36,7 @@ class Scene:
     tenant: psycopg.Connection[Any]
     cast: Cast
     connect: Connect
+    limit: int  # of 'p': the one asked for, or the biggest the engine accepts below it
 
 
 def poison(scene: Scene, query: str, *args: Any) -> bool:
@@ -75,11 +76,23 @@ def everyone_else_still_works(scene: Scene) -> None:
 
 def _scene(cast: Cast, connect: Connect, limit: int, held_by_other: int) -> Scene:
     admin = connect(cast.admin.dsn)
-    admin.execute("SELECT pggcl.create_limit('p', %s)", (limit,))
+    # A bound on limits (GC003) is fine: then the scene uses the biggest limit accepted.
+    for tried in (limit, 10**9, 10**6):
+        _, error = attempt(admin, "SELECT pggcl.create_limit('p', %s)", min(limit, tried))
+        if error is None:
+            break
+        assert error.sqlstate == "GC003", describe(error)
     other = RawSession(connect(cast.other.dsn))
     lease = other.hold("p", held_by_other) if held_by_other else None
     return Scene(
-        admin, connect(cast.manager.dsn), other, lease, connect(cast.tenant.dsn), cast, connect
+        admin,
+        connect(cast.manager.dsn),
+        other,
+        lease,
+        connect(cast.tenant.dsn),
+        cast,
+        connect,
+        min(limit, tried),
     )
 
 
@@ -193,11 +206,11 @@ def test_holding_near_the_integer_range_breaks_no_other_acquire(
     if not poison(
         scene,
         "SELECT * FROM pggcl.acquire('{p}', %s, session_id => %s)",
-        INT_MAX - 1,
+        scene.limit - 1,
         tenant.session_id,
     ):
         return
-    for occupy in (2, INT_MAX):
+    for occupy in (2, scene.limit, INT_MAX):
         _, error = attempt(
             scene.other.conn,
             "SELECT * FROM pggcl.acquire('{p}', %s, session_id => %s, wait => false)",
@@ -220,8 +233,9 @@ def test_occupying_near_the_integer_range_is_refused_clearly(cast: Cast, connect
         "SELECT * FROM pggcl.acquire('{p}', %s, session_id => %s)",
         "SELECT pggcl.take('p', %s, %s, 'me', gen_random_uuid())",
     ):
-        _, error = attempt(scene.tenant, query, INT_MAX, tenant.session_id)
-        assert error is None or is_refusal(error), f"{query}: {describe(error)}"
+        for occupy in (scene.limit, INT_MAX):
+            _, error = attempt(scene.tenant, query, occupy, tenant.session_id)
+            assert error is None or is_refusal(error), f"{query}: {describe(error)}"
     everyone_else_still_works(scene)
 
 
@@ -231,11 +245,14 @@ def test_occupying_near_the_integer_range_is_refused_clearly(cast: Cast, connect
     "instead of a refusal (retry_after = excess / decay overflows double precision)"
 )
 def test_a_full_rate_limit_with_a_tiny_decay_breaks_nobody(cast: Cast, connect: Connect) -> None:
-    scene = _scene(cast, connect, limit=0, held_by_other=0)
-    scene.manager.execute("SELECT pggcl.update_limit('p', %s, 1e-300)", (INT_MAX,))
+    scene = _scene(cast, connect, limit=INT_MAX, held_by_other=0)
+    _, error = attempt(scene.manager, "SELECT pggcl.update_limit('p', NULL, 1e-300)")
+    if error is not None:  # a bound on the decay is fine
+        assert error.sqlstate == "GC003", describe(error)
+        return
     for _ in range(3):
         _, error = attempt(
-            scene.tenant, "SELECT * FROM pggcl.try_acquire('{p}', %s, 'rate_limit')", INT_MAX
+            scene.tenant, "SELECT * FROM pggcl.try_acquire('{p}', %s, 'rate_limit')", scene.limit
         )
         assert error is None or is_refusal(error), describe(error)
     everyone_else_still_works(scene)
