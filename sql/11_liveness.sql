@@ -1,11 +1,14 @@
 -- Internal: whose session a call acts for, whether a session's connection is alive, and how a
--- session is told about its requests.
+-- session is told about its requests. (The SQL functions schema-qualify every function and
+-- operator: see "No trojans" in 10_internals.sql.)
 
 -- The session this connection registered, if any (kept in a per-connection setting, so it
 -- vanishes with the connection).
 CREATE FUNCTION pggcl._connection_session() RETURNS integer
 LANGUAGE sql STABLE AS $$
-    SELECT nullif(current_setting('pggcl.session_id', true), '')::integer
+    SELECT CASE WHEN pg_catalog.current_setting('pggcl.session_id', true) OPERATOR(pg_catalog.=) ''
+                THEN NULL
+                ELSE pg_catalog.current_setting('pggcl.session_id', true)::integer END
 $$;
 
 -- Whether the session exists and has not been reclaimed.
@@ -33,10 +36,11 @@ $$;
 -- Whether the session's connection is alive. A live session holds its advisory lock, so taking
 -- it (for this transaction only) fails; success means the owner is gone. Our own session is
 -- alive by definition (and would not fail the probe: advisory locks are re-entrant).
+-- (Not IS NOT DISTINCT FROM, whose `=` is looked up on the search_path; session_id is never NULL.)
 CREATE FUNCTION pggcl._session_alive(session_id integer) RETURNS boolean
 LANGUAGE sql VOLATILE AS $$
-    SELECT session_id IS NOT DISTINCT FROM pggcl._connection_session()
-        OR NOT pg_try_advisory_xact_lock(pggcl._lock_space(), session_id)
+    SELECT coalesce(session_id OPERATOR(pg_catalog.=) pggcl._connection_session(), false)
+        OR NOT pg_catalog.pg_try_advisory_xact_lock(pggcl._lock_space(), session_id)
 $$;
 
 -- Tell a session about its waiter, on the session's channel: `kind:waiter_id[:detail]`
@@ -44,6 +48,7 @@ $$;
 CREATE FUNCTION pggcl._notify(session_id integer, kind text, waiter_id bigint, detail text DEFAULT NULL)
 RETURNS void
 LANGUAGE sql VOLATILE AS $$
-    SELECT pg_notify('pggcl_' || session_id,
-                     kind || ':' || waiter_id || coalesce(':' || left(detail, 7000), ''))
+    SELECT pg_catalog.pg_notify('pggcl_' OPERATOR(pg_catalog.||) session_id,
+                                kind OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) waiter_id
+                                OPERATOR(pg_catalog.||) coalesce(':' OPERATOR(pg_catalog.||) pg_catalog.left(detail, 7000), ''))
 $$;

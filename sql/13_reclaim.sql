@@ -5,9 +5,10 @@
 -- The sessions with a claim on the limits `ids`: a lease or a queued request there.
 CREATE FUNCTION pggcl._claimants(ids bigint[]) RETURNS TABLE (session_id integer)
 LANGUAGE sql STABLE AS $$
-    SELECT x.session_id FROM pggcl.leases x WHERE x.limit_id = ANY(ids) AND x.session_id IS NOT NULL
+    SELECT x.session_id FROM pggcl.leases x
+    WHERE x.limit_id OPERATOR(pg_catalog.=) ANY(ids) AND x.session_id IS NOT NULL
     UNION
-    SELECT w.session_id FROM pggcl.waiters w WHERE w.limit_id = ANY(ids)
+    SELECT w.session_id FROM pggcl.waiters w WHERE w.limit_id OPERATOR(pg_catalog.=) ANY(ids)
 $$;
 
 -- Reclaim what is dead on the locked limits `ids`: leases whose TTL passed, and the leases and

@@ -151,7 +151,7 @@ RETURNS double precision
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     l pggcl.limit_state;
-    ahead integer;
+    ahead bigint;  -- slots queued ahead: a sum of many requests may pass 2^31 - 1
     unknown boolean;
     free double precision;
     wait double precision := 0;

@@ -20,7 +20,8 @@
 
 -- Register this connection as a session (or return the one it already has). The connection
 -- holds the session's advisory lock from now until it closes; `grace_seconds` is how long its
--- leases survive a lost connection, to let a client reconnect and resume_session.
+-- leases survive a lost connection, to let a client reconnect and resume_session: 0 to
+-- 315360000 seconds (10 years), else GC003.
 CREATE FUNCTION pggcl.open_session(grace_seconds double precision DEFAULT 5)
 RETURNS TABLE (session_id integer, token uuid, channel text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -30,6 +31,9 @@ BEGIN
     IF NOT (open_session.grace_seconds >= 0 AND open_session.grace_seconds < 'Infinity') THEN
         RAISE EXCEPTION USING ERRCODE = 'GC003', COLUMN = 'grace_seconds', MESSAGE = format(
             'invalid grace_seconds: %s; it must be a finite number of seconds, 0 or more', open_session.grace_seconds);
+    ELSIF open_session.grace_seconds > 315360000 THEN  -- the bound of every duration (10_internals.sql)
+        RAISE EXCEPTION USING ERRCODE = 'GC003', COLUMN = 'grace_seconds', MESSAGE = format(
+            'invalid grace_seconds: %s; it must be at most 315360000 seconds (10 years)', open_session.grace_seconds);
     END IF;
     SELECT * INTO s FROM pggcl.sessions x WHERE x.id = pggcl._connection_session() AND NOT x.reclaimed;
     IF NOT FOUND THEN

@@ -68,7 +68,7 @@ CREATE FUNCTION pggcl.take(name text, occupy integer, session_id integer, holder
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF occupy IS NULL OR occupy < 1 OR session_id IS NULL OR request_id IS NULL THEN
+    IF occupy IS NULL OR occupy < 1 OR occupy > 1000000000 OR session_id IS NULL OR request_id IS NULL THEN
         RETURN false;
     END IF;
     RETURN pggcl._take_one(name, occupy, session_id, holder, request_id, NULL, clock_timestamp());

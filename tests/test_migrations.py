@@ -20,6 +20,8 @@ FROZEN = {
     "0001_initial.sql": "d541c55554b24927394e3d02f79d6e41",
     "0002_engine_by_job.sql": "570348e2e85ec8cea2ca55c687dc91c9",
     "0002_engine_by_job_downgrade.sql": "bbd9c452fd065c6b2c5a2c9a61875c8e",
+    "0003_bounds_names_no_trojans.sql": "2535b791f335c1c637cda330afb9bee1",
+    "0003_bounds_names_no_trojans_downgrade.sql": "42702543f6f7ded6fcb26ec65c983fc6",
 }
 
 
