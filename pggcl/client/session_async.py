@@ -17,7 +17,7 @@ from contextlib import suppress
 
 from pggcl.client._acompat import Event, Lock, Mailbox, Signal, Worker, cancel, join, spawn
 from pggcl.core import queries as q
-from pggcl.core.notifications import LOST, RECHECK, Dispatcher, parse_payload
+from pggcl.core.notifications import CLOSED, LOST, RECHECK, Dispatcher, parse_payload
 from pggcl.core.notifications import Event as Notice
 from pggcl.core.ops import Call
 from pggcl.core.policy import (
@@ -136,10 +136,13 @@ class Session:
         self._stopping.set()
 
     async def join(self) -> None:
-        """Wait for the worker to end after :meth:`stop` (it is woken by a ping on its channel)."""
+        """Wait for the worker to end after :meth:`stop` (it is woken by a ping on its channel),
+        then tell every waiter that the client is closed (closing the session dequeued them)."""
         worker, self._worker = self._worker, None
         if worker is not None and not await join(worker, self._timeout + 2):
             cancel(worker)
+        with self._lock:
+            self._dispatch.broadcast(Notice(CLOSED))
 
     # --- The worker -------------------------------------------------------------------------
 

@@ -25,12 +25,13 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from pggcl.core import queries as q
-from pggcl.core.notifications import GRANTED, LOST, REJECTED, Event
+from pggcl.core.notifications import CLOSED, GRANTED, LOST, REJECTED, Event
 from pggcl.core.ops import Call, Defer, Flow, OpenSession, Wait
 from pggcl.core.requests import Contention, Request
 from pggcl.core.retrying import Unreachable, retrying
 from pggcl.errors import (
     AcquireConcurrencySlotTimeoutError,
+    ClientClosedError,
     ConcurrencySlotAcquisitionError,
     DatabaseUnavailableError,
 )
@@ -212,6 +213,8 @@ def _wait_for_grant(
             raise ConcurrencySlotAcquisitionError(
                 f"cannot acquire {_describe(req)}: {event.detail or 'it can never be granted'}"
             )
+        elif event.kind == CLOSED:
+            raise ClientClosedError(f"the client was closed while waiting for {_describe(req)}")
         elif event.kind == LOST:
             log.warning("the session was reclaimed: queueing again for %s", _describe(req))
             raise _StartOver()

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from pggcl.core import queries as q
+from pggcl.core import values
 from pggcl.core.acquiring import as_uuid
 from pggcl.core.ops import Call, Flow, Row
 from pggcl.core.retrying import retrying
@@ -28,20 +30,28 @@ Clock = Callable[[], float]
 def _limit(row: Row) -> ConcurrencyLimit:
     name, limit, active, active_slots, decay, waiting, created, updated, held, decaying = row
     return ConcurrencyLimit(
-        name, limit, active, float(active_slots), float(decay), waiting, created, updated,
-        held, float(decaying),
+        name, limit, active, float(active_slots), float(decay), waiting, _utc(created),
+        _utc(updated), held, float(decaying),
     )  # fmt: skip
+
+
+def _utc(moment: datetime) -> datetime:
+    # psycopg gives timestamps in the database session's TimeZone, asyncpg in UTC: one rule.
+    return moment.astimezone(UTC)
 
 
 def create_limit_flow(
     name: str, limit: int, slot_decay_per_second: float, active: bool
 ) -> Flow[ConcurrencyLimit]:
     """Create a limit of ``limit`` slots; ``slot_decay_per_second`` in slots per second."""
+    values.text("name", name)
+    values.whole("limit", limit, 0)
     rows = yield Call(q.CREATE_LIMIT, (name, limit, slot_decay_per_second, active))
     return _limit(rows[0])
 
 
 def read_limit_flow(name: str, until: float, clock: Clock) -> Flow[ConcurrencyLimit]:
+    values.text("name", name)
     rows = yield from retrying(Call(q.READ_LIMIT, (name,)), until, clock)
     if not rows:
         raise LimitNotFoundError(f"limit {name!r} does not exist")
@@ -60,20 +70,35 @@ def update_limit_flow(
     active: bool | None,
     new_name: str | None,
 ) -> Flow[ConcurrencyLimit]:
+    values.text("name", name)
+    if limit is not None:
+        values.whole("limit", limit, 0)
+    if new_name is not None:
+        values.text("new_name", new_name)
     rows = yield Call(q.UPDATE_LIMIT, (name, limit, slot_decay_per_second, active, new_name))
     return _limit(rows[0])
 
 
 def delete_limit_flow(name: str) -> Flow[bool]:
+    values.text("name", name)
     rows = yield Call(q.DELETE_LIMIT, (name,))
     return bool(rows[0][0])
 
 
 def holders_flow(name: str | None, until: float, clock: Clock) -> Flow[list[Holder]]:
     rows = yield from retrying(Call(q.HOLDERS, (name,)), until, clock)
-    return [Holder(as_uuid(r[0]) or uuid.UUID(int=0), *r[1:]) for r in rows]
+    return [
+        Holder(
+            as_uuid(lease) or uuid.UUID(int=0), name, slots, holder, session_id, _utc(since),
+            None if expires is None else _utc(expires),
+        )
+        for lease, name, slots, holder, session_id, since, expires in rows
+    ]  # fmt: skip
 
 
 def queue_flow(name: str | None, until: float, clock: Clock) -> Flow[list[Waiter]]:
     rows = yield from retrying(Call(q.QUEUE, (name,)), until, clock)
-    return [Waiter(*r) for r in rows]
+    return [
+        Waiter(waiter_id, name, position, occupy, mode, holder, session_id, _utc(since))
+        for waiter_id, name, position, occupy, mode, holder, session_id, since in rows
+    ]

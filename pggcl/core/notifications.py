@@ -16,7 +16,8 @@ GRANTED: Final = "g"
 RECHECK: Final = "r"
 REJECTED: Final = "e"
 LOST: Final = "lost"
-EventKind = Literal["g", "r", "e", "lost"]
+CLOSED: Final = "closed"  # the client was closed: its session, and this request, are gone
+EventKind = Literal["g", "r", "e", "lost", "closed"]
 
 # A payload the client sends to its own channel to wake its listener (closing, self-test).
 PING: Final = "p"

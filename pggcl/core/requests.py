@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from pggcl.core import values
 from pggcl.errors import ValidationError
 
 Mode = Literal["concurrency", "rate_limit"]
@@ -34,11 +35,12 @@ def make_request(
     """Normalise and check the arguments of ``concurrency()`` / ``rate_limit()``."""
     name_tuple = (names,) if isinstance(names, str) else tuple(names)
     if not all(isinstance(n, str) for n in name_tuple):
-        raise ValidationError(f"invalid names: {names!r}; give a name or a list of names")
-    if isinstance(occupy, bool) or not isinstance(occupy, int) or occupy < 1:
         raise ValidationError(
-            f"invalid occupy: {occupy!r}; it must be a whole number of slots, 1 or more"
+            f"invalid names: {names!r}; give a name or a list of names", field="names"
         )
+    for name in name_tuple:
+        values.text("names", name)
+    values.whole("occupy", occupy, 1)
     if timeout_seconds is not None and not (0 <= timeout_seconds < float("inf")):
         raise ValidationError(
             f"invalid timeout_seconds: {timeout_seconds!r}; it must be None or a finite number of "
