@@ -55,11 +55,23 @@ async def until(predicate: Predicate, what: str, timeout: float = 10.0) -> None:
         await asyncio.sleep(POLL_SECONDS)
 
 
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Mark the task's exception as seen: a task abandoned by a failed test is otherwise
+    logged when it is garbage-collected ("Task exception was never retrieved"), and that log
+    record's traceback, formatted inside a collection that may run while pytest parses a
+    source file, crashes pytest on Python 3.11 (SystemError: AST constructor recursion depth
+    mismatch: the formatter's own ast.parse clobbers the outer one's depth, CPython
+    gh-106905)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class Worker(Generic[T]):
     """A call running concurrently with the test: a task."""
 
     def __init__(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> None:
         self._task = asyncio.get_running_loop().create_task(fn())
+        self._task.add_done_callback(_retrieved)
 
     def done(self) -> bool:
         return self._task.done()
