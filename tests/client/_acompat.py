@@ -16,9 +16,6 @@ from typing import Any, Generic, ParamSpec, TypeVar
 T = TypeVar("T")
 P = ParamSpec("P")
 
-# Which world this is: for the marks of a test that fails today in one world only.
-ASYNC = True
-
 # What a caller interrupted while it waits raises.
 Cancelled = asyncio.CancelledError
 

@@ -17,8 +17,6 @@ from typing import Generic, ParamSpec, TypeVar
 T = TypeVar("T")
 P = ParamSpec("P")
 
-ASYNC = False
-
 Cancelled = KeyboardInterrupt
 
 Pending = object

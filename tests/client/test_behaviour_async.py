@@ -21,7 +21,6 @@ import pytest
 import pggcl
 from pggcl import AsyncClient
 from tests.client._acompat import (
-    ASYNC,
     Call,
     Cancelled,
     Pending,
@@ -33,7 +32,6 @@ from tests.client._acompat import (
 )
 from tests.client._behaviour import (
     BAD_VALUES,
-    FAILS_TODAY,
     kill,
     lock_waits,
     row_locked,
@@ -377,7 +375,6 @@ async def test_a_reclaimed_session_requeues_its_waiters_and_logs_for_its_holders
     assert await client.queue() == []
 
 
-@pytest.mark.xfail(strict=True, reason=FAILS_TODAY["close while waiting"]["both"])
 async def test_close_ends_a_waiter_with_client_closed_error(
     client: AsyncClient, other: AsyncClient
 ) -> None:
@@ -551,15 +548,8 @@ async def test_a_pool_connection_killed_while_idle_is_replaced(pggcl_dsn: str) -
 #
 # The two drivers encode arguments and decode results differently (psycopg: text adaptation
 # and casts on the server; asyncpg: binary encoding by the parameter's type, in the client).
-# The cases below are where that shows through; each mark says what happens today.
-
-
-def fails_today(case: str) -> Any:
-    """The marks of a case that fails today in this world (strict: a fix shows)."""
-    reason = FAILS_TODAY.get(case, {}).get("async" if ASYNC else "sync")
-    return [] if reason is None else [pytest.mark.xfail(strict=True, reason=reason)]
-
-
+# The cases below are where that showed through: the same call was refused differently, or
+# accepted with different results (see BAD_VALUES).
 ONE_AND_A_HALF: Any = 1.5  # a caller without a type checker
 
 
@@ -579,15 +569,13 @@ def bad_value_call(c: AsyncClient, case: str) -> Pending:
     return c.create_limit("a\udcffb", 1)
 
 
-@pytest.mark.parametrize(
-    "case", [pytest.param(case, marks=fails_today(case)) for case in BAD_VALUES]
-)
+@pytest.mark.parametrize("case", BAD_VALUES)
 async def test_a_bad_value_is_a_validation_error(client: AsyncClient, case: str) -> None:
     await client.create_limit("db", 1)
     try:
         await bad_value_call(client, case)
-    except pggcl.ValidationError:
-        pass
+    except pggcl.ValidationError as exc:
+        assert exc.field == BAD_VALUES[case], (exc.field, str(exc))
     except Exception as exc:
         raise AssertionError(f"not a ValidationError: {type(exc).__name__}: {exc}") from None
     else:
@@ -596,7 +584,6 @@ async def test_a_bad_value_is_a_validation_error(client: AsyncClient, case: str)
     assert await client.holders() == []
 
 
-@pytest.mark.xfail(not ASYNC, strict=True, reason=FAILS_TODAY["UTC timestamps"]["sync"])
 async def test_timestamps_are_utc_whatever_the_database_time_zone(pggcl_dsn: str) -> None:
     set_database_time_zone(pggcl_dsn, "Asia/Tokyo")
     async with AsyncClient(pggcl_dsn) as c:

@@ -16,7 +16,6 @@ import pggcl
 from pggcl import Client
 from tests.client._behaviour import (
     BAD_VALUES,
-    FAILS_TODAY,
     kill,
     lock_waits,
     row_locked,
@@ -25,7 +24,6 @@ from tests.client._behaviour import (
     terminate_pool_connections,
 )
 from tests.client._compat import (
-    ASYNC,
     Call,
     Cancelled,
     Pending,
@@ -369,7 +367,6 @@ def test_a_reclaimed_session_requeues_its_waiters_and_logs_for_its_holders(
     assert client.queue() == []
 
 
-@pytest.mark.xfail(strict=True, reason=FAILS_TODAY["close while waiting"]["both"])
 def test_close_ends_a_waiter_with_client_closed_error(client: Client, other: Client) -> None:
     client.create_limit("db", 1)
     with other.concurrency("db"):
@@ -539,15 +536,8 @@ def test_a_pool_connection_killed_while_idle_is_replaced(pggcl_dsn: str) -> None
 #
 # The two drivers encode arguments and decode results differently (psycopg: text adaptation
 # and casts on the server; asyncpg: binary encoding by the parameter's type, in the client).
-# The cases below are where that shows through; each mark says what happens today.
-
-
-def fails_today(case: str) -> Any:
-    """The marks of a case that fails today in this world (strict: a fix shows)."""
-    reason = FAILS_TODAY.get(case, {}).get("async" if ASYNC else "sync")
-    return [] if reason is None else [pytest.mark.xfail(strict=True, reason=reason)]
-
-
+# The cases below are where that showed through: the same call was refused differently, or
+# accepted with different results (see BAD_VALUES).
 ONE_AND_A_HALF: Any = 1.5  # a caller without a type checker
 
 
@@ -567,15 +557,13 @@ def bad_value_call(c: Client, case: str) -> Pending:
     return c.create_limit("a\udcffb", 1)
 
 
-@pytest.mark.parametrize(
-    "case", [pytest.param(case, marks=fails_today(case)) for case in BAD_VALUES]
-)
+@pytest.mark.parametrize("case", BAD_VALUES)
 def test_a_bad_value_is_a_validation_error(client: Client, case: str) -> None:
     client.create_limit("db", 1)
     try:
         bad_value_call(client, case)
-    except pggcl.ValidationError:
-        pass
+    except pggcl.ValidationError as exc:
+        assert exc.field == BAD_VALUES[case], (exc.field, str(exc))
     except Exception as exc:
         raise AssertionError(f"not a ValidationError: {type(exc).__name__}: {exc}") from None
     else:
@@ -584,7 +572,6 @@ def test_a_bad_value_is_a_validation_error(client: Client, case: str) -> None:
     assert client.holders() == []
 
 
-@pytest.mark.xfail(not ASYNC, strict=True, reason=FAILS_TODAY["UTC timestamps"]["sync"])
 def test_timestamps_are_utc_whatever_the_database_time_zone(pggcl_dsn: str) -> None:
     set_database_time_zone(pggcl_dsn, "Asia/Tokyo")
     with Client(pggcl_dsn) as c:
