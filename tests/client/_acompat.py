@@ -63,6 +63,25 @@ def _retrieved(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
+class Event:
+    """An event to wait for, at most ``timeout`` seconds (then AssertionError)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self, timeout: float = 10.0) -> None:
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"the event was not set within {timeout} s") from None
+
+
 class Worker(Generic[T]):
     """A call running concurrently with the test: a task."""
 

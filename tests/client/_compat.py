@@ -44,6 +44,23 @@ def until(predicate: Predicate, what: str, timeout: float = 10.0) -> None:
         time.sleep(POLL_SECONDS)
 
 
+class Event:
+    """An event to wait for, at most ``timeout`` seconds (then AssertionError)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float = 10.0) -> None:
+        if not self._event.wait(timeout):
+            raise AssertionError(f"the event was not set within {timeout} s")
+
+
 class Worker(Generic[T]):
     """A call running concurrently with the test: a daemon thread."""
 

@@ -10,7 +10,9 @@ lives in ``tests/client/_acompat.py`` / ``_compat.py``.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -23,6 +25,7 @@ from pggcl import AsyncClient
 from tests.client._acompat import (
     Call,
     Cancelled,
+    Event,
     Pending,
     cancel_when,
     run_blocking,
@@ -39,7 +42,7 @@ from tests.client._behaviour import (
     start_holder,
     terminate_pool_connections,
 )
-from tests.client.conftest import sql, terminate_session_connection
+from tests.client.conftest import max_overlap, sql, terminate_session_connection
 
 
 @pytest.fixture
@@ -73,6 +76,100 @@ async def hold_once(
     """Acquire, then release at once; the lease id it held."""
     async with c.concurrency(names, occupy, timeout_seconds, strict=strict) as grant:
         return grant.lease_id
+
+
+# --- Managing and holding --------------------------------------------------------------------
+
+
+async def test_manage_limits(client: AsyncClient) -> None:
+    created = await client.create_limit("database", limit=5)
+    assert (created.name, created.limit, created.active, created.active_slots) == (
+        "database",
+        5,
+        True,
+        0,
+    )
+    await client.create_limit("api", limit=2, slot_decay_per_second=0.5, active=False)
+    assert [lim.name for lim in await client.list_limits()] == ["api", "database"]
+    api = await client.read_limit("api")
+    assert api.slot_decay_per_second == 0.5
+    updated = await client.update_limit("api", limit=3, active=True, new_name="api2")
+    assert (updated.name, updated.limit, updated.active) == ("api2", 3, True)
+    with pytest.raises(pggcl.LimitNotFoundError, match="'api'"):
+        await client.read_limit("api")
+    with pytest.raises(pggcl.LimitExistsError, match="'database'"):
+        await client.create_limit("database", limit=1)
+    with pytest.raises(pggcl.ValidationError, match="-1"):
+        await client.create_limit("bad", limit=-1)
+    with pytest.raises(pggcl.ValidationError, match="a/b"):
+        await client.create_limit("a/b", limit=1)
+    assert await client.delete_limit("api2") is True
+    assert await client.delete_limit("api2") is False
+    assert [lim.name for lim in await client.list_limits()] == ["database"]
+
+
+async def test_a_hold_shows_in_holders_and_is_released(client: AsyncClient) -> None:
+    await client.create_limit("db", 2)
+    async with client.concurrency("db", occupy=2, holder="me") as grant:
+        (held_now,) = await client.holders("db")
+        assert (held_now.lease_id, held_now.slots, held_now.holder) == (grant.lease_id, 2, "me")
+        db = await client.read_limit("db")
+        assert db.active_slots == 2
+    assert await client.holders() == []
+    db = await client.read_limit("db")
+    assert db.active_slots == 0
+
+
+async def test_workers_never_exceed_the_limit_and_reach_it(client: AsyncClient) -> None:
+    await client.create_limit("db", 3)
+    intervals: list[tuple[float, float]] = []
+    entries = itertools.count(1)
+    full = Event()  # the first 3 holders stay until all 3 are in: the peak is reached
+
+    async def worker() -> None:
+        for _ in range(3):
+            async with client.concurrency("db"):
+                start = time.monotonic()
+                entry = next(entries)
+                if entry == 3:
+                    full.set()
+                if entry <= 3:
+                    await full.wait()
+                await sleep(0.002)
+                intervals.append((start, time.monotonic()))
+
+    workers = [spawn(worker) for _ in range(8)]
+    for w in workers:
+        await w.result(timeout=30)
+    assert len(intervals) == 24
+    assert max_overlap(intervals) == 3
+    assert client.stats.connects == 1  # one session connection, however many wait
+
+
+async def test_a_timeout_past_what_the_platform_can_sleep_waits(client: AsyncClient) -> None:
+    years_300 = 300 * 365 * 24 * 3600.0  # past threading.TIMEOUT_MAX (about 292 years)
+    await client.create_limit("db", 1)
+    async with client.concurrency("db"):
+        waiter = spawn(lambda: hold_once(client, "db", timeout_seconds=years_300))
+        await until(lambda: queued(client, "db", 1), "the waiter is queued")
+    assert await waiter.result() is not None
+
+
+async def test_a_limit_that_made_us_queue_skips_the_fast_path(client: AsyncClient) -> None:
+    # pggcl.take is refused wherever requests queue: after one request queued, the next on
+    # that limit goes straight to pggcl.acquire; a request granted at once brings take back.
+    await client.create_limit("db", 1)
+    costs = []
+    async with client.concurrency("db"):
+        for _ in range(2):
+            before = client.stats.calls
+            with pytest.raises(pggcl.AcquireConcurrencySlotTimeoutError):
+                await hold_once(client, "db", timeout_seconds=0.05)
+            costs.append(client.stats.calls - before)
+    assert costs == [3, 2]  # take, acquire (queued), cancel; then acquire, cancel
+    assert not client._contention.worth_taking("db")
+    assert await hold_once(client, "db") is not None  # acquire, granted at once
+    assert client._contention.worth_taking("db")
 
 
 # --- Pool exhaustion ------------------------------------------------------------------------
@@ -213,8 +310,10 @@ async def test_a_timeout_leaves_nothing_queued(client: AsyncClient) -> None:
         with pytest.raises(pggcl.AcquireConcurrencySlotTimeoutError, match="'db'"):
             await hold_once(client, "db", timeout_seconds=0.05)
         assert await client.queue() == []
+        calls = client.stats.calls
         with pytest.raises(TimeoutError):  # 0: one try, no waiting
             await hold_once(client, "db", timeout_seconds=0)
+        assert client.stats.calls == calls + 1
         assert await client.queue() == []
         assert len(await client.holders()) == 1
     assert await client.holders() == []

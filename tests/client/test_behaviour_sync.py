@@ -4,7 +4,9 @@ edit; change the async source (it says what this module is for) and run the tool
 
 from __future__ import annotations
 
+import itertools
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -26,6 +28,7 @@ from tests.client._behaviour import (
 from tests.client._compat import (
     Call,
     Cancelled,
+    Event,
     Pending,
     cancel_when,
     run_blocking,
@@ -33,7 +36,7 @@ from tests.client._compat import (
     spawn,
     until,
 )
-from tests.client.conftest import sql, terminate_session_connection
+from tests.client.conftest import max_overlap, sql, terminate_session_connection
 
 
 @pytest.fixture
@@ -67,6 +70,100 @@ def hold_once(
     """Acquire, then release at once; the lease id it held."""
     with c.concurrency(names, occupy, timeout_seconds, strict=strict) as grant:
         return grant.lease_id
+
+
+# --- Managing and holding --------------------------------------------------------------------
+
+
+def test_manage_limits(client: Client) -> None:
+    created = client.create_limit("database", limit=5)
+    assert (created.name, created.limit, created.active, created.active_slots) == (
+        "database",
+        5,
+        True,
+        0,
+    )
+    client.create_limit("api", limit=2, slot_decay_per_second=0.5, active=False)
+    assert [lim.name for lim in client.list_limits()] == ["api", "database"]
+    api = client.read_limit("api")
+    assert api.slot_decay_per_second == 0.5
+    updated = client.update_limit("api", limit=3, active=True, new_name="api2")
+    assert (updated.name, updated.limit, updated.active) == ("api2", 3, True)
+    with pytest.raises(pggcl.LimitNotFoundError, match="'api'"):
+        client.read_limit("api")
+    with pytest.raises(pggcl.LimitExistsError, match="'database'"):
+        client.create_limit("database", limit=1)
+    with pytest.raises(pggcl.ValidationError, match="-1"):
+        client.create_limit("bad", limit=-1)
+    with pytest.raises(pggcl.ValidationError, match="a/b"):
+        client.create_limit("a/b", limit=1)
+    assert client.delete_limit("api2") is True
+    assert client.delete_limit("api2") is False
+    assert [lim.name for lim in client.list_limits()] == ["database"]
+
+
+def test_a_hold_shows_in_holders_and_is_released(client: Client) -> None:
+    client.create_limit("db", 2)
+    with client.concurrency("db", occupy=2, holder="me") as grant:
+        (held_now,) = client.holders("db")
+        assert (held_now.lease_id, held_now.slots, held_now.holder) == (grant.lease_id, 2, "me")
+        db = client.read_limit("db")
+        assert db.active_slots == 2
+    assert client.holders() == []
+    db = client.read_limit("db")
+    assert db.active_slots == 0
+
+
+def test_workers_never_exceed_the_limit_and_reach_it(client: Client) -> None:
+    client.create_limit("db", 3)
+    intervals: list[tuple[float, float]] = []
+    entries = itertools.count(1)
+    full = Event()  # the first 3 holders stay until all 3 are in: the peak is reached
+
+    def worker() -> None:
+        for _ in range(3):
+            with client.concurrency("db"):
+                start = time.monotonic()
+                entry = next(entries)
+                if entry == 3:
+                    full.set()
+                if entry <= 3:
+                    full.wait()
+                sleep(0.002)
+                intervals.append((start, time.monotonic()))
+
+    workers = [spawn(worker) for _ in range(8)]
+    for w in workers:
+        w.result(timeout=30)
+    assert len(intervals) == 24
+    assert max_overlap(intervals) == 3
+    assert client.stats.connects == 1  # one session connection, however many wait
+
+
+def test_a_timeout_past_what_the_platform_can_sleep_waits(client: Client) -> None:
+    years_300 = 300 * 365 * 24 * 3600.0  # past threading.TIMEOUT_MAX (about 292 years)
+    client.create_limit("db", 1)
+    with client.concurrency("db"):
+        waiter = spawn(lambda: hold_once(client, "db", timeout_seconds=years_300))
+        until(lambda: queued(client, "db", 1), "the waiter is queued")
+    assert waiter.result() is not None
+
+
+def test_a_limit_that_made_us_queue_skips_the_fast_path(client: Client) -> None:
+    # pggcl.take is refused wherever requests queue: after one request queued, the next on
+    # that limit goes straight to pggcl.acquire; a request granted at once brings take back.
+    client.create_limit("db", 1)
+    costs = []
+    with client.concurrency("db"):
+        for _ in range(2):
+            before = client.stats.calls
+            with pytest.raises(pggcl.AcquireConcurrencySlotTimeoutError):
+                hold_once(client, "db", timeout_seconds=0.05)
+            costs.append(client.stats.calls - before)
+    assert costs == [3, 2]  # take, acquire (queued), cancel; then acquire, cancel
+    assert not client._contention.worth_taking("db")
+    assert hold_once(client, "db") is not None  # acquire, granted at once
+    assert client._contention.worth_taking("db")
 
 
 # --- Pool exhaustion ------------------------------------------------------------------------
@@ -207,8 +304,10 @@ def test_a_timeout_leaves_nothing_queued(client: Client) -> None:
         with pytest.raises(pggcl.AcquireConcurrencySlotTimeoutError, match="'db'"):
             hold_once(client, "db", timeout_seconds=0.05)
         assert client.queue() == []
+        calls = client.stats.calls
         with pytest.raises(TimeoutError):  # 0: one try, no waiting
             hold_once(client, "db", timeout_seconds=0)
+        assert client.stats.calls == calls + 1
         assert client.queue() == []
         assert len(client.holders()) == 1
     assert client.holders() == []
