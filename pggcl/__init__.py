@@ -1,4 +1,10 @@
-"""pggcl: global concurrency limits and rate limits inside PostgreSQL."""
+"""pggcl: global concurrency limits and rate limits inside PostgreSQL.
+
+``pggcl.concurrency`` and ``pggcl.rate_limit`` are the sync functions of :mod:`pggcl.sync`
+(``from pggcl import concurrency``, as ``from prefect import concurrency`` is written in
+Prefect's docs); their async twins are ``pggcl.asyncio.concurrency`` and
+``pggcl.asyncio.rate_limit``. Importing pggcl never imports Prefect.
+"""
 
 from pggcl.asyncio import AsyncClient
 from pggcl.errors import (
@@ -17,7 +23,7 @@ from pggcl.errors import (
     ValidationError,
 )
 from pggcl.models import ConcurrencyLimit, Holder, Waiter
-from pggcl.sync import Client
+from pggcl.sync import Client, concurrency, rate_limit
 
 __version__ = "0.1.0"
 
@@ -41,4 +47,6 @@ __all__ = [
     "ValidationError",
     "Waiter",
     "__version__",
+    "concurrency",
+    "rate_limit",
 ]

@@ -5,6 +5,10 @@ from pggcl.asyncio import concurrency, rate_limit
 async with concurrency("database", occupy=1, timeout_seconds=10):
     ...
 await rate_limit("rate-limited-api")
+
+``concurrency`` and ``rate_limit`` take the parameters of ``prefect.concurrency.asyncio``'s, by
+the same names, positions and defaults (see the client method's docstring and
+docs/migrating-from-prefect.md for what each does here).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import weakref
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from pggcl.client.client_async import AsyncClient
 from pggcl.core.options import env_dsn, env_session_dsn
@@ -41,11 +46,23 @@ def concurrency(
     names: str | Sequence[str],
     occupy: int = 1,
     timeout_seconds: float | None = None,
+    max_retries: int | None = None,
+    lease_duration: float | None = 300,
     strict: bool = False,
-    holder: str | None = None,
+    holder: str | Any | None = None,
+    raise_on_lease_renewal_failure: bool | None = None,
 ) -> AbstractAsyncContextManager[Grant]:
     """:meth:`AsyncClient.concurrency` on this loop's client of PGGCL_DSN."""
-    return _client().concurrency(names, occupy, timeout_seconds, strict, holder)
+    return _client().concurrency(
+        names,
+        occupy,
+        timeout_seconds,
+        max_retries,
+        lease_duration,
+        strict,
+        holder,
+        raise_on_lease_renewal_failure,
+    )
 
 
 async def rate_limit(

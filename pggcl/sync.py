@@ -5,6 +5,10 @@ from pggcl.sync import concurrency, rate_limit
 with concurrency("database", occupy=1, timeout_seconds=10):
     ...
 rate_limit("rate-limited-api")
+
+``concurrency`` and ``rate_limit`` take the parameters of ``prefect.concurrency.sync``'s, by
+the same names, positions and defaults (see the client method's docstring and
+docs/migrating-from-prefect.md for what each does here).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from typing import Any
 
 from pggcl.client.client_sync import Client
 from pggcl.core.options import env_dsn, env_session_dsn
@@ -59,11 +64,23 @@ def concurrency(
     names: str | Sequence[str],
     occupy: int = 1,
     timeout_seconds: float | None = None,
+    max_retries: int | None = None,
+    lease_duration: float | None = 300,
     strict: bool = False,
-    holder: str | None = None,
+    holder: str | Any | None = None,
+    raise_on_lease_renewal_failure: bool | None = None,
 ) -> AbstractContextManager[Grant]:
     """:meth:`Client.concurrency` on the process-wide client of PGGCL_DSN."""
-    return _client().concurrency(names, occupy, timeout_seconds, strict, holder)
+    return _client().concurrency(
+        names,
+        occupy,
+        timeout_seconds,
+        max_retries,
+        lease_duration,
+        strict,
+        holder,
+        raise_on_lease_renewal_failure,
+    )
 
 
 def rate_limit(

@@ -7,26 +7,146 @@ this file, then run ``python tools/async_to_sync.py``; a test checks the two agr
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
 
-from pggcl.client._acompat import worker_name
+from pggcl.client import _acompat as _world
+from pggcl.client._acompat import Event, Lock, Worker, cancel, join, shielded, spawn, worker_name
 from pggcl.client.port_async import AsyncPort
 from pggcl.client.runner_async import run
 from pggcl.core import acquiring, flows, requests
-from pggcl.core.ops import Flow
+from pggcl.core.ops import Call, Flow, OpenSession, Row
 from pggcl.core.options import HeldLeases, Options, default_holder
 from pggcl.core.policy import Stats
-from pggcl.errors import ClientClosedError
+from pggcl.core.retrying import retrying
+from pggcl.errors import (
+    AcquireConcurrencySlotTimeoutError,
+    ClientClosedError,
+    ConcurrencySlotAcquisitionError,
+    PggclError,
+    SessionLostError,
+    ValidationError,
+)
 from pggcl.models import ConcurrencyLimit, Grant, Holder, Waiter
+from pggcl.prefect import holder_text, run_holder
 
 __all__ = ["AsyncClient"]
 
 T = TypeVar("T")
+
+# The asyncio world can interrupt a holder at once (its task is cancelled); threads cannot.
+_ASYNC: Final = _world.__name__ == "pggcl.client._acompat"
+
+# Lease TTLs. A lease of concurrency() gets an expiry of lease_duration seconds, renewed at a
+# third of it while the process lives. The grant itself takes no TTL (the fast path,
+# pggcl.take, has no room for one): the first renewal sets it, _FIRST_RENEWAL seconds after the
+# grant at most, so a block shorter than that costs no call at all. One call renews every lease
+# of the client that is due (or nearly: _SLACK of its interval), whatever their number.
+_FIRST_RENEWAL: Final = 1.0
+_RENEW_EVERY: Final = 1.0 / 3.0
+_SLACK: Final = 0.25
+_RETRY_RENEWAL: Final = 1.0
+_LONGEST_TTL: Final = 315_360_000.0  # the engine's bound on ttl_seconds (10 years)
+RENEW_MANY: Final = (
+    "SELECT u.lease_id, pggcl.renew(u.lease_id, u.ttl)"
+    " FROM unnest($1::uuid[], $2::double precision[]) AS u(lease_id, ttl)"
+)
+
+
+@dataclass(slots=True, eq=False)
+class _Lease:
+    """A lease this client holds, as its renewals see it."""
+
+    lease_id: uuid.UUID
+    names: tuple[str, ...]
+    ttl: float | None  # lease_duration; None: no expiry, the session alone keeps it
+    raise_on_loss: bool
+    renewed_at: float  # monotonic: the grant, then the start of the last renewal that held
+    due: float  # monotonic: when to renew next
+    task: Any = None  # the holder's task (asyncio world), interrupted on loss
+    lost: str | None = None  # why it was lost, once it was
+    interrupted: bool = False
+
+
+def checked_lease_duration(lease_duration: float | None) -> float | None:
+    """``lease_duration`` checked: None, or seconds above 0 (at most the engine's bound)."""
+    if lease_duration is None:
+        return None
+    if (
+        isinstance(lease_duration, bool)
+        or not isinstance(lease_duration, int | float)
+        or not (0 < lease_duration <= _LONGEST_TTL)
+        or math.isnan(lease_duration)
+    ):
+        raise ValidationError(
+            f"invalid lease_duration: {lease_duration!r}; it must be None or seconds above 0, "
+            f"at most {_LONGEST_TTL:.0f}",
+            field="lease_duration",
+        )
+    return float(lease_duration)
+
+
+def checked_max_retries(max_retries: int | None) -> int | None:
+    if max_retries is None:
+        return None
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ValidationError(
+            f"invalid max_retries: {max_retries!r}; it must be None or a whole number, 0 or more",
+            field="max_retries",
+        )
+    return max_retries
+
+
+def bounded_attempts(flow: Flow[T], max_retries: int | None, what: str) -> Flow[T]:
+    """``flow`` (an acquire), allowed to start over at most ``max_retries`` times. An acquire
+    starts over, after settling its attempt, when its session was reclaimed while it waited or
+    an answer was lost to an outage; each attempt begins by asking for the session. One more
+    start-over raises ConcurrencySlotAcquisitionError, with nothing left queued or held."""
+    if max_retries is None:
+        return (yield from flow)
+    retries, called = 0, False
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = flow.send(value) if error is None else flow.throw(error)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        value = error = None
+        if isinstance(op, OpenSession) and called:
+            retries, called = retries + 1, False
+            if retries > max_retries:
+                flow.close()  # between attempts: the last one is settled
+                raise ConcurrencySlotAcquisitionError(
+                    f"could not acquire {what}: gave up after max_retries={max_retries} "
+                    "retries (the request had to start over: its session was reclaimed, or "
+                    "the database went away)"
+                )
+        elif isinstance(op, Call):
+            called = True
+        try:
+            value = yield op
+        except GeneratorExit:
+            flow.close()
+            raise
+        except BaseException as exc:
+            error = exc
+
+
+def renew_flow(leases: list[_Lease], until: float, clock: acquiring.Clock) -> Flow[list[Row]]:
+    """One call that renews ``leases``: rows (lease_id, still held)."""
+    ids = [lease.lease_id for lease in leases]
+    ttls = [lease.ttl for lease in leases]
+    rows: list[Row] = yield from retrying(Call(RENEW_MANY, (ids, ttls)), until, clock)
+    return rows
+
 
 # Ports of a forked parent: kept alive so that no destructor touches the parent's sockets.
 _abandoned: list[AsyncPort] = []
@@ -60,16 +180,28 @@ class AsyncClient:
         self._held = HeldLeases()
         self._contention = requests.Contention()
         self._pid = os.getpid()
+        self._leases_lock = Lock()
+        self._renew_now = Event()
+        self._fresh_leases()
         self._port_ = self._new_port()
 
+    def _fresh_leases(self) -> None:
+        self._leases: dict[uuid.UUID, _Lease] = {}
+        self._renewer: Worker | None = None
+        self._renewing = False
+        self._closing = False
+
     def _new_port(self) -> AsyncPort:
-        return AsyncPort(self.dsn, self._options, self._held.session_lost)
+        return AsyncPort(self.dsn, self._options, self._session_lost)
 
     @property
     def _port(self) -> AsyncPort:
         if self._pid != os.getpid():  # forked: the parent's connections are not ours
             _abandoned.append(self._port_)
-            self._pid, self._held, self._port_ = os.getpid(), HeldLeases(), self._new_port()
+            self._pid, self._held = os.getpid(), HeldLeases()
+            self._leases_lock, self._renew_now = Lock(), Event()
+            self._fresh_leases()
+            self._port_ = self._new_port()
         return self._port_
 
     @property
@@ -85,7 +217,14 @@ class AsyncClient:
 
     async def close(self) -> None:
         """Close the session (releasing what it still holds) and every connection."""
-        await self._port.close()
+        port = self._port
+        with self._leases_lock:
+            self._closing = True
+            renewer = self._renewer
+            self._renew_now.set()
+        await port.close()
+        if renewer is not None and not await join(renewer, 2.0):
+            cancel(renewer)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -95,9 +234,12 @@ class AsyncClient:
 
     # --- Acquiring --------------------------------------------------------------------------
 
-    async def _acquire(self, req: requests.Request, started: float) -> Grant:
+    async def _acquire(
+        self, req: requests.Request, started: float, max_retries: int | None = None
+    ) -> Grant:
         flow = acquiring.acquire_flow(req, time.monotonic, started, self._contention)
-        return await run(flow, self._port)
+        what = f"{req.occupy} slot(s) on {', '.join(map(repr, req.names))}"
+        return await run(bounded_attempts(flow, max_retries, what), self._port)
 
     @asynccontextmanager
     async def concurrency(
@@ -105,41 +247,196 @@ class AsyncClient:
         names: str | Sequence[str],
         occupy: int = 1,
         timeout_seconds: float | None = None,
+        max_retries: int | None = None,
+        lease_duration: float | None = 300,
         strict: bool = False,
-        holder: str | None = None,
+        holder: str | Any | None = None,
+        raise_on_lease_renewal_failure: bool | None = None,
     ) -> AsyncIterator[Grant]:
         """Hold ``occupy`` slots on every limit in ``names`` for the body of the block.
 
-        Waits until granted (first come, first served), at most ``timeout_seconds`` seconds
-        (None: no limit; 0: do not wait), then raises AcquireConcurrencySlotTimeoutError.
-        Missing limits are created inactive, or raise with ``strict=True``.
+        Prefect's parameters, by the same names, positions and defaults
+        (docs/migrating-from-prefect.md says what each does here):
+
+        - ``timeout_seconds``: wait at most this long (None: no limit; 0: do not wait), then
+          raise AcquireConcurrencySlotTimeoutError (a TimeoutError). Waiting is first come,
+          first served.
+        - ``max_retries``: None, no bound. 0: do not queue; slots not free at once raise
+          ConcurrencySlotAcquisitionError (Prefect's error when no retry is left). N: queue,
+          and start over (after a reclaimed session or an outage) at most N times.
+        - ``lease_duration``: the lease's TTL in seconds, renewed at a third of it while
+          this process lives (one call renews all of the client's leases due); the engine
+          reclaims the slots when it passes unrenewed, or when the client's session is gone
+          past its grace, whichever comes first. None: no TTL.
+        - ``strict``: a missing limit raises ConcurrencySlotAcquisitionError instead of being
+          created inactive.
+        - ``holder``: a string, or Prefect's ``{"type": ..., "id": UUID}`` (stored as
+          ``type:id``). By default the Prefect task (or flow) run this runs in, else
+          ``host:pid:thread`` (or task name).
+        - ``raise_on_lease_renewal_failure``: when the lease is lost meanwhile (a renewal
+          refused, the session reclaimed), True raises SessionLostError (an async holder is
+          cancelled at once, and SessionLostError replaces the CancelledError; a sync holder
+          learns it at the block's exit); False logs a warning and lets the body go on.
+          None: as ``strict``, as in Prefect.
         """
         started = time.monotonic()
-        holder = holder or default_holder(worker_name())
-        req = requests.make_request(names, occupy, "concurrency", timeout_seconds, strict, holder)
+        ttl = checked_lease_duration(lease_duration)
+        max_retries = checked_max_retries(max_retries)
+        raise_on_loss = (
+            strict if raise_on_lease_renewal_failure is None else raise_on_lease_renewal_failure
+        )
+        text = holder_text(holder) or run_holder() or default_holder(worker_name())
+        no_queue = max_retries == 0 and timeout_seconds != 0
+        req = requests.make_request(
+            names, occupy, "concurrency", 0 if no_queue else timeout_seconds, strict, text
+        )
         if not req.names:
             yield Grant(req.names, req.occupy, None)
             return
-        grant = await self._acquire(req, started)
+        try:
+            grant = await self._acquire(req, started, max_retries)
+        except AcquireConcurrencySlotTimeoutError as exc:
+            if not no_queue:
+                raise
+            raise ConcurrencySlotAcquisitionError(
+                f"{exc}; max_retries=0: the request does not queue"
+            ) from exc
+        assert grant.lease_id is not None
+        lease = self._hold(grant.lease_id, req.names, ttl, raise_on_loss)
         self._held.count += 1
+        released = True
         try:
             yield grant
-        finally:
+        except BaseException as exc:
             self._held.count -= 1
-            assert grant.lease_id is not None
-            await self._release(grant.lease_id, req.names)
+            released = await self._let_go(lease)
+            # Cancelled by us alone (and not by someone else as well): say why.
+            ours = lease.interrupted and isinstance(exc, asyncio.CancelledError)
+            if ours and lease.task.uncancel() == 0:
+                raise self._lost_error(lease) from exc
+            raise
+        else:
+            self._held.count -= 1
+            released = await self._let_go(lease)
+            if lease.interrupted and lease.task.uncancel() > 0:
+                raise asyncio.CancelledError()  # someone else's cancellation as well
+        if raise_on_loss and (lease.lost is not None or not released):
+            raise self._lost_error(lease)
 
-    async def _release(self, lease_id: uuid.UUID, names: Sequence[str]) -> None:
+    def _lost_error(self, lease: _Lease) -> SessionLostError:
+        why = lease.lost or "it was gone when released (reclaimed)"
+        return SessionLostError(
+            f"lease {lease.lease_id} on {', '.join(map(repr, lease.names))} was lost "
+            f"while held: {why}; its slots may have been given to others"
+        )
+
+    async def _let_go(self, lease: _Lease) -> bool:
+        """Forget the lease, then release it; False when it was gone already."""
+        with self._leases_lock:
+            self._leases.pop(lease.lease_id, None)
+        if lease.interrupted:  # a cancellation of ours may still be pending: let it land here
+            return await shielded(self._release(lease.lease_id, lease.names))
+        return await self._release(lease.lease_id, lease.names)
+
+    async def _release(self, lease_id: uuid.UUID, names: Sequence[str]) -> bool:
         try:
             released = await self._run(
                 acquiring.release_flow(lease_id, self._retry_until(), time.monotonic, quiet=True)
             )
         except ClientClosedError:
-            return  # closing the client closed its session, which released the lease
+            return True  # closing the client closed its session, which released the lease
         if not released:
             acquiring.log.error(
                 "lease %s on %s was gone when released: it was reclaimed", lease_id, names
             )
+        return released
+
+    # --- Lease renewal ----------------------------------------------------------------------
+
+    def _hold(
+        self, lease_id: uuid.UUID, names: tuple[str, ...], ttl: float | None, raise_on_loss: bool
+    ) -> _Lease:
+        now = time.monotonic()
+        due = now + min(_FIRST_RENEWAL, ttl * _RENEW_EVERY) if ttl is not None else math.inf
+        task = asyncio.current_task() if _ASYNC else None
+        lease = _Lease(lease_id, names, ttl, raise_on_loss, now, due, task)
+        with self._leases_lock:
+            self._leases[lease_id] = lease
+            if ttl is not None and not self._renewing and not self._closing:
+                self._renewing = True
+                self._renewer = spawn(self._renew_leases, "pggcl-renewer")
+        return lease
+
+    def _session_lost(self, why: str) -> None:
+        self._held.session_lost(why)  # logs it, for every lease at once
+        with self._leases_lock:
+            leases = list(self._leases.values())
+        for lease in leases:
+            self._lose(lease, f"the client's session was lost ({why})", logged=True)
+
+    def _lose(self, lease: _Lease, why: str, logged: bool = False) -> None:
+        with self._leases_lock:
+            if lease.lost is not None or lease.lease_id not in self._leases:
+                return
+            lease.lost = why
+            interrupt = lease.raise_on_loss and lease.task is not None
+            lease.interrupted = interrupt
+        if interrupt:
+            acquiring.log.error(
+                "lease %s on %s lost: %s; interrupting its holder", lease.lease_id,
+                lease.names, why,
+            )  # fmt: skip
+            lease.task.cancel()
+        elif not lease.raise_on_loss and not logged:
+            acquiring.log.warning(
+                "lease %s on %s lost: %s; the block goes on, but the limit may be exceeded",
+                lease.lease_id, lease.names, why,
+            )  # fmt: skip
+
+    async def _renew_leases(self) -> None:
+        """The renewer: one per client, while it holds leases with a TTL."""
+        while True:
+            with self._leases_lock:
+                timed = [x for x in self._leases.values() if x.ttl is not None and not x.lost]
+                if self._closing or not timed:
+                    self._renewing = False
+                    return
+                self._renew_now.clear()
+                now = time.monotonic()
+                next_due = min([x.due for x in timed])
+            if next_due > now:
+                await self._renew_now.wait(next_due - now)
+                continue
+            batch = [x for x in timed if x.due <= now + _SLACK * (x.ttl or 0) * _RENEW_EVERY]
+            await self._renew(batch, now)
+
+    async def _renew(self, batch: list[_Lease], now: float) -> None:
+        # Retry while the database is unreachable, until the first of these TTLs passes.
+        until = min([x.renewed_at + (x.ttl or 0) for x in batch])
+        try:
+            rows = await self._run(renew_flow(batch, max(until, now), time.monotonic))
+        except ClientClosedError:
+            return
+        except PggclError as exc:
+            later = time.monotonic()
+            for lease in batch:
+                if later >= lease.renewed_at + (lease.ttl or 0):
+                    self._lose(lease, f"it could not be renewed for {lease.ttl:g} s: {exc}")
+                else:
+                    lease.due = later + _RETRY_RENEWAL
+            acquiring.log.debug("could not renew %d lease(s): %s", len(batch), exc)
+            return
+        held = {acquiring.as_uuid(lease_id): bool(ok) for lease_id, ok in rows}
+        for lease in batch:
+            if held.get(lease.lease_id):
+                lease.renewed_at = now
+                lease.due = now + (lease.ttl or 0) * _RENEW_EVERY
+            else:
+                self._lose(
+                    lease,
+                    "it was gone when renewed (reclaimed: its TTL passed, or its session was "
+                    "lost; or released by hand)",
+                )
 
     async def rate_limit(
         self,
@@ -151,7 +448,7 @@ class AsyncClient:
         """Take ``occupy`` slots on every limit in ``names``; they decay away at each limit's
         ``slot_decay_per_second``. Waits until they fit (see :meth:`concurrency`)."""
         started = time.monotonic()
-        holder = default_holder(worker_name())
+        holder = run_holder() or default_holder(worker_name())
         req = requests.make_request(names, occupy, "rate_limit", timeout_seconds, strict, holder)
         if req.names:
             await self._acquire(req, started)

@@ -72,7 +72,10 @@ def test_holders_table_shows_who_holds_and_who_waits(pggcl_dsn: str, client: pgg
 def test_holders_of_one_limit_as_json(pggcl_dsn: str, client: pggcl.Client) -> None:
     client.create_limit("db", 1)
     client.create_limit("gpu", 5)
-    with client.concurrency("db", holder="backup"), client.concurrency("gpu", occupy=2):
+    with (
+        client.concurrency("db", holder="backup", lease_duration=None),
+        client.concurrency("gpu", occupy=2),
+    ):
         waiter = _queue_behind(client, "db", "report")
         result = cli("holders", "db", "-o", "json", dsn=pggcl_dsn)
     waiter.join(timeout=30)
