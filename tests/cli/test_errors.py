@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 
 import pytest
 
 from tests.cli.conftest import UNREACHABLE, assert_one_line_error, cli, pggcl_subprocess
 
-LEASE = str(uuid.uuid4())
+LEASE = "00000000-0000-4000-8000-000000000001"  # fixed: test ids must agree across workers
 
 # Every command that talks to the database, with valid arguments.
 DATABASE_COMMANDS = [
