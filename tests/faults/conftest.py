@@ -266,8 +266,9 @@ class Worker:
         its own still held after a block (checked before the client closed)."""
         if self.kind == "cli":
             code = self.proc.poll()
-            if code == 0 and "Error" not in self.stderr:
-                return []
+            errors = [line for line in self.stderr.splitlines() if line.startswith("Error")]
+            if code == 0 and not errors:
+                return []  # warnings on stderr are no failure
             return [f"cli {self.role}: exit status {code}, stderr {self.stderr.strip()!r}"]
         found = []
         results = self.events("result")

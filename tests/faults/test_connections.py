@@ -32,14 +32,6 @@ def kill_session(dsn: str) -> None:
     terminate(dsn, backends)
 
 
-POOLED_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="issue #12: a pooled connection the server closed makes the next call (release, "
-    "acquire, holders()) raise DatabaseUnavailableError instead of costing one retry",
-)
-
-
-@POOLED_XFAIL
 def test_pooled_connections_killed_between_calls_sync(dsn: str) -> None:
     sql(dsn, "SELECT pggcl.create_limit('db', 1)")
     seen = Problems()
@@ -63,7 +55,6 @@ def test_pooled_connections_killed_between_calls_sync(dsn: str) -> None:
     seen.assert_none()
 
 
-@POOLED_XFAIL
 async def test_pooled_connections_killed_between_calls_async(dsn: str) -> None:
     sql(dsn, "SELECT pggcl.create_limit('db', 1)")
     seen = Problems()
@@ -96,8 +87,9 @@ def test_session_connection_killed_sync(dsn: str) -> None:
 
         def hold_while_killing() -> None:
             with client.concurrency("db", timeout_seconds=10):
+                generation = client._wait_listening()
                 kill_session(dsn)
-                wait_until(lambda: len(session_backends(dsn)) == 1, "the session is resumed")
+                client._wait_listening(generation)  # resumed and listening again
                 leases = sql(dsn, "SELECT lease_id FROM pggcl.holders")
                 seen.check(len(leases) == 1, f"the lease did not survive: {leases}")
 
@@ -106,8 +98,9 @@ def test_session_connection_killed_sync(dsn: str) -> None:
                 pass
 
         seen.step("concurrency() with its session connection killed inside", hold_while_killing)
+        generation = client._wait_listening()
         kill_session(dsn)
-        wait_until(lambda: len(session_backends(dsn)) == 1, "the session is resumed")
+        client._wait_listening(generation)
         seen.step("concurrency() after its session connection was killed", hold)
         seen.nothing_held_or_queued(dsn)
     seen.assert_none()
@@ -120,8 +113,9 @@ async def test_session_connection_killed_async(dsn: str) -> None:
 
         async def hold_while_killing() -> None:
             async with client.concurrency("db", timeout_seconds=10):
+                generation = await client._wait_listening()
                 kill_session(dsn)
-                await await_until(lambda: len(session_backends(dsn)) == 1, "the session is resumed")
+                await client._wait_listening(generation)
                 leases = sql(dsn, "SELECT lease_id FROM pggcl.holders")
                 seen.check(len(leases) == 1, f"the lease did not survive: {leases}")
 
@@ -132,11 +126,49 @@ async def test_session_connection_killed_async(dsn: str) -> None:
         await seen.astep(
             "concurrency() with its session connection killed inside", hold_while_killing
         )
+        generation = await client._wait_listening()
         kill_session(dsn)
-        # Resumed before the client closes: closing while the session is being resumed is
-        # another race (close() can raise asyncpg's InternalClientError).
-        await await_until(lambda: len(session_backends(dsn)) == 1, "the session is resumed")
+        await client._wait_listening(generation)
         await seen.astep("concurrency() after its session connection was killed", hold)
+        seen.nothing_held_or_queued(dsn)
+    seen.assert_none()
+
+
+KILLS_WHILE_RESUMING = 10
+
+
+def test_session_connection_killed_while_being_resumed_sync(dsn: str) -> None:
+    """Killed again as soon as the server shows it resumed: mid-way through its set-up."""
+    sql(dsn, "SELECT pggcl.create_limit('db', 1)")
+    seen = Problems()
+    with pggcl.Client(dsn, grace_seconds=GRACE) as client:
+        with client.concurrency("db", timeout_seconds=10):
+            for _ in range(KILLS_WHILE_RESUMING):
+                kill_session(dsn)
+                wait_until(lambda: len(session_backends(dsn)) == 1, "the session is resumed")
+        seen.step("the session resumes after all", lambda: client._wait_listening(timeout=10))
+        seen.nothing_held_or_queued(dsn)
+    seen.assert_none()
+
+
+@pytest.mark.xfail(
+    strict=False,  # a race: most runs of this module alone fail, some of the whole suite pass
+    reason="issue #12: killed while being resumed, the async session task can die of "
+    "asyncpg's InternalClientError ('another operation is in progress', unretrieved task "
+    "exception); the session is then never resumed",
+)
+async def test_session_connection_killed_while_being_resumed_async(dsn: str) -> None:
+    """Killed again as soon as the server shows it resumed: mid-way through its set-up."""
+    sql(dsn, "SELECT pggcl.create_limit('db', 1)")
+    seen = Problems()
+    async with pggcl.AsyncClient(dsn, grace_seconds=GRACE) as client:
+        async with client.concurrency("db", timeout_seconds=10):
+            for _ in range(KILLS_WHILE_RESUMING):
+                kill_session(dsn)
+                await await_until(lambda: len(session_backends(dsn)) == 1, "the session is resumed")
+        await seen.astep(
+            "the session resumes after all", lambda: client._wait_listening(timeout=10)
+        )
         seen.nothing_held_or_queued(dsn)
     seen.assert_none()
 
@@ -156,11 +188,6 @@ def cli_holder_through(dsn: str, workers: Workers, kill: str) -> None:
     seen.assert_none()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #12: the release on a pooled connection the server closed raises "
-    "DatabaseUnavailableError: pggcl run exits 1 although COMMAND exited 0",
-)
 def test_pooled_connections_killed_while_pggcl_run_runs(dsn: str, workers: Workers) -> None:
     cli_holder_through(dsn, workers, "pooled")
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 import pggcl
 from tests.faults.conftest import Problems, Workers, sql
 
@@ -15,14 +13,6 @@ CLUSTER_SETTINGS = {"idle_session_timeout": "'1s'"}
 IDLE = 2.0  # a fault input: longer than idle_session_timeout
 
 
-IDLE_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="issue #12: pooled connections closed by idle_session_timeout make the next "
-    "acquire/release and holders() raise DatabaseUnavailableError",
-)
-
-
-@IDLE_XFAIL
 def test_sync_client_idle_longer_than_idle_session_timeout(dsn: str) -> None:
     sql(dsn, "SELECT pggcl.create_limit('db', 1)")
     seen = Problems()
@@ -41,7 +31,6 @@ def test_sync_client_idle_longer_than_idle_session_timeout(dsn: str) -> None:
     seen.assert_none()
 
 
-@IDLE_XFAIL
 async def test_async_client_idle_longer_than_idle_session_timeout(dsn: str) -> None:
     import asyncio
 
@@ -62,11 +51,6 @@ async def test_async_client_idle_longer_than_idle_session_timeout(dsn: str) -> N
     seen.assert_none()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #12: the release after idling raises DatabaseUnavailableError "
-    "(idle-session timeout): pggcl run exits 1 although COMMAND exited 0",
-)
 def test_pggcl_run_idle_longer_than_idle_session_timeout(dsn: str, workers: Workers) -> None:
     sql(dsn, "SELECT pggcl.create_limit('db', 1)")
     holder = workers.start("cli", "holder", dsn, hold_seconds=IDLE, wait_release=False)

@@ -20,11 +20,6 @@ from tests.faults.conftest import (
 GRACE = 1.0  # of the sync and async waiters killed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #12: COMMAND keeps running after its pggcl run is SIGKILLed "
-    "(no parent-death signal)",
-)
 def test_pggcl_run_killed_kills_its_command(dsn: str, workers: Workers) -> None:
     sql(dsn, "SELECT pggcl.create_limit('db', 1)")
     run = workers.start("cli", "run", dsn)

@@ -24,7 +24,7 @@ from tests.faults.conftest import (
     wait_until,
 )
 
-GRACE = 1.5  # the sync and async clients' grace_seconds here
+GRACE = 1.0  # the sync and async clients' grace_seconds here
 
 
 def hold_and_wait_through(
@@ -56,11 +56,6 @@ def hold_and_wait_through(
     seen.assert_none()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #12: after the restart the queued waiter raises DatabaseUnavailableError "
-    "and so does the holder's release (pggcl run exits 1)",
-)
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_restart(
@@ -69,11 +64,6 @@ def test_restart(
     hold_and_wait_through(kind, dsn, workers, lambda: cluster.restart(mode), grace=GRACE)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #12: after the outage the queued waiter raises DatabaseUnavailableError "
-    "and so does the holder's release",
-)
 @pytest.mark.parametrize("kind", ["sync", "async"])  # pggcl run's grace is not settable
 def test_down_longer_than_the_grace(
     kind: str, cluster: TempPostgres, dsn: str, workers: Workers
