@@ -1,0 +1,189 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { resolve } from "node:path";
+import { after, before, test } from "node:test";
+
+import {
+  AcquireConcurrencySlotTimeoutError, Client, ConcurrencySlotAcquisitionError, Dispatcher,
+  LimitExistsError, LimitNotFoundError, ValidationError, parsePayload,
+} from "../src/index.js";
+import { Lines, exited, here, python, sleep, stopServer, testDsn } from "./helpers.js";
+
+let dsn = "";
+let admin: Client;
+const clients: Client[] = [];
+const client = (opts = {}): Client => {
+  const c = new Client(dsn, opts);
+  clients.push(c);
+  return c;
+};
+
+before(async () => {
+  dsn = await testDsn();
+  admin = client();
+});
+
+after(async () => {
+  await Promise.all(clients.map((c) => c.close()));
+  stopServer();
+});
+
+test("payloads parse; anything else is ignored", () => {
+  assert.deepEqual(parsePayload("g:12"), ["12", { kind: "g", detail: "" }]);
+  assert.deepEqual(parsePayload("e:9007199254740993:cannot occupy 2: x"), ["9007199254740993", { kind: "e", detail: "cannot occupy 2: x" }]);
+  assert.equal(parsePayload("p"), null);
+  assert.equal(parsePayload("x:1"), null);
+  assert.equal(parsePayload("g:abc"), null);
+});
+
+test("an event that comes before its waiter registers is kept for it", async () => {
+  const d = new Dispatcher();
+  d.deliver("5", { kind: "g", detail: "" });
+  const got: string[] = [];
+  d.register("5", { push: (e: { kind: string }) => got.push(e.kind) } as never, d.epoch);
+  assert.deepEqual(got, ["g"]);
+  d.unregister("5");
+  d.deliver("5", { kind: "g", detail: "" });  // late duplicate: dropped
+  d.register("5", { push: (e: { kind: string }) => got.push(e.kind) } as never, d.epoch);
+  assert.deepEqual(got, ["g"]);
+});
+
+test("managing limits, with the Python clients' error classes", async () => {
+  const made = await admin.createLimit("n-manage", 3, 0.5);
+  assert.equal(made.limit, 3);
+  assert.equal(made.slotDecayPerSecond, 0.5);
+  await assert.rejects(admin.createLimit("n-manage", 3), LimitExistsError);
+  await assert.rejects(admin.createLimit("n-bad", -1), (e: unknown) => e instanceof ValidationError && e.field === "limit" && e.sqlstate === "GC003");
+  await assert.rejects(admin.readLimit("n-missing"), LimitNotFoundError);
+  await assert.rejects(admin.updateLimit("n-missing", { limit: 1 }), LimitNotFoundError);
+  const changed = await admin.updateLimit("n-manage", { limit: 5, active: false });
+  assert.equal(changed.limit, 5);
+  assert.equal(changed.active, false);
+  assert.ok((await admin.listLimits()).some((l) => l.name === "n-manage"));
+  assert.equal(await admin.deleteLimit("n-manage"), true);
+  assert.equal(await admin.deleteLimit("n-manage"), false);
+});
+
+test("grant, queue, hand-off; timeout leaves nothing queued", async () => {
+  await admin.createLimit("n-hand", 1);
+  const a = client();
+  const b = client();
+  let release!: () => void;
+  const held = new Promise<void>((r) => (release = r));
+  const holding = a.concurrency("n-hand", {}, () => held);
+  await sleep(200);
+  assert.equal((await admin.holders("n-hand")).length, 1);
+  await assert.rejects(b.concurrency("n-hand", { timeoutSeconds: 0.3 }, () => 0), AcquireConcurrencySlotTimeoutError);
+  assert.equal((await admin.queue("n-hand")).length, 0);
+  const waiting = b.concurrency("n-hand", { timeoutSeconds: 10 }, () => "ran");
+  await sleep(200);
+  assert.equal((await admin.queue("n-hand")).length, 1);
+  release();
+  await holding;
+  assert.equal(await waiting, "ran");
+  assert.equal((await admin.holders("n-hand")).length, 0);
+});
+
+test("never more than the limit: 8 clients on a limit of 2", async () => {
+  await admin.createLimit("n-eight", 2);
+  let running = 0;
+  let peak = 0;
+  await Promise.all(Array.from({ length: 8 }, async () => {
+    const c = client();
+    for (let i = 0; i < 3; i++) {
+      await c.concurrency("n-eight", { timeoutSeconds: 30 }, async () => {
+        running++;
+        peak = Math.max(peak, running);
+        await sleep(20);
+        running--;
+      });
+    }
+  }));
+  assert.equal(peak, 2);
+});
+
+test("a request that can never be granted raises ConcurrencySlotAcquisitionError", async () => {
+  await admin.createLimit("n-never", 1);
+  await assert.rejects(admin.concurrency("n-never", { occupy: 2 }, () => 0), ConcurrencySlotAcquisitionError);
+  await assert.rejects(admin.concurrency("n-never-missing", { strict: true }, () => 0), ConcurrencySlotAcquisitionError);
+  await assert.rejects(admin.rateLimit("n-never"), ConcurrencySlotAcquisitionError);  // no decay
+});
+
+test("a rate limit of 5 per second", async () => {
+  await admin.createLimit("n-rate", 1, 5);
+  const c = client();
+  const start = performance.now();
+  for (let i = 0; i < 6; i++) await c.rateLimit("n-rate", { timeoutSeconds: 10 });
+  const took = (performance.now() - start) / 1000;
+  assert.ok(took >= 0.95 && took < 2, `6 calls took ${took}s`);
+});
+
+test("a dropped session connection is resumed: the lease survives and a waiter is served", async () => {
+  await admin.createLimit("n-resume", 1);
+  const a = client({ graceSeconds: 5 });
+  const b = client();
+  let release!: () => void;
+  const held = new Promise<void>((r) => (release = r));
+  const holding = a.concurrency("n-resume", {}, () => held);
+  await sleep(200);
+  const sid = await a.sessionIdForTests();
+  const waiting = b.concurrency("n-resume", { timeoutSeconds: 15 }, () => "served");
+  await sleep(200);
+  await b.dropSessionConnectionForTests();
+  await a.dropSessionConnectionForTests();
+  await sleep(500);
+  assert.equal(await a.sessionIdForTests(), sid);
+  assert.equal((await admin.holders("n-resume"))[0]?.sessionId, sid);
+  release();
+  await holding;
+  assert.equal(await waiting, "served");
+});
+
+test("cross-language: a Python holder and a Node waiter", async () => {
+  await admin.createLimit("n-py-holds", 1);
+  const code = [
+    "import sys, time, pggcl",
+    "with pggcl.Client(sys.argv[1]) as c:",
+    "    with c.concurrency('n-py-holds', timeout_seconds=10):",
+    "        print('held', flush=True); time.sleep(3.0)",
+    "    print('released', flush=True)",
+  ].join("\n");
+  const child = spawn(python, ["-c", code, dsn], { stdio: ["ignore", "pipe", "inherit"] });
+  const lines = new Lines(child);
+  assert.equal(await lines.next(), "held");
+  const start = performance.now();
+  await client().concurrency("n-py-holds", { timeoutSeconds: 10 }, () => 0);
+  assert.ok(performance.now() - start > 500);
+  assert.equal(await exited(child), 0);
+});
+
+test("cross-language: a Node holder and a Python waiter", async () => {
+  await admin.createLimit("n-node-holds", 1);
+  const holder = spawn(process.execPath, [resolve(here, "holder.js"), dsn, "n-node-holds", "3.0", "5"], { stdio: ["ignore", "pipe", "inherit"] });
+  const lines = new Lines(holder);
+  assert.equal(await lines.next(), "held");
+  const code = [
+    "import sys, time, pggcl",
+    "with pggcl.Client(sys.argv[1]) as c:",
+    "    t = time.monotonic()",
+    "    with c.concurrency('n-node-holds', timeout_seconds=10):",
+    "        print(round(time.monotonic() - t, 2), flush=True)",
+  ].join("\n");
+  const waiter = spawn(python, ["-c", code, dsn], { stdio: ["ignore", "pipe", "inherit"] });
+  const waited = Number(await new Lines(waiter).next());
+  assert.ok(waited > 0.5, `the Python waiter waited ${waited}s`);
+  assert.equal(await exited(waiter), 0);
+  assert.equal(await exited(holder), 0);
+});
+
+test("a killed Node holder's slot comes back", async () => {
+  await admin.createLimit("n-killed", 1);
+  const holder = spawn(process.execPath, [resolve(here, "holder.js"), dsn, "n-killed", "60", "0.5"], { stdio: ["ignore", "pipe", "inherit"] });
+  assert.equal(await new Lines(holder).next(), "held");
+  holder.kill("SIGKILL");
+  await exited(holder);
+  const start = performance.now();
+  await client({ heartbeatSeconds: 0.5 }).concurrency("n-killed", { timeoutSeconds: 10 }, () => 0);
+  const took = (performance.now() - start) / 1000;
+  assert.ok(took < 5, `took ${took}s`);
+});
