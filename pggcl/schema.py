@@ -66,7 +66,17 @@ def execute_script(script: Path | str) -> None:
     assert dbapi_conn is not None
     cur = dbapi_conn.cursor()
     try:
+        # The script runs with search_path = pg_catalog, pg_temp, whoever installs: a view is
+        # bound to the operators it finds when it is created, and an operator planted in a
+        # schema on the installer's path (say public.+(integer, double precision)) would be
+        # bound into pggcl.limits for good. The caller's path comes back afterwards (alembic's
+        # own version table is created on it).
+        cur.execute("SELECT pg_catalog.current_setting('search_path')")
+        row = cur.fetchone()
+        cur.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)")
         cur.execute(sql)
+        if row is not None:
+            cur.execute("SELECT pg_catalog.set_config('search_path', %s, true)", (row[0],))
     finally:
         cur.close()
 
@@ -78,7 +88,9 @@ def install_sql() -> str:
     return (
         schema_sql()
         + f"""
--- Record the revision, as `pggcl db upgrade` does: later upgrades start from here.
+-- Record the revision, as `pggcl db upgrade` does: later upgrades start from here (in a
+-- schema of your search_path, which the install script had pinned to pg_catalog).
+RESET search_path;
 CREATE TABLE {VERSION_TABLE} (
     version_num varchar(32) NOT NULL,
     CONSTRAINT {VERSION_TABLE}_pkc PRIMARY KEY (version_num)

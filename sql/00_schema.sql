@@ -4,6 +4,12 @@
 -- goes through the functions in the files that follow, and reads go through the views. The files
 -- of this directory, applied in file-name order, are the whole fresh install (`pggcl db sql`).
 
+-- The install runs with only pg_catalog (and pg_temp, for relations) on the search_path: a view
+-- is bound to the operators and functions it finds when it is created, so an operator planted in
+-- a schema on the installer's path (public.+(integer, double precision), say) would otherwise be
+-- bound into pggcl.limits for good. (`pggcl db sql` resets it before its last statement.)
+SET search_path = pg_catalog, pg_temp;
+
 CREATE SCHEMA pggcl;
 COMMENT ON SCHEMA pggcl IS 'pggcl: global concurrency limits and rate limits (see README)';
 

@@ -182,3 +182,36 @@ def test_schema_sql_is_every_file_in_order() -> None:
     assert names == sorted(names)
     positions = [text.index(f"-- sql/{name}") for name in names]
     assert positions == sorted(positions)
+
+
+_PLANT = """
+CREATE FUNCTION public.evil_plus(a integer, b double precision) RETURNS double precision
+LANGUAGE sql AS $$ SELECT a::double precision OPERATOR(pg_catalog.+) b $$;
+CREATE OPERATOR public.+ (LEFTARG = integer, RIGHTARG = double precision, FUNCTION = evil_plus);
+"""
+_FOREIGN = """
+SELECT pg_describe_object(d.classid, d.objid, d.objsubid)
+FROM pg_depend d
+WHERE d.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass)
+  AND (d.refobjid IN (SELECT oid FROM pg_proc WHERE pronamespace = 'public'::regnamespace)
+       OR d.refobjid IN (SELECT oid FROM pg_operator WHERE oprnamespace = 'public'::regnamespace))
+"""
+
+
+@pytest.mark.parametrize("how", ["chain", "script"])
+def test_an_install_binds_nothing_planted_on_the_installers_path(
+    how: str, empty_dsn: str, psql: Callable[..., str]
+) -> None:
+    """A view is bound to the operators found when it is created: installing with public (and a
+    planted public.+(integer, double precision)) on the path must not bind pggcl.limits to it."""
+    psql(_PLANT, empty_dsn)
+    if how == "chain":
+        schema.upgrade(empty_dsn)
+    else:
+        psql(schema.install_sql(), empty_dsn, "--single-transaction")
+    with psycopg.connect(empty_dsn) as conn:
+        assert [r[0] for r in conn.execute(_FOREIGN) if "pggcl" in r[0]] == []
+        # The version table went to the installer's own path, as alembic puts it.
+        assert conn.execute("SELECT to_regclass('public.pggcl_alembic_version')").fetchone() != (
+            None,
+        )
