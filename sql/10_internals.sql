@@ -219,9 +219,9 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'GC003', COLUMN = 'names',
             MESSAGE = 'invalid names: an array of limit names is required';
     END IF;
-    IF cardinality(names) = 1 THEN
+    IF cardinality(names) = 1 AND array_ndims(names) = 1 THEN
         wanted := names;
-    ELSE
+    ELSE  -- (also flattens a multidimensional array, such as '{{a}}', whose names[1] is NULL)
         wanted := array(SELECT DISTINCT x FROM unnest(names) x ORDER BY x);
     END IF;
     FOREACH n IN ARRAY wanted LOOP

@@ -22,6 +22,8 @@ FROZEN = {
     "0002_engine_by_job_downgrade.sql": "bbd9c452fd065c6b2c5a2c9a61875c8e",
     "0003_bounds_names_no_trojans.sql": "2535b791f335c1c637cda330afb9bee1",
     "0003_bounds_names_no_trojans_downgrade.sql": "42702543f6f7ded6fcb26ec65c983fc6",
+    "0004_names_array.sql": "06044cf94242374e0db8921843500875",
+    "0004_names_array_downgrade.sql": "d89d43a731f1052d3ada7c33737d5d61",
 }
 
 

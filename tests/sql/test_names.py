@@ -90,3 +90,13 @@ def test_no_unicode_normalisation(db: psycopg.Connection[Any]) -> None:
 def test_printable_names_are_accepted(db: psycopg.Connection[Any], name: str) -> None:
     db.execute("SELECT pggcl.create_limit(%s, 1)", (name,))
     assert one(db, "SELECT * FROM pggcl.try_acquire(ARRAY[%s])", name)["granted"] is True
+
+
+def test_a_two_dimensional_names_array_names_what_it_holds(db: psycopg.Connection[Any]) -> None:
+    db.execute("SELECT pggcl.create_limit('base', 1)")
+    got = one(db, "SELECT * FROM pggcl.acquire('{{base}}', strict => true, wait => false)")
+    assert got["granted"] is True and got["created_limits"] is None
+    with pytest.raises(psycopg.Error) as raised:
+        db.execute("SELECT * FROM pggcl.try_acquire('{{nope},{base}}', strict => true)")
+    assert raised.value.sqlstate == "GC006"
+    assert raised.value.diag.message_primary == "no such limit: 'nope'"
