@@ -5,6 +5,8 @@ Unlike `prefect gcl`, every failure exits 1 with one line on stderr, and `ls` ha
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from pggcl.cli._base import about_limit, check_slots, open_client
@@ -20,7 +22,28 @@ from pggcl.cli._output import (
 from pggcl.formatting import moment, per_second, slots
 
 # Negative numbers are the engine's to refuse (exit 1, naming the value), not click's (exit 2).
-_limit_option = click.option("--limit", type=int, help="Maximum number of slots (0 or more).")
+_limit_option = click.option("--limit", "-l", type=int, help="Maximum number of slots (0 or more).")
+# `prefect gcl create/update --active-slots N` sets a counter; here active slots are counted
+# from the leases held and the decaying rate-limit level, so there is nothing to set.
+_active_slots_option = click.option(
+    "--active-slots",
+    type=int,
+    metavar="N",
+    help="Accepted for `prefect gcl` scripts and ignored, with a warning: pggcl counts active "
+    "slots from the leases actually held (and the decaying rate-limit level), so they cannot "
+    "be set; release a stuck lease with `pggcl release`.",
+)
+
+
+def _ignore_active_slots(value: int | None) -> None:
+    if value is not None:
+        click.echo(
+            "Warning: --active-slots is ignored: pggcl counts active slots from the leases "
+            "held (see `pggcl holders`; `pggcl release LEASE_ID` frees a stuck one)",
+            err=True,
+        )
+
+
 _decay_option = click.option(
     "--slot-decay-per-second",
     type=float,
@@ -30,7 +53,7 @@ _decay_option = click.option(
 
 @click.command()
 @click.argument("name")
-@click.option("--limit", type=int, required=True, help="Maximum number of slots (0 or more).")
+@click.option("--limit", "-l", type=int, required=True, help="Maximum number of slots (0 or more).")
 @click.option(
     "--slot-decay-per-second",
     type=float,
@@ -39,12 +62,19 @@ _decay_option = click.option(
     help="Slots freed per second; above 0 makes the limit usable as a rate limit.",
 )
 @click.option("--disable", is_flag=True, help="Create the limit inactive (it blocks nobody).")
+@_active_slots_option
 @click.pass_context
 def create(
-    ctx: click.Context, name: str, limit: int, slot_decay_per_second: float, disable: bool
+    ctx: click.Context,
+    name: str,
+    limit: int,
+    slot_decay_per_second: float,
+    disable: bool,
+    active_slots: int | None,
 ) -> None:
     """Create the global concurrency limit NAME."""
     check_slots("--limit", limit)
+    _ignore_active_slots(active_slots)
     with open_client(ctx) as client, about_limit(name):
         client.create_limit(
             name, limit, slot_decay_per_second=slot_decay_per_second, active=not disable
@@ -55,21 +85,35 @@ def create(
 @click.command()
 @click.argument("name")
 @output_option
+@click.option(
+    "--file",
+    "-f",
+    "file_path",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the JSON to this file instead (needs --output json), as `prefect gcl` does.",
+)
 @click.pass_context
-def inspect(ctx: click.Context, name: str, output: str | None) -> None:
+def inspect(ctx: click.Context, name: str, output: str | None, file_path: str | None) -> None:
     """Show the limit NAME with its live occupancy, holders and waiters."""
+    if file_path and output != "json":
+        raise click.ClickException("--file needs --output json")
     with open_client(ctx) as client, about_limit(name):
         limit = client.read_limit(name)
         holders = client.holders(name)
         waiters = client.queue(name)
     if output == "json":
-        echo_json(
-            {
-                **record(limit),
-                "holders": [record(h) for h in holders],
-                "queue": [record(w) for w in waiters],
-            }
-        )
+        data = {
+            **record(limit),
+            "holders": [record(h) for h in holders],
+            "queue": [record(w) for w in waiters],
+        }
+        if file_path:
+            with open(file_path, "w", encoding="utf-8") as out:
+                json.dump(data, out, indent=2)
+                out.write("\n")
+            click.echo(f"Wrote global concurrency limit {name!r} to {file_path}.")
+        else:
+            echo_json(data)
         return
     fields = [
         ("name", limit.name),
@@ -117,6 +161,7 @@ def ls(ctx: click.Context, output: str | None) -> None:
 @_decay_option
 @click.option("--enable", is_flag=True, help="Make the limit active.")
 @click.option("--disable", is_flag=True, help="Make the limit inactive (it blocks nobody).")
+@_active_slots_option
 @click.pass_context
 def update(
     ctx: click.Context,
@@ -125,8 +170,14 @@ def update(
     slot_decay_per_second: float | None,
     enable: bool,
     disable: bool,
+    active_slots: int | None,
 ) -> None:
     """Change the limit NAME; options not given keep their value."""
+    _ignore_active_slots(active_slots)
+    nothing_else = limit is None and slot_decay_per_second is None and not (enable or disable)
+    if active_slots is not None and nothing_else:
+        click.echo(f"Nothing to update for global concurrency limit {name!r}.")
+        return
     if enable and disable:
         raise click.ClickException("--enable and --disable exclude each other: give one")
     if limit is None and slot_decay_per_second is None and not (enable or disable):
