@@ -190,6 +190,8 @@ class AsyncClient:
         self._renewer: Worker | None = None
         self._renewing = False
         self._closing = False
+        # While the renewer sleeps: when it wakes. A new lease due sooner wakes it.
+        self._wakes_at = -math.inf
 
     def _new_port(self) -> AsyncPort:
         return AsyncPort(self.dsn, self._options, self._session_lost)
@@ -365,6 +367,9 @@ class AsyncClient:
             if ttl is not None and not self._renewing and not self._closing:
                 self._renewing = True
                 self._renewer = spawn(self._renew_leases, "pggcl-renewer")
+            elif due < self._wakes_at:
+                self._wakes_at = -math.inf
+                self._renew_now.set()
         return lease
 
     def _session_lost(self, why: str) -> None:
@@ -404,9 +409,14 @@ class AsyncClient:
                 self._renew_now.clear()
                 now = time.monotonic()
                 next_due = min([x.due for x in timed])
+                self._wakes_at = next_due
             if next_due > now:
                 await self._renew_now.wait(next_due - now)
+                with self._leases_lock:
+                    self._wakes_at = -math.inf
                 continue
+            with self._leases_lock:
+                self._wakes_at = -math.inf
             batch = [x for x in timed if x.due <= now + _SLACK * (x.ttl or 0) * _RENEW_EVERY]
             await self._renew(batch, now)
 

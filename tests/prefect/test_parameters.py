@@ -308,3 +308,15 @@ def test_prefects_holder_model_is_shown_as_type_id(client: pggcl.Client) -> None
     with client.concurrency("db", holder=holder):
         [held] = client.holders("db")
     assert held.holder == f"flow_run:{run_id}"
+
+
+def test_a_new_lease_wakes_a_renewer_that_sleeps_longer(
+    client: pggcl.Client, other: pggcl.Client
+) -> None:
+    client.create_limit("long", 1)
+    client.create_limit("short", 1)
+    with client.concurrency("long", lease_duration=30):
+        _until(lambda: _expires(other, "long") is not None, "the long lease has an expiry")
+        # The renewer now sleeps until the long lease's next renewal, 10 s away.
+        with client.concurrency("short", lease_duration=0.6):
+            _until(lambda: _expires(other, "short") is not None, "woken", timeout=2.0)
