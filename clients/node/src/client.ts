@@ -41,6 +41,13 @@ export interface AcquireOptions {
   leaseDuration?: number | null;
 }
 
+/** Slots granted: what concurrency() hands its function (leaseId null when no names). */
+export interface Grant {
+  names: string[];
+  occupy: number;
+  leaseId: string | null;
+}
+
 export interface ConcurrencyLimit {
   name: string;
   limit: number;
@@ -508,7 +515,7 @@ export class Client {
   }
 
   /** Hold `occupy` slots on every limit in `names` while `fn` runs. */
-  async concurrency<T>(nameOrNames: string | string[], opts: AcquireOptions, fn: () => Promise<T> | T): Promise<T> {
+  async concurrency<T>(nameOrNames: string | string[], opts: AcquireOptions, fn: (grant: Grant) => Promise<T> | T): Promise<T> {
     const leaseDuration = opts.leaseDuration === undefined ? 300 : opts.leaseDuration;
     const leaseId = await this.acquire(nameOrNames, "concurrency", { ...opts, leaseDuration });
     if (leaseId !== null && leaseDuration !== null) {
@@ -519,7 +526,7 @@ export class Client {
       this.renewals.set(leaseId, timer);
     }
     try {
-      return await fn();
+      return await fn({ names: names(nameOrNames), occupy: opts.occupy ?? 1, leaseId });
     } finally {
       if (leaseId !== null) {
         try {

@@ -1,5 +1,5 @@
 export * from "./errors.js";
 export { Client, Dispatcher, parsePayload } from "./client.js";
 export type {
-  AcquireOptions, ClientOptions, ConcurrencyLimit, EventKind, Holder, Mode, Waiter, WaiterEvent,
+  AcquireOptions, ClientOptions, ConcurrencyLimit, EventKind, Grant, Holder, Mode, Waiter, WaiterEvent,
 } from "./client.js";

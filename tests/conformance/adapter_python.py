@@ -1,0 +1,72 @@
+"""The conformance adapter of the Python sync client (see tests/conformance/README.md).
+
+Reads one JSON command per line on stdin, writes one JSON event per line on stdout:
+
+    {"cmd": "acquire", "tag": T, "names": [...], "occupy": 1, "mode": "concurrency",
+     "timeout": null}     -> {"event": "granted", "tag": T, "lease": ..., "elapsed": s}
+                           | {"event": "timeout" | "error", "tag": T, "class": ..., ...}
+    {"cmd": "release", "tag": T}  -> {"event": "released", "tag": T}
+    {"cmd": "quit"}
+
+Arguments: DSN GRACE_SECONDS HEARTBEAT_SECONDS.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from typing import Any
+
+import pggcl
+
+_out = threading.Lock()
+
+
+def emit(**event: Any) -> None:
+    with _out:
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
+
+
+def main() -> None:
+    dsn, grace, heartbeat = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+    client = pggcl.Client(dsn, grace_seconds=grace, heartbeat_seconds=heartbeat)
+    releases: dict[str, threading.Event] = {}
+
+    def acquire(cmd: dict[str, Any]) -> None:
+        tag = cmd["tag"]
+        started = time.monotonic()
+        try:
+            if cmd.get("mode", "concurrency") == "rate_limit":
+                client.rate_limit(cmd["names"], occupy=cmd.get("occupy", 1),
+                                  timeout_seconds=cmd.get("timeout"))  # fmt: skip
+                emit(event="granted", tag=tag, lease=None, elapsed=time.monotonic() - started)
+                return
+            done = releases.setdefault(tag, threading.Event())
+            with client.concurrency(cmd["names"], occupy=cmd.get("occupy", 1),
+                                    timeout_seconds=cmd.get("timeout")) as grant:  # fmt: skip
+                lease = None if grant.lease_id is None else str(grant.lease_id)
+                emit(event="granted", tag=tag, lease=lease, elapsed=time.monotonic() - started)
+                done.wait()
+            emit(event="released", tag=tag)
+        except pggcl.AcquireConcurrencySlotTimeoutError:
+            emit(event="timeout", tag=tag, elapsed=time.monotonic() - started)
+        except pggcl.PggclError as exc:
+            emit(event="error", tag=tag, **{"class": type(exc).__name__}, sqlstate=exc.sqlstate)
+
+    emit(event="ready")
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["cmd"] == "acquire":
+            threading.Thread(target=acquire, args=(cmd,), daemon=True).start()
+        elif cmd["cmd"] == "release":
+            releases.setdefault(cmd["tag"], threading.Event()).set()
+        elif cmd["cmd"] == "quit":
+            break
+    client.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""The conformance driver: runs the scenarios of scenarios.json against a client program.
+
+A client under test is an *adapter*: a program started as ``ADAPTER DSN GRACE HEARTBEAT`` that
+reads one JSON command per line on stdin and writes one JSON event per line on stdout (the
+protocol is in tests/conformance/README.md). Each scenario starts its actors (one adapter
+process each, so one client and one session each), then runs its steps in order: SQL as the
+database owner, commands to actors, expected events, kills, dropped session connections and
+checks on the engine's views. ``run_scenario`` raises AssertionError naming the failed step.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+SCENARIOS = Path(__file__).with_name("scenarios.json")
+GRACE_SECONDS = 1.0
+HEARTBEAT_SECONDS = 0.5
+
+Event = dict[str, Any]
+
+
+def scenarios() -> list[dict[str, Any]]:
+    loaded: list[dict[str, Any]] = json.loads(SCENARIOS.read_text())["scenarios"]
+    return loaded
+
+
+class Actor:
+    """One adapter process; its events are read by a thread into a queue."""
+
+    def __init__(self, name: str, argv: Sequence[str]) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.backlog: list[Event] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.strip():
+                self.events.put(json.loads(line))
+
+    def send(self, cmd: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+
+    def expect(self, want: dict[str, Any], within: float) -> Event:
+        """The first event (kept or coming) that has every key-value of ``want``."""
+        for i, event in enumerate(self.backlog):
+            if _matches(event, want):
+                return self.backlog.pop(i)
+        deadline = time.monotonic() + within
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(
+                    f"{self.name}: no event {want} within {within}s (got {self.backlog})"
+                )
+            try:
+                event = self.events.get(timeout=left)
+            except queue.Empty:
+                continue
+            if _matches(event, want):
+                return event
+            self.backlog.append(event)
+
+    def expect_none(self, seconds: float) -> None:
+        """No grant, timeout or error for ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                event = self.events.get(timeout=left)
+            except queue.Empty:
+                return
+            if event["event"] in ("granted", "timeout", "error"):
+                raise AssertionError(f"{self.name}: unexpected {event}")
+            self.backlog.append(event)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send({"cmd": "quit"})
+                self.proc.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def _matches(event: Event, want: dict[str, Any]) -> bool:
+    return all(event.get(k) == v for k, v in want.items())
+
+
+def _churn(actors: list[Actor], step: dict[str, Any]) -> None:
+    failures: list[str] = []
+
+    def work(actor: Actor) -> None:
+        try:
+            for i in range(step["rounds"]):
+                tag = f"churn-{i}"
+                actor.send({"cmd": "acquire", "tag": tag, "names": step["names"],
+                            "timeout": step["timeout"]})  # fmt: skip
+                actor.expect({"event": "granted", "tag": tag}, step["timeout"] + 5)
+                time.sleep(0.005)
+                actor.send({"cmd": "release", "tag": tag})
+                actor.expect({"event": "released", "tag": tag}, 10)
+        except AssertionError as exc:
+            failures.append(str(exc))
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=work, args=(a,)) for a in actors]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.monotonic() - started
+    assert not failures, failures
+    assert took < step["max_seconds"], f"churn took {took:.1f}s"
+
+
+def run_scenario(scenario: dict[str, Any], adapter: Sequence[str], dsn: str) -> None:
+    """Run one scenario with actors started as ``[*adapter, dsn, grace, heartbeat]``."""
+    grace = str(scenario.get("grace", GRACE_SECONDS))
+    heartbeat = str(scenario.get("heartbeat", HEARTBEAT_SECONDS))
+    actors = {n: Actor(n, [*adapter, dsn, grace, heartbeat]) for n in scenario["actors"]}
+    kept: list[tuple[Any, ...]] = []
+    try:
+        with psycopg.connect(dsn, autocommit=True) as db:
+            for actor in actors.values():
+                actor.expect({"event": "ready"}, 30)
+            for number, step in enumerate(scenario["steps"], 1):
+                try:
+                    kept = _step(step, actors, db, kept)
+                except AssertionError as exc:
+                    where = f"{scenario['name']} step {number} {step}"
+                    raise AssertionError(f"{where}: {exc}") from None
+    finally:
+        for actor in actors.values():
+            actor.stop()
+
+
+_CLAIMS = (
+    "SELECT 'lease', lease_id::text, session_id FROM pggcl.holders WHERE name = %(n)s"
+    " UNION ALL SELECT 'waiter', waiter_id::text, session_id FROM pggcl.queue WHERE name = %(n)s"
+    " ORDER BY 1, 2"
+)
+
+
+def _step(
+    step: dict[str, Any], actors: dict[str, Actor], db: psycopg.Connection[Any],
+    kept: list[tuple[Any, ...]],
+) -> list[tuple[Any, ...]]:  # fmt: skip
+    if "sql" in step:
+        db.execute(step["sql"])
+    elif "send" in step:
+        actors[step["send"]].send(step["cmd"])
+    elif "expect" in step:
+        event = actors[step["expect"]].expect(step["event"], step["within"])
+        if "elapsed" in step:
+            low, high = step["elapsed"]
+            assert low <= event["elapsed"] <= high, f"elapsed {event['elapsed']:.3f}s"
+    elif "expect_none" in step:
+        actors[step["expect_none"]].expect_none(step["for"])
+    elif "sleep" in step:
+        time.sleep(step["sleep"])
+    elif "kill" in step:
+        actors[step["kill"]].kill()
+    elif "check" in step:
+        row = db.execute(step["check"]).fetchone()
+        assert row is not None and row[0] == step["equals"], f"{step['check']} gave {row}"
+    elif "drop_sessions" in step:
+        kept = db.execute(_CLAIMS, {"n": step["drop_sessions"]}).fetchall()
+        assert kept, "nothing to drop"
+        dropped = db.execute(
+            "SELECT pg_terminate_backend(s.backend_pid) FROM pggcl.sessions s"
+            " WHERE s.id = ANY(%s)",
+            ([r[2] for r in kept],),
+        ).fetchall()
+        assert dropped and all(r[0] for r in dropped), dropped
+    elif "sessions_kept" in step:
+        now = db.execute(_CLAIMS, {"n": step["sessions_kept"]}).fetchall()
+        assert now == kept, f"before the drop {kept}, now {now}"
+    elif "churn" in step:
+        _churn([actors[n] for n in step["churn"]], step)
+    else:
+        raise AssertionError(f"unknown step {step}")
+    return kept
