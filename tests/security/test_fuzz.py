@@ -52,7 +52,7 @@ MANAGEMENT = {"create_limit", "update_limit", "delete_limit"}
 
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 BIG_MIN, BIG_MAX = -(2**63), 2**63 - 1
-EXAMPLES = 60
+EXAMPLES = 40
 
 
 @dataclass(frozen=True)

@@ -253,14 +253,6 @@ def test_a_manager_calls_every_function_safely(cast: Cast, connect: Connect, pat
     assert_nothing_ran(admin, cast.tenant)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue #13 (beyond its list): installed by a superuser (default search_path) into a "
-    "database where a tenant had planted operators in public, the view pggcl.limits was bound "
-    "for good to the tenant's public.+(integer,double precision) (pg_depend), so every read of "
-    "it runs the tenant's code, whatever the functions pin",
-)
 def test_installing_into_a_database_with_planted_objects(
     empty_dsn: str, connect: Connect, pggcl_template: str
 ) -> None:
