@@ -49,13 +49,22 @@ MakeBouncer = Callable[..., TempPgBouncer]
 
 @pytest.fixture
 def bouncer(cluster: TempPostgres) -> Iterator[MakeBouncer]:
-    """`bouncer(pool_mode, server_reset_query=None)`: a PgBouncer in front of the cluster,
-    stopped after the test."""
+    """`bouncer(pool_mode, server_reset_query=None, settings=None)`: a PgBouncer in front of
+    the cluster, stopped after the test."""
     started: list[TempPgBouncer] = []
 
-    def make(pool_mode: PoolMode, server_reset_query: str | None = None) -> TempPgBouncer:
+    def make(
+        pool_mode: PoolMode,
+        server_reset_query: str | None = None,
+        settings: dict[str, str] | None = None,
+    ) -> TempPgBouncer:
         started.append(
-            TempPgBouncer(cluster, pool_mode=pool_mode, server_reset_query=server_reset_query)
+            TempPgBouncer(
+                cluster,
+                pool_mode=pool_mode,
+                server_reset_query=server_reset_query,
+                settings=settings,
+            )
         )
         return started[-1].start()
 
@@ -129,7 +138,14 @@ def test_transaction_mode_with_a_direct_session_dsn_works(
 @pytest.mark.parametrize(
     "kind",
     [
-        "sync",
+        pytest.param(
+            "sync",
+            marks=pytest.mark.xfail(
+                strict=False,  # about one run in two: the retries sometimes come through
+                reason="issue #12: the sync client sees the pooler but only warns and retries "
+                "(no ConfigurationError): its acquisitions often time out",
+            ),
+        ),
         pytest.param(
             "async",
             marks=pytest.mark.xfail(
@@ -151,7 +167,9 @@ def test_transaction_mode_with_a_direct_session_dsn_works(
 def test_transaction_mode_alone_works_or_refuses_at_once(
     kind: str, dsn: str, workers: Workers, bouncer: MakeBouncer
 ) -> None:
-    through = bouncer("transaction").through(dsn)
+    # One server connection for all: every process's session statements meet on it, so
+    # that no lucky spread over server sessions hides what the client does behind a pooler.
+    through = bouncer("transaction", settings={"default_pool_size": "1"}).through(dsn)
     seen, crowd = run_crowd(kind, dsn, through, workers, {})
     for worker in crowd:
         problems = worker.problems()
