@@ -14,6 +14,7 @@ timestamps with their offset (see :mod:`pggcl.cli._output`).
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 
 
@@ -33,3 +34,20 @@ def moment(value: datetime | None, missing: str = "-") -> str:
     if value is None:
         return missing
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print to a terminal: control and format characters (escape sequences,
+    newlines, bidi overrides) shown as ``\\x1b``-style escapes. A holder is free text from any
+    pggcl_user, and an operator's terminal must not run what it contains."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch == " " or not unicodedata.category(ch).startswith("C") else _escaped(ch)
+        for ch in text
+    )
+
+
+def _escaped(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

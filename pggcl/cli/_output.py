@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from pggcl.formatting import moment, per_second, slots
+from pggcl.formatting import moment, per_second, printable, slots
 from pggcl.models import ConcurrencyLimit, Holder, Waiter
 
 #: `--output json` on the reading commands (the only format besides the default table).
@@ -52,7 +52,9 @@ def yes_no(value: bool) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
-    """Columns padded to their widest cell; columns listed in `right` are right-aligned."""
+    """Columns padded to their widest cell; columns listed in `right` are right-aligned.
+    Every cell is shown printable: names and holders are other people's text."""
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
     lines = []
     for row in (headers, *rows):

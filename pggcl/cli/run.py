@@ -217,7 +217,7 @@ def run(
     fails instead. Exits with COMMAND's status (128+N when signal N ended it). SIGINT,
     SIGTERM, SIGHUP and SIGQUIT are passed to COMMAND; the slots are released after it exits.
     """
-    limit_names = list(dict.fromkeys(n.strip() for n in names.split(",")))
+    limit_names = list(dict.fromkeys(names.split(",")))  # exactly as given: spaces too
     if "" in limit_names:
         raise click.ClickException(f"invalid limit names {names!r}: a name is empty")
     check_slots("--occupy", occupy)

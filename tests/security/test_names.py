@@ -108,10 +108,6 @@ def _pggcl(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@xfail(
-    "`pggcl run ' lead' --strict` looked for 'lead' (the CLI strips names) and failed: "
-    "no such limit"
-)
 def test_spaces_are_kept_exactly_by_pggcl_run(cast: Cast, connect: Connect) -> None:
     connect(cast.admin.dsn).execute("SELECT pggcl.create_limit(' lead', 1)")
     done = _pggcl("--dsn", cast.tenant.dsn, "run", " lead", "--strict", "--", "true")
@@ -180,12 +176,6 @@ def test_a_name_too_long_is_refused_with_gc003_by_a_tenant(cast: Cast, connect: 
 HOSTILE_HOLDER = "job\x1b]52;c;cHduZWQ=\x07\x1b[2J\nlease-id  x  99  root  (a fake row)"
 
 
-@xfail(
-    "(beyond its list) a tenant's holder text reached the operator's terminal raw: `pggcl "
-    "holders` and `pggcl inspect` printed its OSC 52 sequence (ESC ]52;c;...BEL, a clipboard "
-    "write in many terminals) and its newline (a fake row); click strips only CSI sequences, "
-    "and only when stdout is not a terminal"
-)
 def test_what_a_tenant_writes_reaches_no_terminal_raw(cast: Cast, connect: Connect) -> None:
     """The holder is free text from any pggcl_user; the CLI prints it to whoever runs
     `pggcl holders`. Either the engine refuses control characters there too, or the CLI shows
