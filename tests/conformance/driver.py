@@ -181,6 +181,16 @@ def _step(
         time.sleep(step["sleep"])
     elif "kill" in step:
         actors[step["kill"]].kill()
+    elif "wait_queued" in step:
+        deadline = time.monotonic() + step["within"]
+        while True:
+            row = db.execute(
+                "SELECT count(*) FROM pggcl.queue WHERE name = %s", (step["wait_queued"],)
+            ).fetchone()
+            if row is not None and row[0] == step["count"]:
+                break
+            assert time.monotonic() < deadline, f"{row} queued, not {step['count']}"
+            time.sleep(0.02)
     elif "check" in step:
         row = db.execute(step["check"]).fetchone()
         assert row is not None and row[0] == step["equals"], f"{step['check']} gave {row}"
