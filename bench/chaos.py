@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     holds: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
     rates = 0
     errors: collections.Counter[tuple[str, str, str]] = collections.Counter()
+    errors_by_file: collections.Counter[str] = collections.Counter()
     for path in files:
         open_starts: dict[str, float] = {}
         for line in path.read_text().splitlines():
@@ -275,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
             elif rec[0] == "rate":
                 rates += 1
             elif rec[0] == "error":
-                errors[(rec[1], _during(rec[3], faults), rec[2])] += 1
+                client = "AsyncClient" if int(path.name[1:].split("-")[0]) % 2 else "Client"
+                errors[(f"{rec[1]} [{client}]", _during(rec[3], faults), rec[2])] += 1
+                errors_by_file[str(path)] += 1
         for name, start in open_starts.items():  # killed inside its block: held until the kill
             holds[name].append((start, killed_at.get(str(path), ended)))
 
@@ -300,8 +303,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"faults: {dict(collections.Counter(f for _, f in faults))}")
     print(f"\nerrors that reached user code: {sum(errors.values())}")
-    for (kind, during, message), n in errors.most_common():
-        print(f"  {n:5}  {kind} (after {during}): {message}")
+    grouped: collections.Counter[tuple[str, str]] = collections.Counter()
+    sample: dict[tuple[str, str], str] = {}
+    for (kind, during, message), n in errors.items():
+        key = (kind, during.split(" ")[0])
+        grouped[key] += n
+        sample.setdefault(key, " ".join(message.split())[:140])
+    for (kind, during), n in grouped.most_common():
+        print(f"  {n:6}  {kind} (after {during}; within 15 s), e.g.: {sample[kind, during]}")
+    print(f"  workers with errors: {sum(1 for f in files if _has_errors(f, errors_by_file))}"
+          f" of {len(files)} worker processes")  # fmt: skip
     left_held = int(leases[0]) + int(waiters[0])
     print(f"\nleft after the grace ({GRACE:g} s): {leases[0]} lease rows, {waiters[0]} waiter rows,"
           f" {held[0]} held slots")  # fmt: skip
@@ -313,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{'FAILED' if failed else 'OK'}: limits held, nothing left" if not failed else "\nFAILED"
     )
     return 1 if failed else 0
+
+
+def _has_errors(path: Path, by_file: collections.Counter[str]) -> bool:
+    return by_file[str(path)] > 0
 
 
 def _during(at: float, faults: list[tuple[float, str]]) -> str:
