@@ -145,7 +145,7 @@ test("cross-language: a Python holder and a Node waiter", async () => {
     "import sys, time, pggcl",
     "with pggcl.Client(sys.argv[1]) as c:",
     "    with c.concurrency('n-py-holds', timeout_seconds=10):",
-    "        print('held', flush=True); time.sleep(3.0)",
+    "        print('held', flush=True); time.sleep(2.0)",
     "    print('released', flush=True)",
   ].join("\n");
   const child = spawn(python, ["-c", code, dsn], { stdio: ["ignore", "pipe", "inherit"] });
@@ -159,7 +159,7 @@ test("cross-language: a Python holder and a Node waiter", async () => {
 
 test("cross-language: a Node holder and a Python waiter", async () => {
   await admin.createLimit("n-node-holds", 1);
-  const holder = spawn(process.execPath, [resolve(here, "holder.js"), dsn, "n-node-holds", "3.0", "5"], { stdio: ["ignore", "pipe", "inherit"] });
+  const holder = spawn(process.execPath, [resolve(here, "holder.js"), dsn, "n-node-holds", "2.0", "5"], { stdio: ["ignore", "pipe", "inherit"] });
   const lines = new Lines(holder);
   assert.equal(await lines.next(), "held");
   const code = [
