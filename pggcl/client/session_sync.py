@@ -25,7 +25,7 @@ from pggcl.core.policy import (
     session_failure,
 )
 from pggcl.drivers.psycopg_driver import Connection, connect
-from pggcl.errors import DatabaseUnavailableError, PggclError, SessionLostError
+from pggcl.errors import ConfigurationError, DatabaseUnavailableError, PggclError, SessionLostError
 
 log = logging.getLogger("pggcl")
 # How often the worker looks up while idle: to start the heartbeat once waiters appear, and to
@@ -33,6 +33,12 @@ log = logging.getLogger("pggcl")
 _IDLE_TICK = 1.0
 # How long to wait between attempts to resume a session the old connection still holds.
 _RESUME_RETRY = 0.05
+
+
+def _unexpected(exc: Exception) -> PggclError:
+    """A driver's error that no rule names (a protocol state error after a lost connection,
+    say): the worker treats it as a lost connection and reconnects, rather than dying."""
+    return DatabaseUnavailableError(f"the session connection failed: {exc!r}")
 
 
 class Session:
@@ -58,6 +64,7 @@ class Session:
         self._changed = Signal()  # the session, the generation or the failures changed
         self._failures = 0  # connection attempts of the worker that failed
         self._last_error: PggclError | None = None
+        self._fatal: PggclError | None = None  # a misconfiguration: the worker has given up
         self._worker: Worker | None = None
         self._stopping = Event()
         # When this process went from no waiters to some: the heartbeat counts from there, not
@@ -106,6 +113,8 @@ class Session:
         session = self._session
         if session is not None and self._worker is not None:
             return session[0]
+        if self._fatal is not None:
+            raise self._fatal
         with self._lock:
             if self._worker is None:
                 self._stopping.clear()
@@ -115,6 +124,8 @@ class Session:
             lambda: self._session is not None or self._failures != failures, self._timeout
         )
         session = self._session
+        if self._fatal is not None:
+            raise self._fatal
         if session is None:
             raise session_failure(self._last_error)
         return session[0]
@@ -145,7 +156,8 @@ class Session:
         while not self._stopping.is_set():
             conn: Connection | None = None
             try:
-                conn = connect(self._dsn, self._timeout)
+                # No cached prepared statements: a pooler must be detected, not trip over them.
+                conn = connect(self._dsn, self._timeout, pooled=True)
                 self._stats.connects += 1
                 ((*_, setting),) = conn.execute(q.KEEPALIVES, ())
                 check_fresh_connection(setting)
@@ -156,19 +168,36 @@ class Session:
                 attempt = 0
                 self._listening()
                 self._serve(conn)
-            except PggclError as error:
+            except Exception as exc:
                 if self._stopping.is_set():
                     break
+                error = exc if isinstance(exc, PggclError) else _unexpected(exc)
                 with self._lock:
                     self._last_error = error
                     self._failures += 1
+                    if isinstance(error, ConfigurationError):
+                        self._fatal = error  # retrying cannot help: every caller is told
                 self._changed.notify()
+                if self._fatal is not None:
+                    log.error("pggcl cannot keep a session: %s", error)
+                    if conn is not None:
+                        self._abandon_session(conn)
+                    return
                 log.warning(reconnect_warning(self._generation > 0, error))
                 self._stopping.wait(backoff.delay(attempt))
                 attempt += 1
             finally:
                 if conn is not None:
                     self._finish(conn)
+
+    def _abandon_session(self, conn: Connection) -> None:
+        """Close the session this worker opened on a connection it cannot keep (by id and
+        token: behind a pooler, this connection's server session may be another's)."""
+        with self._lock:
+            session, self._session = (self._session, None)
+        if session is not None and conn.usable:
+            with suppress(PggclError):
+                conn.execute(q.CLOSE_SESSION_OF, (session[0], session[1]))
 
     def _finish(self, conn: Connection) -> None:
         if self._stopping.is_set() and conn.usable:
@@ -195,7 +224,8 @@ class Session:
             if resumed:
                 return (session_id, channel)
             self._lose_session(f"session {session_id} was reclaimed while disconnected")
-        ((session_id, token, channel),) = conn.execute(q.OPEN_SESSION, (self._grace,))
+        ((carried, session_id, token, channel),) = conn.execute(q.OPEN_SESSION, (self._grace,))
+        check_fresh_connection(carried)
         with self._lock:
             self._session = (session_id, uuid.UUID(str(token)), channel)
         self._stats.sessions_opened += 1

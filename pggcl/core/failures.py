@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Final
 
 from pggcl.errors import (
+    ConfigurationError,
     DatabaseUnavailableError,
     PermissionDeniedError,
     PggclError,
@@ -29,6 +30,9 @@ _LOST_CLASSES: Final = ("08", "57")
 _NOT_INSTALLED: Final = frozenset({"3F000", "42883", "42P01"})
 
 _INSUFFICIENT_PRIVILEGE: Final = "42501"
+# A named prepared statement that is missing, or already there: a transaction pooler moved the
+# connection between server sessions (asyncpg names the statements it caches).
+_PREPARED_STATEMENT_MOVED: Final = ("26000", "42P05")
 _OUT_OF_RANGE: Final = "22003"  # numeric value out of range: a limit above 2**31 - 1, say
 
 
@@ -46,6 +50,13 @@ def translate_error(
     if connection_lost or (sqlstate or "")[:2] in _LOST_CLASSES:
         text = f"the database is unreachable: {message}".strip()
         return DatabaseUnavailableError(text, sqlstate=sqlstate)
+    if sqlstate in _PREPARED_STATEMENT_MOVED:
+        return ConfigurationError(
+            f"{message}: a connection pooler in transaction or statement mode is between pggcl"
+            " and PostgreSQL; give pggcl a direct connection for its session (session_dsn=...,"
+            " or PGGCL_SESSION_DSN) and send only its calls through the pooler",
+            sqlstate=sqlstate,
+        )
     if sqlstate == _OUT_OF_RANGE:
         return ValidationError(
             f"a value is out of range: {message}", sqlstate=sqlstate, field=field

@@ -29,11 +29,18 @@ KEEPALIVES: Final = (
     " set_config('tcp_keepalives_count', '3', false),"
     " current_setting('pggcl.session_id', true)"
 )
+# Opens a session only on a server session that carries none yet (the check and the open in
+# one statement, so that no other client's open can come between them behind a pooler); the
+# first column is the session the server session already carried, if any.
 OPEN_SESSION: Final = (
-    "SELECT session_id, token, channel FROM pggcl.open_session($1::double precision)"
+    "SELECT c.carried, s.session_id, s.token, s.channel"
+    " FROM (SELECT current_setting('pggcl.session_id', true) AS carried OFFSET 0) c"
+    " LEFT JOIN LATERAL (SELECT * FROM pggcl.open_session($1::double precision)"
+    " WHERE coalesce(c.carried, '') = '') s ON true"
 )
 RESUME_SESSION: Final = "SELECT pggcl.resume_session($1::integer, $2::uuid)"
 CLOSE_SESSION: Final = "SELECT pggcl.close_session()"
+CLOSE_SESSION_OF: Final = "SELECT pggcl.close_session($1::integer, $2::uuid)"
 # With the session's per-connection setting: a pooler that moved us shows there.
 HEARTBEAT: Final = "SELECT pggcl.heartbeat($1::integer), current_setting('pggcl.session_id', true)"
 # The engine keeps the session id in a per-connection setting; see _core.check_session_kept.

@@ -22,6 +22,7 @@ from pggcl.errors import PggclError
 # What a dropped or unreachable connection raises.
 _CONNECTION_ERRORS = (
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a protocol state error, after a connection was lost mid-call
     asyncpg.PostgresConnectionError,
     OSError,
     TimeoutError,
