@@ -5,8 +5,6 @@ lease kept (issue #12)."""
 
 from __future__ import annotations
 
-import pytest
-
 import pggcl
 from tests.faults.conftest import (
     Problems,
@@ -151,12 +149,6 @@ def test_session_connection_killed_while_being_resumed_sync(dsn: str) -> None:
     seen.assert_none()
 
 
-@pytest.mark.xfail(
-    strict=False,  # a race: most runs of this module alone fail, some of the whole suite pass
-    reason="issue #12: killed while being resumed, the async session task can die of "
-    "asyncpg's InternalClientError ('another operation is in progress', unretrieved task "
-    "exception); the session is then never resumed",
-)
 async def test_session_connection_killed_while_being_resumed_async(dsn: str) -> None:
     """Killed again as soon as the server shows it resumed: mid-way through its set-up."""
     sql(dsn, "SELECT pggcl.create_limit('db', 1)")

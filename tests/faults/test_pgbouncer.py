@@ -138,30 +138,9 @@ def test_transaction_mode_with_a_direct_session_dsn_works(
 @pytest.mark.parametrize(
     "kind",
     [
-        pytest.param(
-            "sync",
-            marks=pytest.mark.xfail(
-                strict=False,  # about one run in two: the retries sometimes come through
-                reason="issue #12: the sync client sees the pooler but only warns and retries "
-                "(no ConfigurationError): its acquisitions often time out",
-            ),
-        ),
-        pytest.param(
-            "async",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue #12: no ConfigurationError; asyncpg fails with 'prepared statement "
-                "__asyncpg_stmt_1__ already exists'",
-            ),
-        ),
-        pytest.param(
-            "cli",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue #12: pggcl run only warns and retries: two runs shared one pggcl "
-                "session, others time out or fail with 'session N does not exist'",
-            ),
-        ),
+        "sync",
+        "async",
+        "cli",
     ],
 )
 def test_transaction_mode_alone_works_or_refuses_at_once(
