@@ -40,7 +40,11 @@ def make_request(
         )
     for name in name_tuple:
         values.text("names", name)
-    values.whole("occupy", occupy, 1)
+    if values.whole("occupy", occupy, 1) < 1:
+        raise ValidationError(
+            f"invalid occupy: {occupy!r}; it must be a whole number of slots, 1 or more",
+            field="occupy",
+        )
     if timeout_seconds is not None and not (0 <= timeout_seconds < float("inf")):
         raise ValidationError(
             f"invalid timeout_seconds: {timeout_seconds!r}; it must be None or a finite number of "

@@ -13,16 +13,24 @@ from typing import Any
 
 from pggcl.errors import ValidationError
 
-INT32_MAX = 2**31 - 1
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+#: The engine's bound on a limit and on occupy (sql/10_internals.sql): sums stay in int4.
+MOST_SLOTS = 1_000_000_000
 
 
 def whole(field: str, value: Any, least: int) -> int:
-    """``value`` as a whole number from ``least`` to 2**31 - 1 (the engine's integer)."""
+    """``value`` as a whole number the engine's integer parameter can carry. Within that range
+    the engine checks the value itself (its messages name its bounds); beyond it, which
+    the two drivers would refuse differently, this says the same as the engine."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationError(f"invalid {field}: {value!r}; it must be a whole number", field=field)
-    if not least <= value <= INT32_MAX:
+    if value > INT32_MAX:
         raise ValidationError(
-            f"invalid {field}: {value}; it must be from {least} to {INT32_MAX}", field=field
+            f"invalid {field}: {value}; it must be at most {MOST_SLOTS} slots", field=field
+        )
+    if value < INT32_MIN:
+        raise ValidationError(
+            f"invalid {field}: {value}; it must be {least} or more slots", field=field
         )
     return value
 
