@@ -161,6 +161,8 @@ _CLAIMS = (
     " ORDER BY 1, 2"
 )
 
+_TERMINATE = "SELECT pg_terminate_backend(backend_pid) FROM pggcl.sessions WHERE id = ANY(%s)"
+
 
 def _step(
     step: dict[str, Any], actors: dict[str, Actor], db: psycopg.Connection[Any],
@@ -197,11 +199,7 @@ def _step(
     elif "drop_sessions" in step:
         kept = db.execute(_CLAIMS, {"n": step["drop_sessions"]}).fetchall()
         assert kept, "nothing to drop"
-        dropped = db.execute(
-            "SELECT pg_terminate_backend(s.backend_pid) FROM pggcl.sessions s"
-            " WHERE s.id = ANY(%s)",
-            ([r[2] for r in kept],),
-        ).fetchall()
+        dropped = db.execute(_TERMINATE, ([r[2] for r in kept],)).fetchall()
         assert dropped and all(r[0] for r in dropped), dropped
     elif "sessions_kept" in step:
         now = db.execute(_CLAIMS, {"n": step["sessions_kept"]}).fetchall()

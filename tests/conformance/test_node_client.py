@@ -18,7 +18,11 @@ def test_node_client(pggcl_dsn: str) -> None:
     env = {**node_env(pggcl_dsn), "PGGCL_PYTHON": sys.executable}
     done = subprocess.run(
         ["node", "--test", "--test-concurrency=1", "dist/test/client.test.js"],
-        cwd=node_dir, env=env, capture_output=True, text=True, timeout=240,
+        cwd=node_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     output = f"{done.stdout[-8000:]}\n{done.stderr[-4000:]}"
     assert done.returncode == 0, f"node --test failed:\n{output}"

@@ -38,7 +38,10 @@ def test_holds_a_slot_while_the_command_runs(pggcl_dsn: str) -> None:
     probe = f'psql -XAtc "{count}" "$PGGCL_DSN"'
     done = subprocess.run(
         [str(SCRIPT), "sh-hold", "--", "sh", "-c", f"{probe}; exit 3"],
-        env=_env(pggcl_dsn), capture_output=True, text=True, timeout=30,
+        env=_env(pggcl_dsn),
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert done.returncode == 3, done.stderr
     assert done.stdout.strip() == "1"
@@ -51,14 +54,14 @@ def test_waits_for_a_python_holder_and_times_out_cleanly(pggcl_dsn: str) -> None
         with client.concurrency("sh-wait"):
             timed_out = subprocess.run(
                 [str(SCRIPT), "sh-wait", "--", "true"],
-                env=_env(pggcl_dsn, PGGCL_TIMEOUT="1"), capture_output=True, text=True,
+                env=_env(pggcl_dsn, PGGCL_TIMEOUT="1"),
+                capture_output=True,
+                text=True,
                 timeout=30,
             )
             assert timed_out.returncode == 75, timed_out.stderr
             assert client.queue("sh-wait") == []
-            waiting = subprocess.Popen(
-                [str(SCRIPT), "sh-wait", "--", "true"], env=_env(pggcl_dsn)
-            )
+            waiting = subprocess.Popen([str(SCRIPT), "sh-wait", "--", "true"], env=_env(pggcl_dsn))
             time.sleep(1.0)
             assert waiting.poll() is None
         assert waiting.wait(10) == 0
@@ -69,7 +72,8 @@ def test_a_python_waiter_gets_the_slot_of_a_killed_run(pggcl_dsn: str) -> None:
         client.create_limit("sh-killed", limit=1)
         run = subprocess.Popen(
             [str(SCRIPT), "sh-killed", "--", "sleep", "60"],
-            env=_env(pggcl_dsn, PGGCL_GRACE="0.5"), start_new_session=True,
+            env=_env(pggcl_dsn, PGGCL_GRACE="0.5"),
+            start_new_session=True,
         )
         try:
             deadline = time.monotonic() + 10
