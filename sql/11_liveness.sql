@@ -2,13 +2,25 @@
 -- session is told about its requests. (The SQL functions schema-qualify every function and
 -- operator: see "No trojans" in 10_internals.sql.)
 
--- The session this connection registered, if any (kept in a per-connection setting, so it
--- vanishes with the connection).
+-- The session this connection registered, if any. Its id is kept in a per-connection setting
+-- (so it vanishes with the connection), but a setting is no proof: any role may SET it. The
+-- session counts only when its row says it is held by this backend and the setting
+-- pggcl.session_key, set next to it, holds the session's token (which another backend cannot
+-- know): SET pggcl.session_id = '<someone else's id>' gives nothing.
 CREATE FUNCTION pggcl._connection_session() RETURNS integer
-LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN pg_catalog.current_setting('pggcl.session_id', true) OPERATOR(pg_catalog.=) ''
-                THEN NULL
-                ELSE pg_catalog.current_setting('pggcl.session_id', true)::integer END
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    carried text := pg_catalog.current_setting('pggcl.session_id', true);
+    mine integer;
+BEGIN
+    IF carried IS NULL OR carried !~ '^[0-9]{1,9}$' THEN
+        RETURN NULL;
+    END IF;
+    SELECT s.id INTO mine FROM pggcl.sessions s
+    WHERE s.id = carried::integer AND s.backend_pid = pg_backend_pid()
+      AND s.token::text = pg_catalog.current_setting('pggcl.session_key', true);
+    RETURN mine;
+END
 $$;
 
 -- Whether the session exists and has not been reclaimed.
@@ -35,12 +47,13 @@ $$;
 
 -- Whether the session's connection is alive. A live session holds its advisory lock, so taking
 -- it (for this transaction only) fails; success means the owner is gone. Our own session is
--- alive by definition (and would not fail the probe: advisory locks are re-entrant).
+-- alive by definition (and does not fail the probe: advisory locks are re-entrant).
 -- (Not IS NOT DISTINCT FROM, whose `=` is looked up on the search_path; session_id is never NULL.)
 CREATE FUNCTION pggcl._session_alive(session_id integer) RETURNS boolean
 LANGUAGE sql VOLATILE AS $$
-    SELECT coalesce(session_id OPERATOR(pg_catalog.=) pggcl._connection_session(), false)
-        OR NOT pg_catalog.pg_try_advisory_xact_lock(pggcl._lock_space(), session_id)
+    SELECT CASE WHEN pg_catalog.pg_try_advisory_xact_lock(pggcl._lock_space(), session_id)
+                THEN coalesce(session_id OPERATOR(pg_catalog.=) pggcl._connection_session(), false)
+                ELSE true END
 $$;
 
 -- Tell a session about its waiter, on the session's channel: `kind:waiter_id[:detail]`

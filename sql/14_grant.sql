@@ -20,7 +20,8 @@ $$;
 -- blocking: a large request is never starved by small ones). A waiter that also waits on limits
 -- we have not locked is asked to re-check itself (it locks all its limits in order and runs this
 -- step there). A waiter that can never be served (a limit was lowered below its request) is
--- removed and told why. Returns the ids of the waiters it granted.
+-- removed and told why. A waiter whose session is dead is dropped instead of served (see
+-- _serve). Returns the ids of the waiters it granted.
 CREATE FUNCTION pggcl._grant(ids bigint[], at timestamptz) RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -43,25 +44,36 @@ $$;
 -- in a variable and written once, each grant one statement (dequeue, lease, notify). Anything
 -- else goes to the general step: an inactive limit, or a head with more limits to lock or a
 -- request that can never fit, to refuse.
+-- A waiter whose session is dead (its connection gone, however recently) is never served: the
+-- one about to be granted is probed first (_session_alive), and a dead one is dequeued and the
+-- next one looked at. Only a waiter that would be granted is probed, so a release with nobody
+-- queued probes nothing.
 CREATE FUNCTION pggcl._serve(lim pggcl.limit_state, at timestamptz) RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     w pggcl.waiters;
     notified boolean;
     granted bigint[] := '{}';
+    dropped boolean := false;
     general boolean := NOT lim.active;
-    -- Each grant takes a slot or more: no more waiters than free slots can be served.
-    most integer := greatest(1, floor(lim."limit" - lim.held - pggcl._level(lim, at) + 1e-9));
 BEGIN
     IF lim.active THEN
+        -- (No LIMIT: dead waiters are skipped; the loop ends when the head does not fit.)
         FOR w IN SELECT * FROM pggcl.waiters x WHERE x.limit_id = lim.id AND x.id > lim.queue_from
-                 ORDER BY x.id LIMIT most LOOP
+                 ORDER BY x.id LOOP
             IF cardinality(w.limit_ids) > 1 OR w.occupy > lim."limit"
                OR (w.mode = 'rate_limit' AND lim.slot_decay_per_second = 0) THEN
                 general := true;
                 EXIT;
             END IF;
             EXIT WHEN NOT pggcl._has_room(lim, w.occupy, at);
+            IF NOT pggcl._session_alive(w.session_id) THEN
+                DELETE FROM pggcl.waiters x WHERE x.limit_id = lim.id AND x.id = w.id;
+                lim.queued := lim.queued - 1;
+                lim.queue_from := w.id;
+                dropped := true;
+                CONTINUE;
+            END IF;
             WITH gone AS (
                 DELETE FROM pggcl.waiters x WHERE x.limit_id = lim.id AND x.id = w.id RETURNING x.id
             ), taken AS (
@@ -81,7 +93,7 @@ BEGIN
             lim.queue_from := w.id;  -- it was the head: every waiter before it here is gone
             granted := granted || w.id;
         END LOOP;
-        IF cardinality(granted) > 0 THEN
+        IF cardinality(granted) > 0 OR dropped THEN
             UPDATE pggcl.limit_state
             SET held = lim.held, queued = lim.queued, level = lim.level, level_at = lim.level_at,
                 queue_from = lim.queue_from
@@ -127,6 +139,10 @@ BEGIN
             ELSIF (SELECT bool_and(pggcl._fits(l.active, l."limit", l.held, l.level, l.slot_decay_per_second,
                                                l.level_at, w.occupy, at))
                    FROM pggcl.limit_state l WHERE l.id = ANY(w.limit_ids)) THEN
+                IF NOT pggcl._session_alive(w.session_id) THEN  -- never served: dropped
+                    PERFORM pggcl._dequeue_waiter(w.id);
+                    CONTINUE;
+                END IF;
                 PERFORM pggcl._take(w.limit_ids, pggcl._intersect(w.limit_ids, active_ids), w.occupy,
                                     w.mode, w.lease_id, w.session_id, w.holder, w.ttl_seconds, at);
                 PERFORM pggcl._dequeue_waiter(w.id);

@@ -1,36 +1,74 @@
 -- Reading and managing limits: the public views and create/update/delete.
 
--- Every limit with its occupancy now (never a stale stored number).
+-- Whether each session is alive now, read without a probe (private: the views below read it
+-- as their owner). A session is alive while its backend holds its session-level advisory lock
+-- (1885824867, id): pg_locks shows that to every role, and reading it takes no lock (a probe,
+-- pg_try_advisory_xact_lock, would hold the dead session's lock until the reader's transaction
+-- ended). `expired`: dead and past its grace (as far as is known: a death not yet seen by a
+-- reclaim has no dead_since, and counts as expired only when its grace is 0), or reclaimed.
+CREATE VIEW pggcl._sessions_seen AS
+SELECT s.id,
+       a.alive,
+       s.reclaimed OR (NOT a.alive AND (s.grace_seconds = 0
+           OR coalesce(s.dead_since + make_interval(secs => s.grace_seconds) <= clock_timestamp(), false)))
+           AS expired
+FROM pggcl.sessions s,
+     LATERAL (SELECT NOT s.reclaimed AND (s.id::oid, s.backend_pid) IN (
+                  SELECT k.objid, k.pid FROM pg_catalog.pg_locks k
+                  WHERE k.locktype = 'advisory' AND k.classid = 1885824867::oid AND k.objsubid = 2
+                    AND k.granted
+                    AND k.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                                      WHERE d.datname = pg_catalog.current_database())) AS alive) a;
+
+-- Every limit with its occupancy now (never a stale stored number). Waiters of dead sessions
+-- are not counted in `waiting`, nor the slots of dead sessions past their grace in
+-- `held_slots`: they are gone the moment anyone next locks the limit.
 -- active_slots = held_slots + decaying_slots.
 CREATE VIEW pggcl.limits AS
+WITH dead AS MATERIALIZED (SELECT d.id, d.expired FROM pggcl._sessions_seen d WHERE NOT d.alive)
 SELECT l.name,
        l."limit",
        l.active,
-       l.held + r.decaying AS active_slots,
+       l.held - c.dead_held + r.decaying AS active_slots,
        l.slot_decay_per_second,
-       l.queued AS waiting,
+       l.queued - c.dead_waiting AS waiting,
        l.created,
        l.updated,
-       l.held AS held_slots,
+       l.held - c.dead_held AS held_slots,
        r.decaying AS decaying_slots
 FROM pggcl.limit_state l,
      LATERAL (SELECT pggcl._decayed(l.level, l.slot_decay_per_second, l.level_at, clock_timestamp())
-                     AS decaying) r;
+                     AS decaying) r,
+     LATERAL (SELECT CASE WHEN l.queued = 0 THEN 0 ELSE (
+                         SELECT count(*) FROM pggcl.waiters w
+                         WHERE w.limit_id = l.id AND w.session_id IN (SELECT d.id FROM dead d))::integer
+                     END AS dead_waiting,
+                     CASE WHEN l.held = 0 THEN 0 ELSE (
+                         SELECT coalesce(sum(le.occupy), 0) FROM pggcl.leases le
+                         WHERE le.limit_id = l.id AND le.session_id IS NOT NULL
+                           AND (le.session_id IN (SELECT d.id FROM dead d WHERE d.expired)
+                                OR le.session_id NOT IN (SELECT x.id FROM pggcl.sessions x)))::integer
+                     END AS dead_held) c;
 COMMENT ON VIEW pggcl.limits IS 'Every limit with its live occupancy and queue length';
 
--- Who holds slots: one row per lease and limit.
+-- Who holds slots: one row per lease and limit (not the leases of sessions dead past their
+-- grace: see _sessions_seen).
 CREATE VIEW pggcl.holders AS
 SELECT le.id AS lease_id, l.name, le.occupy AS slots, le.holder, le.session_id,
        le.acquired_at AS since, le.expires_at AS expires
-FROM pggcl.leases le JOIN pggcl.limit_state l ON l.id = le.limit_id;
+FROM pggcl.leases le JOIN pggcl.limit_state l ON l.id = le.limit_id
+     LEFT JOIN pggcl._sessions_seen v ON v.id = le.session_id
+WHERE le.session_id IS NULL OR v.expired IS false;
 COMMENT ON VIEW pggcl.holders IS 'Slots held by leases, one row per lease and limit';
 
--- Who waits, in the order they will be served on each limit (position 1 is next).
+-- Who waits, in the order they will be served on each limit (position 1 is next): the
+-- waiters of live sessions only.
 CREATE VIEW pggcl.queue AS
 SELECT w.id AS waiter_id, l.name,
        row_number() OVER (PARTITION BY w.limit_id ORDER BY w.id)::integer AS position,
        w.occupy, w.mode, w.holder, w.session_id, w.enqueued_at AS since
-FROM pggcl.waiters w JOIN pggcl.limit_state l ON l.id = w.limit_id;
+FROM pggcl.waiters w JOIN pggcl.limit_state l ON l.id = w.limit_id
+     JOIN pggcl._sessions_seen v ON v.id = w.session_id AND v.alive;
 COMMENT ON VIEW pggcl.queue IS 'Queued requests per limit, in the order they will be served';
 
 -- Create a limit. Raises GC002 when the name is taken, GC003 on a bad name or value (its COLUMN

@@ -44,6 +44,7 @@ BEGIN
                 'session id %s is locked by another connection; try again', s.id);
         END IF;
         PERFORM set_config('pggcl.session_id', s.id::text, false);
+        PERFORM set_config('pggcl.session_key', s.token::text, false);
         -- Forget a few sessions that died holding nothing: no reclaim would ever visit them.
         DELETE FROM pggcl.sessions x
         WHERE x.id IN (SELECT y.id FROM pggcl.sessions y
@@ -82,6 +83,7 @@ BEGIN
     END IF;
     UPDATE pggcl.sessions x SET dead_since = NULL, backend_pid = pg_backend_pid() WHERE x.id = s.id;
     PERFORM set_config('pggcl.session_id', s.id::text, false);
+    PERFORM set_config('pggcl.session_key', s.token::text, false);
     RETURN true;
 END
 $$;
@@ -113,6 +115,7 @@ BEGIN
     IF target = mine THEN
         PERFORM pg_advisory_unlock(pggcl._lock_space(), target);
         PERFORM set_config('pggcl.session_id', '', false);
+        PERFORM set_config('pggcl.session_key', '', false);
     END IF;
     RETURN true;
 END

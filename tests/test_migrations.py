@@ -24,6 +24,8 @@ FROZEN = {
     "0003_bounds_names_no_trojans_downgrade.sql": "42702543f6f7ded6fcb26ec65c983fc6",
     "0004_names_array.sql": "06044cf94242374e0db8921843500875",
     "0004_names_array_downgrade.sql": "d89d43a731f1052d3ada7c33737d5d61",
+    "0005_dead_waiters_no_takeover.sql": "1b8417d0baa7ffd75f858b8ae5e5e4fc",
+    "0005_dead_waiters_no_takeover_downgrade.sql": "5d72b60848456c362688d9e09a13d6cf",
 }
 
 
@@ -119,7 +121,7 @@ MUTATIONS = {
         "",
         "relations",
     ),
-    "view body": ("replace", "l.queued AS waiting", "l.queued + 0 AS waiting", "views"),
+    "view body": ("replace", "AS decaying_slots", "+ 0 AS decaying_slots", "views"),
     "index": ("append", "CREATE INDEX extra_idx ON pggcl.leases (session_id);", "", "indexes"),
     "column default": (
         "append",

@@ -33,11 +33,6 @@ def test_pggcl_run_killed_kills_its_command(dsn: str, workers: Workers) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #12 (engine): a SIGKILLed waiter stays in pggcl.queue and "
-    "pggcl.limits.waiting, and the freed slot is granted to it",
-)
 @pytest.mark.parametrize("kind", ["sync", "async"])  # pggcl run waits through the sync client
 def test_a_killed_waiter_is_not_shown_nor_served(kind: str, dsn: str, workers: Workers) -> None:
     sql(dsn, "SELECT pggcl.create_limit('db', 1)")

@@ -252,14 +252,6 @@ def test_a_tenant_may_execute_no_internal_function_that_writes(
     assert writable == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue #13 (beyond its list): pggcl.session_id is an ordinary setting that any role "
-    "may SET; after SET pggcl.session_id = '<victim's id>', the tenant's open_session() "
-    "returned the victim's session and token, and close_session() with no arguments closed the "
-    "victim's session (its lease released) without any token",
-)
 def test_a_tenant_cannot_become_another_session_by_setting_pggcl_session_id(
     cast: Cast, connect: Connect, victim: Victim
 ) -> None:
