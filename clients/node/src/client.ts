@@ -39,6 +39,9 @@ export interface AcquireOptions {
   holder?: string | null;
   /** Concurrency only: the lease's TTL, renewed at a third of it while held. null: none. */
   leaseDuration?: number | null;
+  /** Gives up waiting when aborted: nothing is left queued or held, and the call rejects with
+   * the signal's reason. */
+  signal?: AbortSignal;
 }
 
 /** Slots granted: what concurrency() hands its function (leaseId null when no names). */
@@ -83,7 +86,7 @@ export interface Waiter {
 }
 
 /** What a waiter is told: granted, re-check, rejected (with why), session lost, client closed. */
-export type EventKind = "g" | "r" | "e" | "lost" | "closed";
+export type EventKind = "g" | "r" | "e" | "lost" | "closed" | "abort";
 export interface WaiterEvent {
   kind: EventKind;
   detail: string;
@@ -394,6 +397,7 @@ export class Client {
     const occupy = opts.occupy ?? 1;
     const timeout = opts.timeoutSeconds ?? null;
     if (n.length === 0) return null;
+    opts.signal?.throwIfAborted();
     const deadline = timeout === null ? null : now() + timeout;
     const timedOut = (why = ""): AcquireConcurrencySlotTimeoutError =>
       new AcquireConcurrencySlotTimeoutError(
@@ -431,6 +435,10 @@ export class Client {
       }
       throw err;
     }
+    if (opts.signal?.aborted) {
+      await this.settle(row.waiter_id, requestId, now());
+      throw opts.signal.reason;
+    }
     if (row.created_limits !== null && row.created_limits.length > 0) {
       process.emitWarning(`pggcl: created missing limit(s) ${row.created_limits.map((x) => `'${x}'`).join(", ")} inactive: they do not limit anything until activated`);
     }
@@ -441,6 +449,8 @@ export class Client {
     const box = new Mailbox();
     this.dispatcher.register(waiterId, box, epoch);
     this.startHeartbeat();
+    const onAbort = (): void => box.push({ kind: "abort", detail: "" });
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
     try {
       let retryAfter = row.retry_after;
       for (;;) {
@@ -459,6 +469,9 @@ export class Client {
           throw new ClientClosedError(`the client was closed while waiting for ${describe(n, occupy)}`);
         } else if (event.kind === "lost") {
           throw new StartOver();
+        } else if (event.kind === "abort") {
+          await this.settle(waiterId, requestId, now());
+          throw opts.signal?.reason ?? new Error("aborted");
         }
         let status: string;
         try {
@@ -481,6 +494,7 @@ export class Client {
         }
       }
     } finally {
+      opts.signal?.removeEventListener("abort", onAbort);
       this.dispatcher.unregister(waiterId);
     }
   }

@@ -84,6 +84,20 @@ test("grant, queue, hand-off; timeout leaves nothing queued", async () => {
   assert.equal((await admin.holders("n-hand")).length, 0);
 });
 
+test("an aborted wait leaves nothing queued and rejects with the signal's reason", async () => {
+  await admin.createLimit("n-abort", 1);
+  await admin.concurrency("n-abort", {}, async () => {
+    const controller = new AbortController();
+    const waiting = client().concurrency("n-abort", { signal: controller.signal }, () => "ran");
+    for (let i = 0; i < 100 && (await admin.queue("n-abort")).length === 0; i++) await sleep(20);
+    assert.equal((await admin.queue("n-abort")).length, 1);
+    controller.abort(new Error("stop"));
+    await assert.rejects(waiting, /stop/);
+    assert.equal((await admin.queue("n-abort")).length, 0);
+  });
+  assert.equal((await admin.holders("n-abort")).length, 0);
+});
+
 test("never more than the limit: 8 clients on a limit of 2", async () => {
   await admin.createLimit("n-eight", 2);
   let running = 0;
