@@ -3,6 +3,7 @@ then tsc. Skips, saying why, only where `node` or `npm` is missing."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -23,6 +24,14 @@ def built_node_client() -> Path:
     """clients/node with its npm dependencies installed and its TypeScript compiled."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("node and npm are not installed: the Node client cannot be tested here")
+    # One build at a time: pytest-xdist workers share the directory.
+    with (NODE_DIR / ".build-lock").open("w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        _build()
+    return NODE_DIR
+
+
+def _build() -> None:
     lock = NODE_DIR / "package-lock.json"
     installed = NODE_DIR / "node_modules" / ".package-lock.json"
     if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
@@ -33,7 +42,6 @@ def built_node_client() -> Path:
     if not stamp.exists() or stamp.stat().st_mtime < newest:
         _run("npx", "--no-install", "tsc", "-p", ".")
         stamp.touch()
-    return NODE_DIR
 
 
 def node_env(dsn: str) -> dict[str, str]:
