@@ -66,7 +66,14 @@ CREATE TABLE pggcl.sessions (
     grace_seconds double precision NOT NULL,
     dead_since timestamptz,
     reclaimed boolean NOT NULL DEFAULT false,
-    created timestamptz NOT NULL DEFAULT clock_timestamp()
+    created timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- The channel its notifications go to: 'pggcl_<id>_<32 random hex digits>', so that no one
+    -- who does not know it can LISTEN to it or NOTIFY on it (open_session tells its owner).
+    channel text,
+    -- The role that opened it (session_user): only that role acts on the session, its leases
+    -- and its waiters (managers may also release, renew and cancel). NULL only for sessions
+    -- opened before revision 0006, which anyone may use, as then.
+    owner_role name
 );
 ALTER SEQUENCE pggcl.session_id_seq OWNED BY pggcl.sessions.id;
 

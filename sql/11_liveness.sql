@@ -23,25 +23,51 @@ BEGIN
 END
 $$;
 
--- Whether the session exists and has not been reclaimed.
+-- Whether the session exists, has not been reclaimed, and belongs to the caller's role (the
+-- role that opened it is `session_user` here too; see owner_role in 00_schema.sql).
 -- (PL/pgSQL, not SQL: a SQL function whose body has a subquery is never inlined, so it would be
 -- parsed and planned again at every call.)
 CREATE FUNCTION pggcl._session_exists(session_id integer) RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    RETURN EXISTS (SELECT FROM pggcl.sessions s WHERE s.id = session_id AND NOT s.reclaimed);
+    RETURN EXISTS (SELECT FROM pggcl.sessions s WHERE s.id = session_id AND NOT s.reclaimed
+                   AND coalesce(s.owner_role = session_user, true));
 END
 $$;
 
--- Raise GC007 unless the session exists and has not been reclaimed.
+-- Raise GC007 unless the session exists, has not been reclaimed, and is the caller's role's.
 CREATE FUNCTION pggcl._require_session(session_id integer) RETURNS void
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     IF NOT pggcl._session_exists(session_id) THEN
         RAISE EXCEPTION USING ERRCODE = 'GC007', MESSAGE = format(
-            'session %s does not exist (it was closed, or reclaimed after its connection was lost)',
-            session_id);
+            'session %s does not exist (it was closed, or reclaimed after its connection was lost) '
+            'or was opened by another role', session_id);
     END IF;
+END
+$$;
+
+-- Whether the caller manages pggcl: a member of pggcl_admin, a superuser (a member of every
+-- role), or the owner of the schema.
+CREATE FUNCTION pggcl._is_manager() RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN pg_has_role(session_user, 'pggcl_admin', 'MEMBER')
+        OR EXISTS (SELECT FROM pg_namespace n WHERE n.nspname = 'pggcl'
+                   AND n.nspowner = (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user));
+END
+$$;
+
+-- Whether the caller may act on a lease or waiter of `session_id`: its session is the caller's
+-- role's (or was opened before 0006), it has no session (a lease with a TTL), or the caller is
+-- a manager. A claim whose session row is gone is a manager's only.
+CREATE FUNCTION pggcl._may_act_for(session_id integer) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN session_id IS NULL
+        OR EXISTS (SELECT FROM pggcl.sessions s WHERE s.id = session_id
+                   AND coalesce(s.owner_role = session_user, true))
+        OR pggcl._is_manager();
 END
 $$;
 
@@ -56,12 +82,18 @@ LANGUAGE sql VOLATILE AS $$
                 ELSE true END
 $$;
 
--- Tell a session about its waiter, on the session's channel: `kind:waiter_id[:detail]`
--- (see the payloads in 30_sessions.sql). The detail is cut to stay under NOTIFY's 8000 bytes.
+-- Tell a session about its waiter, on the session's stored channel (its secret name is known
+-- only to its owner): `kind:waiter_id[:detail]` (see the payloads in 30_sessions.sql). The
+-- detail is cut to stay under NOTIFY's 8000 bytes. A session that is gone is told nothing.
 CREATE FUNCTION pggcl._notify(session_id integer, kind text, waiter_id bigint, detail text DEFAULT NULL)
 RETURNS void
-LANGUAGE sql VOLATILE AS $$
-    SELECT pg_catalog.pg_notify('pggcl_' OPERATOR(pg_catalog.||) session_id,
-                                kind OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) waiter_id
-                                OPERATOR(pg_catalog.||) coalesce(':' OPERATOR(pg_catalog.||) pg_catalog.left(detail, 7000), ''))
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    to_channel text;
+BEGIN
+    SELECT coalesce(s.channel, 'pggcl_' || s.id) INTO to_channel FROM pggcl.sessions s WHERE s.id = session_id;
+    IF to_channel IS NOT NULL THEN
+        PERFORM pg_notify(to_channel, kind || ':' || waiter_id || coalesce(':' || left(detail, 7000), ''));
+    END IF;
+END
 $$;

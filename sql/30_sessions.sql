@@ -3,7 +3,7 @@
 --
 -- Protocol for a waiting client (psql included):
 --   SELECT * FROM pggcl.open_session();         -- session_id, token, channel
---   LISTEN "pggcl_<session_id>";                 -- the channel returned above
+--   LISTEN "pggcl_<session_id>_<secret>";        -- the channel returned above
 --   SELECT pggcl.take('db', 1, <id>, 'me', <a fresh uuid>);   -- optional, the cheap try:
 --       true: go, the lease id is that uuid. Otherwise (or instead):
 --   SELECT * FROM pggcl.acquire('{db}', 1, session_id => <id>);
@@ -37,8 +37,11 @@ BEGIN
     END IF;
     SELECT * INTO s FROM pggcl.sessions x WHERE x.id = pggcl._connection_session() AND NOT x.reclaimed;
     IF NOT FOUND THEN
-        INSERT INTO pggcl.sessions (backend_pid, grace_seconds)
-        VALUES (pg_backend_pid(), open_session.grace_seconds) RETURNING * INTO s;
+        INSERT INTO pggcl.sessions (backend_pid, grace_seconds, owner_role)
+        VALUES (pg_backend_pid(), open_session.grace_seconds, session_user) RETURNING * INTO s;
+        -- The channel's name is a secret: 'pggcl_<id>_<32 hex digits>' (at most 49 bytes).
+        s.channel := 'pggcl_' || s.id || '_' || replace(gen_random_uuid()::text, '-', '');
+        UPDATE pggcl.sessions x SET channel = s.channel WHERE x.id = s.id;
         IF NOT pg_try_advisory_lock(pggcl._lock_space(), s.id) THEN
             RAISE EXCEPTION USING ERRCODE = 'GC008', MESSAGE = format(
                 'session id %s is locked by another connection; try again', s.id);
@@ -54,7 +57,7 @@ BEGIN
                        ORDER BY y.created LIMIT 10)
           AND NOT pggcl._session_alive(x.id);
     END IF;
-    RETURN QUERY SELECT s.id, s.token, 'pggcl_' || s.id;
+    RETURN QUERY SELECT s.id, s.token, coalesce(s.channel, 'pggcl_' || s.id);
 END
 $$;
 

@@ -23,7 +23,8 @@ BEGIN
     INSERT INTO pggcl.leases (id, limit_id, occupy, session_id, holder, acquired_at, expires_at)
     SELECT lease_id, taken_id, occupy, session_id, holder, at, at + make_interval(secs => ttl_seconds)
     WHERE session_id IS NULL
-       OR EXISTS (SELECT FROM pggcl.sessions x WHERE x.id = _take_one.session_id AND NOT x.reclaimed);
+       OR EXISTS (SELECT FROM pggcl.sessions x WHERE x.id = _take_one.session_id AND NOT x.reclaimed
+                  AND coalesce(x.owner_role = session_user, true));
     IF NOT FOUND THEN
         PERFORM pggcl._require_session(session_id);  -- raises: the UPDATE is undone
     END IF;

@@ -35,6 +35,8 @@ $$;
 -- Stop waiting. 'cancelled' when the request was still queued (whoever it blocked is served);
 -- otherwise what recheck would say ('granted': the caller now holds lease_id and must release it).
 -- With waiter_id NULL, the waiter is found by the request id given to acquire (as lease_id).
+-- Acts only on waiters of the caller's role's sessions (a manager's: any); another role's
+-- waiter is left as it is and the answer is 'gone'.
 CREATE FUNCTION pggcl.cancel(waiter_id bigint, lease_id uuid DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -42,7 +44,14 @@ DECLARE
     ids bigint[];
 BEGIN
     IF cancel.waiter_id IS NULL THEN  -- the caller knows only the request id it chose
-        waiter_id := (SELECT x.id FROM pggcl.waiters x WHERE x.lease_id = cancel.lease_id LIMIT 1);
+        waiter_id := (SELECT x.id FROM pggcl.waiters x WHERE x.lease_id = cancel.lease_id
+                      AND pggcl._may_act_for(x.session_id) LIMIT 1);
+    END IF;
+    -- Only the caller's role's waiters (or any, for a manager): another's is as good as gone.
+    IF NOT EXISTS (SELECT FROM pggcl.waiters x WHERE x.id = cancel.waiter_id
+                   AND pggcl._may_act_for(x.session_id)) THEN
+        RETURN CASE WHEN EXISTS (SELECT FROM pggcl.leases x WHERE x.id = cancel.lease_id
+                                 AND pggcl._may_act_for(x.session_id)) THEN 'granted' ELSE 'gone' END;
     END IF;
     ids := pggcl._lock(array(SELECT limit_id FROM pggcl.waiters x WHERE x.id = cancel.waiter_id));
     IF pggcl._dequeue_waiter(cancel.waiter_id) THEN

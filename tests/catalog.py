@@ -29,7 +29,12 @@ _QUERIES = {
                || ' comment=' || coalesce(obj_description(c.oid, 'pg_class'), '')
         FROM pg_class c WHERE c.relnamespace = {_PGGCL}""",
     "columns": f"""
-        SELECT c.relname || '.' || a.attnum || '.' || a.attname || ' '
+        SELECT c.relname || '.'
+               -- The column's place among the live ones (not attnum: a column dropped by a
+               -- downgrade and added again by the upgrade has a new attnum, in the same place).
+               || (SELECT count(*) FROM pg_attribute b WHERE b.attrelid = a.attrelid
+                   AND b.attnum > 0 AND NOT b.attisdropped AND b.attnum <= a.attnum)
+               || '.' || a.attname || ' '
                || format_type(a.atttypid, a.atttypmod)
                || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
                || ' default=' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')

@@ -26,6 +26,8 @@ FROZEN = {
     "0004_names_array_downgrade.sql": "d89d43a731f1052d3ada7c33737d5d61",
     "0005_dead_waiters_no_takeover.sql": "1b8417d0baa7ffd75f858b8ae5e5e4fc",
     "0005_dead_waiters_no_takeover_downgrade.sql": "5d72b60848456c362688d9e09a13d6cf",
+    "0006_secret_channels_ownership.sql": "a6ed1ff9bad943fdb9c0e737ec9ffb6a",
+    "0006_secret_channels_ownership_downgrade.sql": "b70a802f23515031df9468ab17a3b4e4",
 }
 
 

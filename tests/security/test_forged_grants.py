@@ -37,25 +37,9 @@ def _wait_until(condition: Any, timeout: float = 10.0) -> None:
 @pytest.mark.parametrize(
     "kind",
     [
-        pytest.param(
-            "g",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="issue #13: a forged 'g:<waiter_id>' let the victim's pggcl.Client "
-                "enter its block while the limit of 1 was held by someone else",
-            ),
-        ),
+        "g",
         "r",
-        pytest.param(
-            "e",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="issue #13: a forged 'e:<waiter_id>:...' made the victim's "
-                "concurrency() raise ConcurrencySlotAcquisitionError at once",
-            ),
-        ),
+        "e",
     ],
 )
 @pytest.mark.parametrize("attacker", ["tenant", "outsider"])
@@ -114,13 +98,6 @@ def test_a_forged_notification_does_not_let_a_client_in(
     assert_bookkeeping(admin)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue #13: the victim's channel is 'pggcl_<session_id>', so the forged g:/r:/e: "
-    "payloads reached it. (If the fix is client-side confirmation rather than a secret channel, "
-    "this protocol-level test stays xfail by design; see its docstring.)",
-)
 @pytest.mark.parametrize("attacker", ["tenant", "outsider"])
 def test_a_forged_notification_does_not_reach_a_raw_protocol_session(
     cast: Cast, connect: Connect, attacker: str
@@ -143,12 +120,6 @@ def test_a_forged_notification_does_not_reach_a_raw_protocol_session(
     assert len(holders(admin, "solo")) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue #13 (beyond its list): a role with no pggcl rights LISTENed on "
-    "'pggcl_<victim session id>' and received the victim's real grant 'g:<waiter_id>'",
-)
 def test_nobody_else_hears_a_sessions_notifications(cast: Cast, connect: Connect) -> None:
     """LISTEN needs no privilege: with guessable channel names anyone can watch every
     session's grants (who waits, when, for how long)."""
