@@ -31,7 +31,7 @@ import uuid
 from typing import Any
 
 import psycopg
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -67,6 +67,9 @@ MODEL_SETTINGS = settings(
     derandomize=True,
     database=None,
     suppress_health_check=list(HealthCheck),
+    # No shrinking: against a real server it can take many minutes, past the suite's budget.
+    # A failure prints the whole (unshrunk) sequence of steps that led to it.
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),
 )
 
 
