@@ -82,6 +82,26 @@ LANGUAGE sql VOLATILE AS $$
                 ELSE true END
 $$;
 
+-- Whether a session found dead (its connection gone: _session_alive said so) is past its grace
+-- and may lose what it waits for. The first time it is seen dead its grace starts (dead_since),
+-- so a client cut off by a restart has the whole grace to come back, counted from when the
+-- server could see it gone.
+CREATE FUNCTION pggcl._dead_past_grace(session_id integer, at timestamptz) RETURNS boolean
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    s pggcl.sessions;
+BEGIN
+    SELECT * INTO s FROM pggcl.sessions x WHERE x.id = session_id;
+    IF NOT FOUND OR s.reclaimed THEN
+        RETURN true;
+    ELSIF s.dead_since IS NULL THEN
+        UPDATE pggcl.sessions x SET dead_since = at WHERE x.id = s.id;
+        RETURN s.grace_seconds <= 0;
+    END IF;
+    RETURN s.dead_since + make_interval(secs => s.grace_seconds) <= at;
+END
+$$;
+
 -- Tell a session about its waiter, on the session's stored channel (its secret name is known
 -- only to its owner): `kind:waiter_id[:detail]` (see the payloads in 30_sessions.sql). The
 -- detail is cut to stay under NOTIFY's 8000 bytes. A session that is gone is told nothing.

@@ -44,10 +44,12 @@ $$;
 -- in a variable and written once, each grant one statement (dequeue, lease, notify). Anything
 -- else goes to the general step: an inactive limit, or a head with more limits to lock or a
 -- request that can never fit, to refuse.
--- A waiter whose session is dead (its connection gone, however recently) is never served: the
--- one about to be granted is probed first (_session_alive), and a dead one is dequeued and the
--- next one looked at. Only a waiter that would be granted is probed, so a release with nobody
--- queued probes nothing.
+-- A waiter whose session is dead (its connection gone) is never served: the one about to be
+-- granted is probed first (_session_alive). Past its grace it is dequeued; within it, it is
+-- passed over but keeps its place (its client may be reconnecting, after a restart say: it
+-- re-checks once it is back), and the queue's lower bound stays below it. The next one is then
+-- looked at. Only a waiter that would be granted is probed, so a release with nobody queued
+-- probes nothing.
 CREATE FUNCTION pggcl._serve(lim pggcl.limit_state, at timestamptz) RETURNS bigint[]
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -55,6 +57,7 @@ DECLARE
     notified boolean;
     granted bigint[] := '{}';
     dropped boolean := false;
+    passed boolean := false;  -- a waiter was passed over: queue_from must stay below it
     general boolean := NOT lim.active;
 BEGIN
     IF lim.active THEN
@@ -68,10 +71,16 @@ BEGIN
             END IF;
             EXIT WHEN NOT pggcl._has_room(lim, w.occupy, at);
             IF NOT pggcl._session_alive(w.session_id) THEN
-                DELETE FROM pggcl.waiters x WHERE x.limit_id = lim.id AND x.id = w.id;
-                lim.queued := lim.queued - 1;
-                lim.queue_from := w.id;
-                dropped := true;
+                IF pggcl._dead_past_grace(w.session_id, at) THEN
+                    DELETE FROM pggcl.waiters x WHERE x.limit_id = lim.id AND x.id = w.id;
+                    lim.queued := lim.queued - 1;
+                    IF NOT passed THEN
+                        lim.queue_from := w.id;
+                    END IF;
+                    dropped := true;
+                ELSE
+                    passed := true;
+                END IF;
                 CONTINUE;
             END IF;
             WITH gone AS (
@@ -90,7 +99,9 @@ BEGIN
                 lim.level_at := at;
             END IF;
             lim.queued := lim.queued - 1;
-            lim.queue_from := w.id;  -- it was the head: every waiter before it here is gone
+            IF NOT passed THEN
+                lim.queue_from := w.id;  -- it was the head: every waiter before it here is gone
+            END IF;
             granted := granted || w.id;
         END LOOP;
         IF cardinality(granted) > 0 OR dropped THEN
@@ -139,8 +150,10 @@ BEGIN
             ELSIF (SELECT bool_and(pggcl._fits(l.active, l."limit", l.held, l.level, l.slot_decay_per_second,
                                                l.level_at, w.occupy, at))
                    FROM pggcl.limit_state l WHERE l.id = ANY(w.limit_ids)) THEN
-                IF NOT pggcl._session_alive(w.session_id) THEN  -- never served: dropped
-                    PERFORM pggcl._dequeue_waiter(w.id);
+                IF NOT pggcl._session_alive(w.session_id) THEN  -- never served (see _serve)
+                    IF pggcl._dead_past_grace(w.session_id, at) THEN
+                        PERFORM pggcl._dequeue_waiter(w.id);
+                    END IF;
                     CONTINUE;
                 END IF;
                 PERFORM pggcl._take(w.limit_ids, pggcl._intersect(w.limit_ids, active_ids), w.occupy,

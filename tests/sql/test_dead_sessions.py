@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.sql.helpers import value
 
@@ -23,13 +24,14 @@ def _session(conn: Conn, grace: float = 5) -> int:
     return int(value(conn, "SELECT session_id FROM pggcl.open_session(%s)", grace))
 
 
-def test_a_dead_waiter_is_not_shown_nor_served(db: Conn, connect: Any) -> None:
+@pytest.mark.parametrize("grace", [0, 60])
+def test_a_dead_waiter_is_not_shown_nor_served(db: Conn, connect: Any, grace: float) -> None:
     db.execute("SELECT pggcl.create_limit('db', 1)")
     holder = connect()
     _session(holder)
     lease = value(holder, "SELECT lease_id FROM pggcl.try_acquire('{db}')")
     dead = connect()
-    dead_id = _session(dead, 60)
+    dead_id = _session(dead, grace)
     assert value(dead, "SELECT waiter_id FROM pggcl.acquire('{db}')") is not None
     assert value(db, "SELECT waiting FROM pggcl.limits WHERE name = 'db'") == 1
     dead.close()
@@ -42,10 +44,16 @@ def test_a_dead_waiter_is_not_shown_nor_served(db: Conn, connect: Any) -> None:
     waiter = value(live, "SELECT waiter_id FROM pggcl.acquire('{db}')")
     assert value(db, "SELECT position FROM pggcl.queue WHERE waiter_id = %s", waiter) == 1
     assert value(holder, "SELECT pggcl.release(%s)", lease) is True
-    # The slot went to the live waiter, and the dead one was dequeued.
+    # The slot went to the live waiter. Past its grace the dead one was dequeued; within it,
+    # it was passed over and keeps its place, for a client that may be reconnecting.
     assert value(db, "SELECT session_id FROM pggcl.holders WHERE name = 'db'") == live_id
-    assert value(db, "SELECT count(*) FROM pggcl.waiters") == 0
-    assert value(db, "SELECT queued FROM pggcl.limit_state WHERE name = 'db'") == 0
+    kept = 0 if grace == 0 else 1
+    assert value(db, "SELECT count(*) FROM pggcl.waiters WHERE session_id = %s", dead_id) == kept
+    assert value(db, "SELECT queued FROM pggcl.limit_state WHERE name = 'db'") == kept
+    if kept:  # the queue's lower bound stays below it: it is found again
+        assert value(db, "SELECT queue_from FROM pggcl.limit_state WHERE name = 'db'") < value(
+            db, "SELECT id FROM pggcl.waiters WHERE session_id = %s", dead_id
+        )
 
 
 def test_a_dead_waiter_on_several_limits_is_dropped_not_served(db: Conn, connect: Any) -> None:
@@ -55,7 +63,7 @@ def test_a_dead_waiter_on_several_limits_is_dropped_not_served(db: Conn, connect
     _session(holder)
     lease = value(holder, "SELECT lease_id FROM pggcl.try_acquire('{a,b}')")
     dead = connect()
-    dead_id = _session(dead, 60)
+    dead_id = _session(dead, 0)  # past its grace at once: dropped
     dead.execute("SELECT pggcl.acquire('{a,b}')")
     dead.close()
     _gone(db, dead_id)
