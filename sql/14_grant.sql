@@ -141,7 +141,9 @@ BEGIN
             blocked := blocked || pggcl._intersect(w.limit_ids, active_ids);
         ELSIF NOT w.limit_ids <@ ids THEN
             PERFORM pggcl._notify(w.session_id, 'r', w.id);
-            blocked := blocked || w.limit_ids;
+            -- It blocks those after it on its active limits here only: an inactive (or just
+            -- deleted) limit gates nobody.
+            blocked := blocked || pggcl._intersect(w.limit_ids, active_ids);
         ELSE
             why := pggcl._impossible(w.limit_ids, w.occupy, w.mode);
             IF why IS NOT NULL THEN

@@ -28,7 +28,7 @@ FROZEN = {
     "0005_dead_waiters_no_takeover_downgrade.sql": "5d72b60848456c362688d9e09a13d6cf",
     "0006_secret_channels_ownership.sql": "a6ed1ff9bad943fdb9c0e737ec9ffb6a",
     "0006_secret_channels_ownership_downgrade.sql": "b70a802f23515031df9468ab17a3b4e4",
-    "0007_dead_waiters_keep_their_place.sql": "e2c51f2a39d113b1ee2363a489c382c7",
+    "0007_dead_waiters_keep_their_place.sql": "b4fd41c2a0e38141a8e31d490e619d37",
     "0007_dead_waiters_keep_their_place_downgrade.sql": "49e603aa1d6c484ca5b0678013eca7f7",
 }
 

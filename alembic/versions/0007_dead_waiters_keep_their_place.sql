@@ -3,8 +3,10 @@
 -- What 0007 changes (issue #12, points 1 and 4): the grant step still never serves a waiter
 -- whose session is dead, but drops it only once its grace has passed (counted from when it was
 -- first seen dead); within its grace it is passed over and keeps its place, so a waiter whose
--- client is reconnecting after a restart is not sent to the back of the queue. Public
--- signatures unchanged.
+-- client is reconnecting after a restart is not sent to the back of the queue. And a waiter
+-- told to re-check (it waits on limits not locked here) blocks those after it only on its
+-- active limits: deleting a limit no longer drops a waiter queued behind it on that limit
+-- (found by tests/model). Public signatures unchanged.
 
 -- Whether a session found dead (its connection gone: _session_alive said so) is past its grace
 -- and may lose what it waits for. The first time it is seen dead its grace starts (dead_since),
@@ -117,7 +119,9 @@ BEGIN
             blocked := blocked || pggcl._intersect(w.limit_ids, active_ids);
         ELSIF NOT w.limit_ids <@ ids THEN
             PERFORM pggcl._notify(w.session_id, 'r', w.id);
-            blocked := blocked || w.limit_ids;
+            -- It blocks those after it on its active limits here only: an inactive (or just
+            -- deleted) limit gates nobody.
+            blocked := blocked || pggcl._intersect(w.limit_ids, active_ids);
         ELSE
             why := pggcl._impossible(w.limit_ids, w.occupy, w.mode);
             IF why IS NOT NULL THEN

@@ -163,7 +163,9 @@ class Session:
     # --- The worker -------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        backoff, attempt = Backoff(), 0
+        # Attempts come often enough to be back well within the grace period: after an outage
+        # the server starts counting a session's grace the moment it sees it gone.
+        backoff, attempt = Backoff(cap=min(2.0, max(0.05, self._grace / 4))), 0
         while not self._stopping.is_set():
             conn: Connection | None = None
             try:

@@ -1,5 +1,5 @@
-"""What the model-based test's rules say and the engine does not (yet): each a minimal
-example, strict xfail until the engine is fixed (then the mark must go)."""
+"""What the model-based test found the engine doing against its rules: each a minimal
+example; fixed by revision 0007, kept as regression tests."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.model.harness import Mismatch
 from tests.model.test_model import EngineMachine
 
 Conn = psycopg.Connection[Any]
@@ -30,13 +29,6 @@ def conns(pggcl_dsn: str) -> Iterator[list[tuple[Conn, int]]]:
         conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="delete_limit: a waiter on the deleted limit alone, queued behind a waiter that "
-    "also waits on another limit, is dropped (recheck says 'gone') instead of going ahead as "
-    "if the limit were missing: _grant_general's 'r:' branch blocks the deleted (inactive) "
-    "limit, then the waiter's only row is deleted",
-)
 def test_delete_limit_lets_every_waiter_on_it_alone_go_ahead(
     pggcl_dsn: str, conns: list[tuple[Conn, int]]
 ) -> None:
@@ -61,7 +53,6 @@ def test_delete_limit_lets_every_waiter_on_it_alone_go_ahead(
         assert notes == [f"g:{r2[2]}"], notes
 
 
-@pytest.mark.xfail(strict=True, raises=Mismatch, reason="the same, found by the model")
 def test_the_model_finds_the_dropped_waiter(pggcl_dsn: str) -> None:
     """The steps of the example above, replayed through the state machine."""
     EngineMachine.dsn = pggcl_dsn
