@@ -22,17 +22,15 @@ from pggcl.client._acompat import Event, Lock, Worker, cancel, join, shielded, s
 from pggcl.client.port_async import AsyncPort
 from pggcl.client.runner_async import run
 from pggcl.core import acquiring, flows, requests
-from pggcl.core.ops import Call, Flow, OpenSession, Row
+from pggcl.core.ops import Flow
 from pggcl.core.options import HeldLeases, Options, default_holder
 from pggcl.core.policy import Stats
-from pggcl.core.retrying import retrying
 from pggcl.errors import (
     AcquireConcurrencySlotTimeoutError,
     ClientClosedError,
     ConcurrencySlotAcquisitionError,
     PggclError,
     SessionLostError,
-    ValidationError,
 )
 from pggcl.models import ConcurrencyLimit, Grant, Holder, Waiter
 from pggcl.prefect import holder_text, run_holder
@@ -53,11 +51,6 @@ _FIRST_RENEWAL: Final = 1.0
 _RENEW_EVERY: Final = 1.0 / 3.0
 _SLACK: Final = 0.25
 _RETRY_RENEWAL: Final = 1.0
-_LONGEST_TTL: Final = 315_360_000.0  # the engine's bound on ttl_seconds (10 years)
-RENEW_MANY: Final = (
-    "SELECT u.lease_id, pggcl.renew(u.lease_id, u.ttl)"
-    " FROM unnest($1::uuid[], $2::double precision[]) AS u(lease_id, ttl)"
-)
 
 
 @dataclass(slots=True, eq=False)
@@ -73,79 +66,6 @@ class _Lease:
     task: Any = None  # the holder's task (asyncio world), interrupted on loss
     lost: str | None = None  # why it was lost, once it was
     interrupted: bool = False
-
-
-def checked_lease_duration(lease_duration: float | None) -> float | None:
-    """``lease_duration`` checked: None, or seconds above 0 (at most the engine's bound)."""
-    if lease_duration is None:
-        return None
-    if (
-        isinstance(lease_duration, bool)
-        or not isinstance(lease_duration, int | float)
-        or not (0 < lease_duration <= _LONGEST_TTL)
-        or math.isnan(lease_duration)
-    ):
-        raise ValidationError(
-            f"invalid lease_duration: {lease_duration!r}; it must be None or seconds above 0, "
-            f"at most {_LONGEST_TTL:.0f}",
-            field="lease_duration",
-        )
-    return float(lease_duration)
-
-
-def checked_max_retries(max_retries: int | None) -> int | None:
-    if max_retries is None:
-        return None
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-        raise ValidationError(
-            f"invalid max_retries: {max_retries!r}; it must be None or a whole number, 0 or more",
-            field="max_retries",
-        )
-    return max_retries
-
-
-def bounded_attempts(flow: Flow[T], max_retries: int | None, what: str) -> Flow[T]:
-    """``flow`` (an acquire), allowed to start over at most ``max_retries`` times. An acquire
-    starts over, after settling its attempt, when its session was reclaimed while it waited or
-    an answer was lost to an outage; each attempt begins by asking for the session. One more
-    start-over raises ConcurrencySlotAcquisitionError, with nothing left queued or held."""
-    if max_retries is None:
-        return (yield from flow)
-    retries, called = 0, False
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            op = flow.send(value) if error is None else flow.throw(error)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        value = error = None
-        if isinstance(op, OpenSession) and called:
-            retries, called = retries + 1, False
-            if retries > max_retries:
-                flow.close()  # between attempts: the last one is settled
-                raise ConcurrencySlotAcquisitionError(
-                    f"could not acquire {what}: gave up after max_retries={max_retries} "
-                    "retries (the request had to start over: its session was reclaimed, or "
-                    "the database went away)"
-                )
-        elif isinstance(op, Call):
-            called = True
-        try:
-            value = yield op
-        except GeneratorExit:
-            flow.close()
-            raise
-        except BaseException as exc:
-            error = exc
-
-
-def renew_flow(leases: list[_Lease], until: float, clock: acquiring.Clock) -> Flow[list[Row]]:
-    """One call that renews ``leases``: rows (lease_id, still held)."""
-    ids = [lease.lease_id for lease in leases]
-    ttls = [lease.ttl for lease in leases]
-    rows: list[Row] = yield from retrying(Call(RENEW_MANY, (ids, ttls)), until, clock)
-    return rows
 
 
 # Ports of a forked parent: kept alive so that no destructor touches the parent's sockets.
@@ -239,9 +159,8 @@ class AsyncClient:
     async def _acquire(
         self, req: requests.Request, started: float, max_retries: int | None = None
     ) -> Grant:
-        flow = acquiring.acquire_flow(req, time.monotonic, started, self._contention)
-        what = f"{req.occupy} slot(s) on {', '.join(map(repr, req.names))}"
-        return await run(bounded_attempts(flow, max_retries, what), self._port)
+        flow = acquiring.acquire_flow(req, time.monotonic, started, self._contention, max_retries)
+        return await run(flow, self._port)
 
     @asynccontextmanager
     async def concurrency(
@@ -282,8 +201,8 @@ class AsyncClient:
           None: as ``strict``, as in Prefect.
         """
         started = time.monotonic()
-        ttl = checked_lease_duration(lease_duration)
-        max_retries = checked_max_retries(max_retries)
+        ttl = requests.checked_lease_duration(lease_duration)
+        max_retries = requests.checked_max_retries(max_retries)
         raise_on_loss = (
             strict if raise_on_lease_renewal_failure is None else raise_on_lease_renewal_failure
         )
@@ -424,7 +343,14 @@ class AsyncClient:
         # Retry while the database is unreachable, until the first of these TTLs passes.
         until = min([x.renewed_at + (x.ttl or 0) for x in batch])
         try:
-            rows = await self._run(renew_flow(batch, max(until, now), time.monotonic))
+            rows = await self._run(
+                acquiring.renew_flow(
+                    [lease.lease_id for lease in batch],
+                    [lease.ttl for lease in batch],
+                    max(until, now),
+                    time.monotonic,
+                )
+            )
         except ClientClosedError:
             return
         except PggclError as exc:

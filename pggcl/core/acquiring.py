@@ -62,17 +62,33 @@ class _StartOver(Exception):
     """This attempt is settled and over; the acquire tries again."""
 
 
-def acquire_flow(req: Request, clock: Clock, started: float, contention: Contention) -> Flow[Grant]:
+def acquire_flow(
+    req: Request,
+    clock: Clock,
+    started: float,
+    contention: Contention,
+    max_retries: int | None = None,
+) -> Flow[Grant]:
     """Take the slots, waiting in the engine's queue until granted (see the module docstring).
-    ``started`` is ``clock()`` at the user's call: ``timeout`` counts from there."""
+    ``started`` is ``clock()`` at the user's call: ``timeout`` counts from there.
+    ``max_retries``: how many times the request may start over (None: no bound); one more
+    raises ConcurrencySlotAcquisitionError, the last attempt settled."""
     if not req.names:
         return Grant(req.names, req.occupy, None)
     deadline = None if req.timeout is None else started + req.timeout
+    starts = 0
     while True:
         try:
             session_id = yield from retrying(OpenSession(), deadline, clock)
             return (yield from _attempt(req, session_id, deadline, clock, contention))
         except _StartOver:
+            starts += 1
+            if max_retries is not None and starts > max_retries:
+                raise ConcurrencySlotAcquisitionError(
+                    f"could not acquire {_describe(req)}: gave up after "
+                    f"max_retries={max_retries} retries (the request had to start over: its "
+                    "session was reclaimed, or the database went away)"
+                ) from None
             continue
         except Unreachable as exc:
             raise _timeout(req, exc) from exc
@@ -262,6 +278,15 @@ def release_flow(lease_id: uuid.UUID, until: float, clock: Clock, quiet: bool) -
         )
         return True
     return bool(rows[0][0])
+
+
+def renew_flow(
+    lease_ids: list[uuid.UUID], ttls: list[float | None], until: float, clock: Clock
+) -> Flow[list[Any]]:
+    """One call that renews every lease in ``lease_ids`` to its TTL in ``ttls``: rows
+    (lease_id, still held). Retried while the database is unreachable, until ``until``."""
+    rows: list[Any] = yield from retrying(Call(q.RENEW_MANY, (lease_ids, ttls)), until, clock)
+    return rows
 
 
 def as_uuid(value: Any) -> uuid.UUID | None:

@@ -19,6 +19,12 @@ TAKE: Final = "SELECT pggcl.take($1::text, $2::integer, $3::integer, $4::text, $
 RECHECK: Final = "SELECT status, retry_after FROM pggcl.recheck($1::bigint, $2::uuid)"
 CANCEL: Final = "SELECT pggcl.cancel($1::bigint, $2::uuid)"
 RELEASE: Final = "SELECT pggcl.release($1::uuid)"
+# Renews many leases in one call: rows (lease_id, still held).
+RENEW_MANY: Final = (
+    "SELECT u.lease_id, pggcl.renew(u.lease_id, u.ttl)"
+    " FROM unnest($1::uuid[], $2::double precision[]) AS u(lease_id, ttl)"
+)
+
 
 # The session connection.
 # Server-side keepalives, and the session already on this server connection (there should be

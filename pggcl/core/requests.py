@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -10,6 +11,8 @@ from pggcl.core import values
 from pggcl.errors import ValidationError
 
 Mode = Literal["concurrency", "rate_limit"]
+
+_LONGEST_TTL: Final = 315_360_000.0  # the engine's bound on ttl_seconds (10 years)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,3 +78,32 @@ class Contention:
 
     def granted_at_once(self, name: str) -> None:
         self._names.discard(name)
+
+
+def checked_lease_duration(lease_duration: float | None) -> float | None:
+    """``lease_duration`` checked: None, or seconds above 0 (at most the engine's bound)."""
+    if lease_duration is None:
+        return None
+    if (
+        isinstance(lease_duration, bool)
+        or not isinstance(lease_duration, int | float)
+        or not (0 < lease_duration <= _LONGEST_TTL)
+        or math.isnan(lease_duration)
+    ):
+        raise ValidationError(
+            f"invalid lease_duration: {lease_duration!r}; it must be None or seconds above 0, "
+            f"at most {_LONGEST_TTL:.0f}",
+            field="lease_duration",
+        )
+    return float(lease_duration)
+
+
+def checked_max_retries(max_retries: int | None) -> int | None:
+    if max_retries is None:
+        return None
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ValidationError(
+            f"invalid max_retries: {max_retries!r}; it must be None or a whole number, 0 or more",
+            field="max_retries",
+        )
+    return max_retries

@@ -18,8 +18,10 @@ import pytest
 import pggcl
 import pggcl.asyncio
 import pggcl.sync
-from pggcl.client.client_async import bounded_attempts
-from pggcl.core.ops import Call, Flow, OpenSession
+from pggcl.core.acquiring import acquire_flow
+from pggcl.core.notifications import GRANTED, LOST, Event
+from pggcl.core.ops import Call, OpenSession, Wait
+from pggcl.core.requests import Contention, make_request
 
 # Prefect 3.9.1's signatures (prefect.concurrency.sync / .asyncio), names, order, defaults.
 PREFECT_CONCURRENCY = [
@@ -253,32 +255,34 @@ def test_max_retries_zero_does_not_queue(client: pggcl.Client, other: pggcl.Clie
 
 def test_max_retries_bounds_starting_over() -> None:
     """An acquire that has to start over (its session reclaimed, an answer lost) gives up
-    after max_retries start-overs, closing the flow between two attempts."""
-    closed = []
+    after max_retries start-overs, ending the flow between two attempts."""
 
-    def flaky() -> Flow[str]:
+    def drive(max_retries: int | None) -> str:
+        # Every attempt queues; its session is reclaimed three times, then it is granted.
+        contention = Contention()
+        contention.queued("db")
+        req = make_request("db", 1, "concurrency", None, False, "h")
+        flow = acquire_flow(req, time.monotonic, time.monotonic(), contention, max_retries)
+        losses = 3
+        value: Any = None
         try:
-            for _ in range(3):  # three attempts that each start over
-                yield OpenSession()
-                yield Call("SELECT 1", ())
-            yield OpenSession()
-            return "granted"
-        finally:
-            closed.append(True)
-
-    def drive(flow: Flow[str]) -> str:
-        try:
-            flow.send(None)
             while True:
-                flow.send(1)
+                op = flow.send(value)
+                if isinstance(op, OpenSession):
+                    value = 1
+                elif isinstance(op, Wait):
+                    losses -= 1
+                    value = Event(LOST, "reclaimed") if losses >= 0 else Event(GRANTED)
+                else:
+                    assert isinstance(op, Call)
+                    value = [(False, op.args[8], 7, None, None)]
         except StopIteration as stop:
-            return str(stop.value)
+            return "granted" if stop.value.lease_id is not None else "?"
 
-    assert drive(bounded_attempts(flaky(), 3, "x")) == "granted"
-    assert drive(bounded_attempts(flaky(), None, "x")) == "granted"
+    assert drive(3) == "granted"
+    assert drive(None) == "granted"
     with pytest.raises(pggcl.ConcurrencySlotAcquisitionError, match="max_retries=2"):
-        drive(bounded_attempts(flaky(), 2, "x"))
-    assert closed == [True, True, True]
+        drive(2)
 
 
 @pytest.mark.parametrize(
