@@ -1,30 +1,41 @@
 // The pggcl client for Node.js: the protocol of docs/protocol.md over node-postgres.
 //
-// One dedicated session connection per Client (open_session, LISTEN on the returned channel,
-// heartbeat while it has waiters, reconnect + resume_session), plus a pg.Pool for the calls,
-// which always pass session_id. Every acquire attempt carries a fresh request id, so that an
-// attempt whose answer was lost is settled (cancelled, or released when granted) and retried.
+// One dedicated session connection per Client (session.ts), plus a bounded pool for the calls
+// (pool.ts), which always pass session_id. The decisions follow the Python core
+// (pggcl/core/acquiring.py): every acquire attempt carries a fresh request id, so that an
+// attempt whose answer was lost is settled by that id (cancelled, or released when granted)
+// and started over, at most `maxRetries` times; the usual case, one free limit, is one round
+// trip (pggcl.take), and a limit where the last request queued goes straight to pggcl.acquire.
 import { randomUUID } from "node:crypto";
 import { hostname } from "node:os";
-import pg from "pg";
 
+import { Dispatcher, Mailbox } from "./dispatch.js";
 import {
   AcquireConcurrencySlotTimeoutError,
   ClientClosedError,
   ConcurrencySlotAcquisitionError,
   ConfigurationError,
   LimitNotFoundError,
+  PoolTimeoutError,
   SessionLostError,
+  ValidationError,
   isUnavailable,
-  translateError,
 } from "./errors.js";
+import { Pool } from "./pool.js";
+import * as q from "./queries.js";
+import { Session, type Stats, checkCallApart } from "./session.js";
 
 export type Mode = "concurrency" | "rate_limit";
 
 export interface ClientOptions {
-  /** Direct DSN for the session connection (behind a transaction pooler). */
+  /** Direct DSN for the session connection, when `dsn` is a transaction pooler's (PgBouncer). */
   sessionDsn?: string;
+  /** Connections for the calls (the session connection is extra). */
   poolSize?: number;
+  /** Seconds a call waits for a free pool connection before PoolTimeoutError. */
+  poolTimeout?: number;
+  /** Seconds to wait for a new connection (then the database counts as unreachable). */
+  connectTimeout?: number;
   graceSeconds?: number;
   heartbeatSeconds?: number;
   /** How long a release keeps retrying while the database is unreachable. */
@@ -35,9 +46,15 @@ export interface AcquireOptions {
   occupy?: number;
   /** null: wait forever; 0: do not wait. */
   timeoutSeconds?: number | null;
+  /** null: no bound. 0: do not queue (slots not free at once raise
+   * ConcurrencySlotAcquisitionError). N: start over at most N times (answer lost, session
+   * reclaimed); once more raises ConcurrencySlotAcquisitionError, nothing left behind. */
+  maxRetries?: number | null;
   strict?: boolean;
   holder?: string | null;
-  /** Concurrency only: the lease's TTL, renewed at a third of it while held. null: none. */
+  /** The lease's TTL in seconds (concurrency only). concurrency(): 300 by default, set by
+   * the first renewal (within 1 s) and renewed at a third of it while held. acquire(): given
+   * to the engine at once, not renewed. null: none. */
   leaseDuration?: number | null;
   /** Gives up waiting when aborted: nothing is left queued or held, and the call rejects with
    * the signal's reason. */
@@ -85,101 +102,20 @@ export interface Waiter {
   since: Date;
 }
 
-/** What a waiter is told: granted, re-check, rejected (with why), session lost, client closed. */
-export type EventKind = "g" | "r" | "e" | "lost" | "closed" | "abort";
-export interface WaiterEvent {
-  kind: EventKind;
-  detail: string;
-}
-
-/** The waiter id and event of a notification payload, or null for anything else. */
-export function parsePayload(payload: string): [string, WaiterEvent] | null {
-  const m = /^([gre]):(\d+)(?::([\s\S]*))?$/.exec(payload);
-  if (m === null) return null;
-  return [m[2]!, { kind: m[1] as EventKind, detail: m[3] ?? "" }];
-}
-
-class Mailbox {
-  private events: WaiterEvent[] = [];
-  private wake: (() => void) | null = null;
-
-  push(event: WaiterEvent): void {
-    this.events.push(event);
-    this.wake?.();
+/** The limits on which this client's last request had to queue: there pggcl.take would only be
+ * refused, so acquire goes straight to pggcl.acquire (one round trip less where the limit is
+ * busiest). A request granted at once clears the name. A hint: a lost race costs one call. */
+class Contention {
+  private names = new Set<string>();
+  worthTaking(name: string): boolean {
+    return !this.names.has(name);
   }
-
-  /** The next event, or null after `timeoutMs` (null: no limit). */
-  async next(timeoutMs: number | null): Promise<WaiterEvent | null> {
-    if (this.events.length === 0) {
-      await new Promise<void>((resolve) => {
-        let timer: NodeJS.Timeout | undefined;
-        this.wake = () => {
-          if (timer !== undefined) clearTimeout(timer);
-          resolve();
-        };
-        if (timeoutMs !== null) timer = setTimeout(resolve, Math.max(0, timeoutMs));
-      });
-      this.wake = null;
-    }
-    return this.events.shift() ?? null;
+  queued(name: string): void {
+    if (this.names.size >= 1024) this.names.clear();
+    this.names.add(name);
   }
-}
-
-/** Routes events to waiters by id; keeps events that arrive before their acquire's reply. */
-export class Dispatcher {
-  private boxes = new Map<string, Mailbox>();
-  private early = new Map<string, { since: number; events: WaiterEvent[] }>();
-  private finished = new Set<string>();
-  epoch = 0;
-
-  constructor(private keepMs = 60_000) {}
-
-  get size(): number {
-    return this.boxes.size;
-  }
-
-  register(waiterId: string, box: Mailbox, epoch: number): void {
-    this.boxes.set(waiterId, box);
-    const early = this.early.get(waiterId);
-    if (early !== undefined) {
-      this.early.delete(waiterId);
-      for (const e of early.events) box.push(e);
-    }
-    if (epoch !== this.epoch) box.push({ kind: "r", detail: "" });
-    this.prune();
-  }
-
-  unregister(waiterId: string): void {
-    if (this.boxes.delete(waiterId)) {
-      this.finished.add(waiterId);
-      if (this.finished.size > 4096) this.finished.delete(this.finished.values().next().value as string);
-    }
-  }
-
-  deliver(waiterId: string, event: WaiterEvent): void {
-    const box = this.boxes.get(waiterId);
-    if (box !== undefined) {
-      box.push(event);
-      return;
-    }
-    if (this.finished.has(waiterId)) return;
-    this.prune();
-    const entry = this.early.get(waiterId) ?? { since: Date.now(), events: [] };
-    entry.events.push(event);
-    this.early.set(waiterId, entry);
-  }
-
-  broadcast(event: WaiterEvent): void {
-    this.epoch += 1;
-    for (const box of this.boxes.values()) box.push(event);
-  }
-
-  private prune(): void {
-    const now = Date.now();
-    for (const [id, { since }] of this.early) {
-      if (now - since < this.keepMs) break;
-      this.early.delete(id);
-    }
+  grantedAtOnce(name: string): void {
+    this.names.delete(name);
   }
 }
 
@@ -188,6 +124,7 @@ class Unreachable extends Error {}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const now = (): number => performance.now() / 1000;
+const FIRST_RENEWAL = 1.0;  // seconds after the grant at most: a shorter block costs no renewal
 
 function names(value: string | string[]): string[] {
   return typeof value === "string" ? [value] : [...value];
@@ -212,47 +149,50 @@ function limitRow(r: Record<string, unknown>): ConcurrencyLimit {
   };
 }
 
-function quoteIdent(name: string): string {
-  return `"${name.replace(/"/g, '""')}"`;
+function checkedMaxRetries(value: number | null | undefined): number | null {
+  if (value === undefined || value === null) return null;
+  if (!Number.isInteger(value) || value < 0) {
+    throw new ValidationError(`invalid maxRetries: ${value}; it must be null or a whole number, 0 or more`, { field: "max_retries" });
+  }
+  return value;
 }
+
+type AcquireRow = {
+  granted: boolean; lease_id: string | null; waiter_id: string | null; retry_after: number | null;
+  created_limits: string[] | null; carried: string | null;
+};
 
 export class Client {
   readonly dsn: string;
-  private readonly sessionDsn: string;
-  private readonly pool: pg.Pool;
-  private readonly grace: number;
-  private readonly heartbeatSeconds: number;
-  private readonly retrySeconds: number;
+  readonly stats: Stats = { calls: 0, takes: 0, startOvers: 0, connects: 0, sessionsOpened: 0, sessionsLost: 0, heartbeats: 0 };
   readonly dispatcher = new Dispatcher();
-  private conn: pg.Client | null = null;
-  private ready: Promise<number> | null = null;
-  private sessionId: number | null = null;
-  private token: string | null = null;
-  private channel: string | null = null;
+  private readonly pool: Pool;
+  private readonly session: Session;
+  private readonly retrySeconds: number;
+  private readonly contention = new Contention();
   private closed = false;
-  private heartbeatTimer: NodeJS.Timeout | null = null;
   private readonly renewals = new Map<string, NodeJS.Timeout>();
 
   constructor(dsn: string | undefined = process.env.PGGCL_DSN, opts: ClientOptions = {}) {
     if (dsn === undefined || dsn === "") throw new ConfigurationError("no DSN: give one or set PGGCL_DSN");
     this.dsn = dsn;
-    this.sessionDsn = opts.sessionDsn ?? process.env.PGGCL_SESSION_DSN ?? dsn;
-    this.grace = opts.graceSeconds ?? 5;
-    this.heartbeatSeconds = opts.heartbeatSeconds ?? 2;
+    const connectTimeout = opts.connectTimeout ?? 10;
     this.retrySeconds = opts.retrySeconds ?? 30;
-    this.pool = new pg.Pool({ connectionString: dsn, max: opts.poolSize ?? 10 });
-    this.pool.on("error", () => {});
+    this.pool = new Pool(dsn, opts.poolSize ?? 10, opts.poolTimeout ?? 30, connectTimeout);
+    const sessionDsn = opts.sessionDsn ?? process.env.PGGCL_SESSION_DSN ?? dsn;
+    this.session = new Session(
+      sessionDsn,
+      { grace: opts.graceSeconds ?? 5, heartbeatSeconds: opts.heartbeatSeconds ?? 2, connectTimeout },
+      this.dispatcher, this.stats, () => this.leasesLost());
   }
 
   // --- Calls -------------------------------------------------------------------------------
 
   private async query<R extends Record<string, unknown>>(sql: string, args: unknown[] = []): Promise<R[]> {
     if (this.closed) throw new ClientClosedError("the client is closed: make a new one");
-    try {
-      return (await this.pool.query<R>(sql, args)).rows;
-    } catch (err) {
-      throw translateError(err);
-    }
+    if (this.session.misconfigured !== null) throw this.session.misconfigured;
+    this.stats.calls += 1;
+    return this.pool.query<R>(sql, args);
   }
 
   /** `fn` retried while the database is unreachable, until `until` (seconds, now()); then Unreachable. */
@@ -270,123 +210,10 @@ export class Client {
     }
   }
 
-  // --- The session -------------------------------------------------------------------------
-
-  /** The session id, once the session connection is up (opened or resumed). */
-  session(): Promise<number> {
-    if (this.closed) return Promise.reject(new ClientClosedError("the client is closed: make a new one"));
-    if (this.ready === null) {
-      this.ready = this.connect();
-      this.ready.catch(() => {
-        this.ready = null;
-      });
-    }
-    return this.ready;
-  }
-
-  private async connect(): Promise<number> {
-    const conn = new pg.Client({ connectionString: this.sessionDsn });
-    conn.on("error", () => {});
-    try {
-      await conn.connect();
-    } catch (err) {
-      throw translateError(err);
-    }
-    let lost = false;
-    try {
-      let resumed = false;
-      if (this.sessionId !== null) {
-        for (let tries = 0; ; tries++) {
-          try {
-            const r = await conn.query<{ ok: boolean }>("SELECT pggcl.resume_session($1, $2) AS ok", [this.sessionId, this.token]);
-            resumed = r.rows[0]!.ok;
-            break;
-          } catch (err) {
-            const e = translateError(err);
-            // GC008: the server still sees the old connection alive; it goes soon.
-            if (e instanceof SessionLostError && e.sqlstate === "GC008" && tries < 100) {
-              await sleep(100);
-              continue;
-            }
-            if (e instanceof SessionLostError) break;
-            throw e;
-          }
-        }
-        lost = !resumed;
-      }
-      if (!resumed) {
-        const r = await conn.query<{ session_id: number; token: string; channel: string }>(
-          "SELECT * FROM pggcl.open_session($1)", [this.grace]);
-        const row = r.rows[0]!;
-        this.sessionId = row.session_id;
-        this.token = row.token;
-        this.channel = row.channel;
-      }
-      conn.on("notification", (msg) => {
-        if (msg.channel !== this.channel || msg.payload === undefined) return;
-        const parsed = parsePayload(msg.payload);
-        if (parsed !== null) this.dispatcher.deliver(parsed[0], parsed[1]);
-      });
-      await conn.query(`LISTEN ${quoteIdent(this.channel!)}`);
-    } catch (err) {
-      await conn.end().catch(() => {});
-      throw translateError(err);
-    }
-    conn.on("end", () => this.onLost(conn));
-    this.conn = conn;
-    if (lost) {
-      for (const timer of this.renewals.values()) clearInterval(timer);
-      this.dispatcher.broadcast({ kind: "lost", detail: "" });
-    } else {
-      this.dispatcher.broadcast({ kind: "r", detail: "" });  // notifications may have been missed
-    }
-    return this.sessionId!;
-  }
-
-  private onLost(conn: pg.Client): void {
-    if (this.conn !== conn) return;
-    this.conn = null;
-    this.ready = null;
-    if (this.closed) return;
-    // Resume at once, within the grace, so that leases survive.
-    const again = (): void => {
-      if (this.closed || this.ready !== null) return;
-      this.session().catch(() => setTimeout(again, 200));
-    };
-    again();
-  }
-
-  private startHeartbeat(): void {
-    if (this.heartbeatTimer !== null) return;
-    const beat = async (): Promise<void> => {
-      this.heartbeatTimer = null;
-      if (this.closed || this.dispatcher.size === 0) return;
-      let next = this.heartbeatSeconds;
-      try {
-        const sid = await this.session();
-        const conn = this.conn;
-        if (conn !== null) {
-          const r = await conn.query<{ next: number | null }>("SELECT pggcl.heartbeat($1) AS next", [sid]);
-          const soon = r.rows[0]!.next;
-          if (soon !== null) next = Math.min(next, soon + 0.005);
-        }
-      } catch (err) {
-        const e = translateError(err);
-        if (e instanceof SessionLostError && this.conn !== null) {
-          // The session is gone (reclaimed): a new one, and every waiter queues again.
-          const old = this.conn;
-          this.conn = null;
-          this.ready = null;
-          this.sessionId = null;
-          await old.end().catch(() => {});
-          this.session().catch(() => {});
-        }
-      }
-      if (!this.closed && this.dispatcher.size > 0 && this.heartbeatTimer === null) {
-        this.heartbeatTimer = setTimeout(() => void beat(), next * 1000);
-      }
-    };
-    this.heartbeatTimer = setTimeout(() => void beat(), this.heartbeatSeconds * 1000);
+  private leasesLost(): void {
+    for (const timer of this.renewals.values()) clearTimeout(timer);
+    this.renewals.clear();
+    process.emitWarning("pggcl: the session was reclaimed: the leases this client held are gone and their slots may be given to others");
   }
 
   // --- Acquiring ---------------------------------------------------------------------------
@@ -395,46 +222,88 @@ export class Client {
   async acquire(nameOrNames: string | string[], mode: Mode, opts: AcquireOptions = {}): Promise<string | null> {
     const n = names(nameOrNames);
     const occupy = opts.occupy ?? 1;
-    const timeout = opts.timeoutSeconds ?? null;
+    const maxRetries = checkedMaxRetries(opts.maxRetries);
+    const noQueue = maxRetries === 0 && opts.timeoutSeconds !== 0;
+    const timeout = noQueue ? 0 : opts.timeoutSeconds ?? null;
     if (n.length === 0) return null;
     opts.signal?.throwIfAborted();
     const deadline = timeout === null ? null : now() + timeout;
-    const timedOut = (why = ""): AcquireConcurrencySlotTimeoutError =>
-      new AcquireConcurrencySlotTimeoutError(
+    const timedOut = (why = ""): Error => noQueue
+      ? new ConcurrencySlotAcquisitionError(`could not acquire ${describe(n, occupy)}: not free at once, and maxRetries=0: the request does not queue`)
+      : new AcquireConcurrencySlotTimeoutError(
         `could not acquire ${describe(n, occupy)} within timeout_seconds=${timeout}${why ? `: ${why}` : ""}`);
+    const ttl = mode === "concurrency" ? (opts.leaseDuration ?? null) : null;
+    let starts = 0;
     for (;;) {
       try {
-        const sid = await this.retrying(() => this.session(), deadline);
-        return await this.attempt(n, mode, occupy, opts, sid, deadline, timedOut);
+        const sid = await this.retrying(() => this.session.id(), deadline);
+        return await this.attempt(n, mode, occupy, ttl, opts, sid, deadline, timedOut);
       } catch (err) {
-        if (err instanceof StartOver) continue;
         if (err instanceof Unreachable) throw timedOut(`the database was unreachable (${err.message})`);
-        throw err;
+        if (!(err instanceof StartOver)) throw err;
+        this.stats.startOvers += 1;
+        starts += 1;
+        if (maxRetries !== null && starts > maxRetries) {
+          throw new ConcurrencySlotAcquisitionError(
+            `could not acquire ${describe(n, occupy)}: gave up after maxRetries=${maxRetries} retries`
+            + " (the request had to start over: its answer was lost, or its session was reclaimed)");
+        }
       }
     }
   }
 
-  private async attempt(
-    n: string[], mode: Mode, occupy: number, opts: AcquireOptions, sid: number, deadline: number | null,
-    timedOut: () => AcquireConcurrencySlotTimeoutError,
-  ): Promise<string | null> {
-    const requestId = randomUUID();
-    const wait = deadline === null || deadline > now();
-    const ttl = mode === "concurrency" ? (opts.leaseDuration === undefined ? null : opts.leaseDuration) : null;
-    const holder = opts.holder ?? `${hostname()}:${process.pid}`;
-    const epoch = this.dispatcher.epoch;  // a reconnect during the call: re-check after it
-    let row: { granted: boolean; lease_id: string | null; waiter_id: string | null; retry_after: number | null; created_limits: string[] | null };
+  /** One call of an attempt. Its answer lost (the connection dropped): settle the attempt by
+   * its request id and start over. A busy pool: the call never left, nothing to settle. */
+  private async asking<R extends Record<string, unknown>>(
+    sql: string, args: unknown[], requestId: string, deadline: number | null,
+  ): Promise<R> {
+    let row: R;
     try {
-      [row] = (await this.query<typeof row>(
-        "SELECT * FROM pggcl.acquire($1::text[], $2, $3, $4, $5, $6, $7, $8, $9)",
-        [n, occupy, mode, opts.strict ?? false, ttl, holder, sid, wait, requestId])) as [typeof row];
+      [row] = (await this.query<R>(sql, args)) as [R];
     } catch (err) {
       if (isUnavailable(err)) {
         await this.settle(null, requestId, deadline);
         throw new StartOver();
       }
+      if (err instanceof SessionLostError && err.sqlstate === "GC007") {
+        await this.session.reclaimed();  // the engine reclaimed our session: a new one
+        throw new StartOver();
+      }
       throw err;
     }
+    const carried = (row as { carried?: string | null }).carried ?? null;
+    try {
+      checkCallApart(this.session.current, carried);
+    } catch (err) {
+      await this.settle(null, requestId, now()).catch(() => {});
+      await this.session.misconfigure(err as ConfigurationError);
+      throw err;
+    }
+    return row;
+  }
+
+  private async attempt(
+    n: string[], mode: Mode, occupy: number, ttl: number | null, opts: AcquireOptions, sid: number,
+    deadline: number | null, timedOut: () => Error,
+  ): Promise<string | null> {
+    const requestId = randomUUID();
+    const wait = deadline === null || deadline > now();
+    const holder = opts.holder ?? `${hostname()}:${process.pid}`;
+    const epoch = this.dispatcher.epoch;  // a reconnect during the call: re-check after it
+    const oneName = n.length === 1 ? n[0]! : null;
+    if (mode === "concurrency" && ttl === null && oneName !== null && this.contention.worthTaking(oneName)) {
+      const took = await this.asking<{ ok: boolean }>(q.TAKE, [oneName, occupy, sid, holder, requestId], requestId, deadline);
+      if (took.ok) {
+        this.stats.takes += 1;
+        if (opts.signal?.aborted) {
+          await this.settle(null, requestId, now());
+          throw opts.signal.reason;
+        }
+        return requestId;
+      }
+    }
+    const row = await this.asking<AcquireRow>(
+      q.ACQUIRE, [n, occupy, mode, opts.strict ?? false, ttl, holder, sid, wait, requestId], requestId, deadline);
     if (opts.signal?.aborted) {
       await this.settle(row.waiter_id, requestId, now());
       throw opts.signal.reason;
@@ -442,13 +311,24 @@ export class Client {
     if (row.created_limits !== null && row.created_limits.length > 0) {
       process.emitWarning(`pggcl: created missing limit(s) ${row.created_limits.map((x) => `'${x}'`).join(", ")} inactive: they do not limit anything until activated`);
     }
+    if (oneName !== null) {
+      if (row.granted) this.contention.grantedAtOnce(oneName);
+      else this.contention.queued(oneName);
+    }
     if (row.granted) return row.lease_id;
     if (row.waiter_id === null) throw timedOut();
+    return this.waitForGrant(n, mode, occupy, opts, row, requestId, epoch, deadline, timedOut);
+  }
+
+  private async waitForGrant(
+    n: string[], mode: Mode, occupy: number, opts: AcquireOptions, row: AcquireRow, requestId: string,
+    epoch: number, deadline: number | null, timedOut: () => Error,
+  ): Promise<string | null> {
     const leaseId = mode === "concurrency" ? row.lease_id : null;
-    const waiterId = row.waiter_id;
+    const waiterId = row.waiter_id!;
     const box = new Mailbox();
     this.dispatcher.register(waiterId, box, epoch);
-    this.startHeartbeat();
+    this.session.startHeartbeat();
     const onAbort = (): void => box.push({ kind: "abort", detail: "" });
     opts.signal?.addEventListener("abort", onAbort, { once: true });
     try {
@@ -467,28 +347,28 @@ export class Client {
           throw new ConcurrencySlotAcquisitionError(`cannot acquire ${describe(n, occupy)}: ${event.detail || "it can never be granted"}`);
         } else if (event.kind === "closed") {
           throw new ClientClosedError(`the client was closed while waiting for ${describe(n, occupy)}`);
+        } else if (event.kind === "misconfigured") {
+          throw this.session.misconfigured ?? new ConfigurationError(event.detail);
         } else if (event.kind === "lost") {
           throw new StartOver();
         } else if (event.kind === "abort") {
           await this.settle(waiterId, requestId, now());
           throw opts.signal?.reason ?? new Error("aborted");
         }
-        let status: string;
+        let r: { status: string; retry_after: number | null };
         try {
-          const [r] = await this.retrying(
-            () => this.query<{ status: string; retry_after: number | null }>(
-              "SELECT * FROM pggcl.recheck($1, $2)", [waiterId, leaseId]), deadline);
-          status = r!.status;
-          retryAfter = r!.retry_after;
+          [r] = (await this.retrying(
+            () => this.query<typeof r>(q.RECHECK, [waiterId, leaseId]), deadline)) as [typeof r];
         } catch (err) {
-          if (err instanceof Unreachable) {
-            await this.settle(waiterId, requestId, now());
-          }
+          // Unreachable until the deadline, a busy pool, a failure: leave nothing behind.
+          await this.settle(waiterId, requestId, now()).catch(() => {});
+          if (err instanceof Unreachable) return await this.giveUp(waiterId, requestId, mode, timedOut);
           throw err;
         }
-        if (status === "granted") return leaseId;
-        if (status === "rejected") throw new ConcurrencySlotAcquisitionError(`cannot acquire ${describe(n, occupy)}: a limit was lowered below the request`);
-        if (status === "gone") {
+        retryAfter = r.retry_after;
+        if (r.status === "granted") return leaseId;
+        if (r.status === "rejected") throw new ConcurrencySlotAcquisitionError(`cannot acquire ${describe(n, occupy)}: a limit was lowered below the request`);
+        if (r.status === "gone") {
           if (mode === "rate_limit") return null;  // a rate-limit grant leaves no trace
           throw new StartOver();
         }
@@ -505,46 +385,79 @@ export class Client {
     throw timedOut();
   }
 
-  /** Leave nothing queued or held for the attempt `requestId`; cancel's answer. */
+  /** Leave nothing queued or held for the attempt `requestId` (its lease id): cancel it, and
+   * release it when it was granted. `waiterId` null: the engine finds it by the request id.
+   * Retried while unreachable, for `retrySeconds` at least. Returns cancel's answer. */
   private async settle(waiterId: string | null, requestId: string, until: number | null): Promise<string | null> {
     const retryUntil = Math.max(until ?? 0, now() + this.retrySeconds);
-    const [r] = await this.retrying(
-      () => this.query<{ status: string }>("SELECT pggcl.cancel($1, $2) AS status", [waiterId, requestId]), retryUntil);
+    const [r] = await this.retrying(() => this.settling<{ status: string }>(q.CANCEL, [waiterId, requestId]), retryUntil);
     if (r!.status === "granted") {
-      await this.retrying(() => this.query("SELECT pggcl.release($1)", [requestId]), retryUntil);
+      await this.retrying(() => this.settling(q.RELEASE, [requestId]), retryUntil);
     }
     return r!.status;
+  }
+
+  /** A clean-up call: a busy pool is waited out (the call must run), not raised. */
+  private async settling<R extends Record<string, unknown>>(sql: string, args: unknown[]): Promise<R[]> {
+    for (;;) {
+      try {
+        this.stats.calls += 1;
+        return await this.pool.query<R>(sql, args);
+      } catch (err) {
+        if (!(err instanceof PoolTimeoutError)) throw err;
+      }
+    }
   }
 
   /** Give back a lease; false when it was no longer held. */
   async release(leaseId: string): Promise<boolean> {
     const timer = this.renewals.get(leaseId);
     if (timer !== undefined) {
-      clearInterval(timer);
+      clearTimeout(timer);
       this.renewals.delete(leaseId);
     }
-    const [r] = await this.retrying(
-      () => this.query<{ ok: boolean }>("SELECT pggcl.release($1) AS ok", [leaseId]), now() + this.retrySeconds);
+    const [r] = await this.retrying(() => this.query<{ ok: boolean }>(q.RELEASE, [leaseId]), now() + this.retrySeconds);
     return r!.ok;
+  }
+
+  /** Renew `leaseId` to `ttl` seconds within FIRST_RENEWAL (that sets its TTL: the grant had
+   * none), then every third of `ttl`, until released. */
+  private keepRenewed(leaseId: string, ttl: number): void {
+    const renew = (): void => {
+      this.query<{ ok: boolean }>(q.RENEW, [leaseId, ttl]).then(([r]) => {
+        if (!this.renewals.has(leaseId)) return;
+        if (r!.ok) schedule(ttl / 3);
+        else {
+          this.renewals.delete(leaseId);
+          process.emitWarning(`pggcl: lease ${leaseId} was lost while held (its renewal was refused): the limit may be exceeded`);
+        }
+      }, () => {
+        if (this.renewals.has(leaseId)) schedule(Math.min(1, ttl / 3));  // unreachable: try again soon
+      });
+    };
+    const schedule = (seconds: number): void => {
+      const timer = setTimeout(renew, seconds * 1000);
+      timer.unref();
+      this.renewals.set(leaseId, timer);
+    };
+    schedule(Math.min(FIRST_RENEWAL, ttl / 3));
   }
 
   /** Hold `occupy` slots on every limit in `names` while `fn` runs. */
   async concurrency<T>(nameOrNames: string | string[], opts: AcquireOptions, fn: (grant: Grant) => Promise<T> | T): Promise<T> {
     const leaseDuration = opts.leaseDuration === undefined ? 300 : opts.leaseDuration;
-    const leaseId = await this.acquire(nameOrNames, "concurrency", { ...opts, leaseDuration });
-    if (leaseId !== null && leaseDuration !== null) {
-      const timer = setInterval(() => {
-        this.query("SELECT pggcl.renew($1, $2)", [leaseId, leaseDuration]).catch(() => {});
-      }, (leaseDuration / 3) * 1000);
-      timer.unref();
-      this.renewals.set(leaseId, timer);
+    if (leaseDuration !== null && !(leaseDuration > 0 && leaseDuration <= 315_360_000)) {
+      throw new ValidationError(`invalid leaseDuration: ${leaseDuration}; it must be null or seconds above 0, at most 315360000`, { field: "lease_duration" });
     }
+    // The grant takes no TTL (pggcl.take has no room for one): the first renewal sets it.
+    const leaseId = await this.acquire(nameOrNames, "concurrency", { ...opts, leaseDuration: null });
+    if (leaseId !== null && leaseDuration !== null) this.keepRenewed(leaseId, leaseDuration);
     try {
       return await fn({ names: names(nameOrNames), occupy: opts.occupy ?? 1, leaseId });
     } finally {
       if (leaseId !== null) {
         try {
-          await this.release(leaseId);
+          if (!(await this.release(leaseId))) process.emitWarning(`pggcl: lease ${leaseId} was gone when released: it was reclaimed`);
         } catch (err) {
           process.emitWarning(`pggcl: could not release lease ${leaseId}: ${String(err)}`);
         }
@@ -560,37 +473,36 @@ export class Client {
   // --- Managing ----------------------------------------------------------------------------
 
   async createLimit(name: string, limit: number, slotDecayPerSecond = 0, active = true): Promise<ConcurrencyLimit> {
-    const [r] = await this.query("SELECT * FROM pggcl.create_limit($1, $2, $3, $4)", [name, limit, slotDecayPerSecond, active]);
+    const [r] = await this.query(q.CREATE_LIMIT, [name, limit, slotDecayPerSecond, active]);
     return limitRow(r!);
   }
 
   async readLimit(name: string): Promise<ConcurrencyLimit> {
-    const rows = await this.query("SELECT * FROM pggcl.limits WHERE name = $1", [name]);
+    const rows = await this.query(q.READ_LIMIT, [name]);
     if (rows.length === 0) throw new LimitNotFoundError(`global concurrency limit '${name}' not found`);
     return limitRow(rows[0]!);
   }
 
   async listLimits(): Promise<ConcurrencyLimit[]> {
-    return (await this.query("SELECT * FROM pggcl.limits ORDER BY name")).map(limitRow);
+    return (await this.query(q.LIST_LIMITS)).map(limitRow);
   }
 
   async updateLimit(
     name: string,
     change: { limit?: number; slotDecayPerSecond?: number; active?: boolean; newName?: string },
   ): Promise<ConcurrencyLimit> {
-    const [r] = await this.query("SELECT * FROM pggcl.update_limit($1, $2, $3, $4, $5)", [
+    const [r] = await this.query(q.UPDATE_LIMIT, [
       name, change.limit ?? null, change.slotDecayPerSecond ?? null, change.active ?? null, change.newName ?? null]);
     return limitRow(r!);
   }
 
   async deleteLimit(name: string): Promise<boolean> {
-    const [r] = await this.query<{ ok: boolean }>("SELECT pggcl.delete_limit($1) AS ok", [name]);
+    const [r] = await this.query<{ ok: boolean }>(q.DELETE_LIMIT, [name]);
     return r!.ok;
   }
 
   async holders(name?: string): Promise<Holder[]> {
-    const rows = await this.query(
-      "SELECT * FROM pggcl.holders WHERE $1::text IS NULL OR name = $1 ORDER BY since, lease_id", [name ?? null]);
+    const rows = await this.query(q.HOLDERS, [name ?? null]);
     return rows.map((r) => ({
       leaseId: r.lease_id as string, name: r.name as string, slots: r.slots as number,
       holder: r.holder as string | null, sessionId: r.session_id as number | null,
@@ -599,8 +511,7 @@ export class Client {
   }
 
   async queue(name?: string): Promise<Waiter[]> {
-    const rows = await this.query(
-      "SELECT * FROM pggcl.queue WHERE $1::text IS NULL OR name = $1 ORDER BY name, position", [name ?? null]);
+    const rows = await this.query(q.QUEUE, [name ?? null]);
     return rows.map((r) => ({
       waiterId: r.waiter_id as string, name: r.name as string, position: r.position as number,
       occupy: r.occupy as number, mode: r.mode as Mode, holder: r.holder as string | null,
@@ -610,31 +521,32 @@ export class Client {
 
   /** The session id (opening the session when needed); for tests and diagnostics. */
   async sessionIdForTests(): Promise<number> {
-    return this.session();
+    return this.session.id();
+  }
+
+  /** The server process of the session connection, or null while it is down (for tests). */
+  get sessionBackendPidForTests(): number | null {
+    return this.session.backendPid;
+  }
+
+  /** Callers waiting for a pool connection now (for tests). */
+  get poolWaitingForTests(): number {
+    return this.pool.waiting;
   }
 
   /** Kill the session connection from the server side (for tests of resume). */
   async dropSessionConnectionForTests(): Promise<void> {
-    const conn = this.conn;
-    if (conn === null) return;
-    const pid = (conn as unknown as { processID: number }).processID;
-    await this.query("SELECT pg_terminate_backend($1)", [pid]);
+    const pid = this.session.backendPid;
+    if (pid !== null) await this.query("SELECT pg_terminate_backend($1)", [pid]);
   }
 
   /** Close the session (releasing what it holds) and every connection. */
   async close(): Promise<void> {
     if (this.closed) return;
-    const conn = this.conn;
     this.dispatcher.broadcast({ kind: "closed", detail: "" });
     this.closed = true;
-    if (this.heartbeatTimer !== null) clearTimeout(this.heartbeatTimer);
-    for (const timer of this.renewals.values()) clearInterval(timer);
-    this.conn = null;
-    if (conn !== null) {
-      await conn.query("SELECT pggcl.close_session()").catch(() => {});
-      await conn.end().catch(() => {});
-    }
-    await this.pool.end().catch(() => {});
+    for (const timer of this.renewals.values()) clearTimeout(timer);
+    await this.session.close();
+    await this.pool.end();
   }
 }
-

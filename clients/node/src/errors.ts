@@ -23,6 +23,8 @@ export class SessionLostError extends PggclError {}
 export class SchemaNotInstalledError extends PggclError {}
 export class PermissionDeniedError extends PggclError {}
 export class DatabaseUnavailableError extends PggclError {}
+/** Every connection of the client's pool stayed busy for `poolTimeout` seconds. */
+export class PoolTimeoutError extends PggclError {}
 export class ClientClosedError extends PggclError {}
 export class ConfigurationError extends PggclError {}
 

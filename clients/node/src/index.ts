@@ -1,5 +1,7 @@
 export * from "./errors.js";
-export { Client, Dispatcher, parsePayload } from "./client.js";
-export type {
-  AcquireOptions, ClientOptions, ConcurrencyLimit, EventKind, Grant, Holder, Mode, Waiter, WaiterEvent,
-} from "./client.js";
+export { Client } from "./client.js";
+export { Dispatcher, parsePayload } from "./dispatch.js";
+export { checkCallApart, checkFresh, checkKept } from "./session.js";
+export type { AcquireOptions, ClientOptions, ConcurrencyLimit, Grant, Holder, Mode, Waiter } from "./client.js";
+export type { EventKind, WaiterEvent } from "./dispatch.js";
+export type { Stats } from "./session.js";
