@@ -164,13 +164,15 @@ def connect(dsn: str) -> psycopg.Connection[Any]:
 
 
 @contextlib.contextmanager
-def server(dsn: str | None, quick: bool) -> Iterator[Env]:
+def server(dsn: str | None, quick: bool, settings: dict[str, str] | None = None) -> Iterator[Env]:
     """The database to run in: ``dsn`` (pggcl installed there when missing), or a throwaway
-    PostgreSQL with pg_stat_statements loaded, removed afterwards."""
+    PostgreSQL with pg_stat_statements loaded (and ``settings`` over SERVER_SETTINGS), removed
+    afterwards."""
     with contextlib.ExitStack() as stack:
         if dsn is None:
             progress("starting a throwaway PostgreSQL (pggcl.testing.TempPostgres) ...")
-            dsn = stack.enter_context(TempPostgres(settings=SERVER_SETTINGS)).dsn
+            merged = {**SERVER_SETTINGS, **(settings or {})}
+            dsn = stack.enter_context(TempPostgres(settings=merged)).dsn
         if schema.current(dsn) is None:
             progress("installing pggcl (alembic upgrade head) ...")
             schema.upgrade(dsn)

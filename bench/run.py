@@ -36,6 +36,7 @@ WORKLOADS = {
     "E": "bench.e_fairness",
     "F": "bench.f_crash",
     "G": "bench.g_scale",
+    "H": "bench.h_capacity",
 }
 
 

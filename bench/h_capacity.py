@@ -1,0 +1,314 @@
+"""H: capacity. How far one PostgreSQL server goes, beside pgbench on the same server.
+
+Throughput (issue #19, points 1-2): 1, 4, 16 and 64 client processes (one ``pggcl.Client``
+each, one thread) loop for a few seconds on
+
+- one hot limit, concurrency mode: ``with client.concurrency(name): pass`` (a cycle is two
+  transactions: acquire and release);
+- one hot limit, rate mode: ``client.rate_limit(name)`` (a cycle is one transaction);
+- 64 limits, then 10,000 limits, concurrency mode, each cycle on a limit picked at random.
+
+The limits are large enough that nobody ever queues: this is the row-lock and CPU ceiling, not
+the hand-off (bench C). Beside each, in the same round on the same server, pgbench with as many
+clients runs a one-row ``UPDATE`` script: on one row (hot) or on as many rows as there are
+limits, picked at random (spread). A pgbench transaction is one UPDATE, so a concurrency
+cycle that kept pace with two pgbench transactions would show 0.5x. pggcl and pgbench
+alternate, round after round; each ratio is the median of the rounds' ratios. Acquire latency
+(call -> body start, or the whole ``rate_limit`` call) is pooled over every process; its
+baseline is pgbench's mean latency of one UPDATE.
+
+Waiters at scale and connections (points 3-4) are in bench/h_waiters.py.
+
+The server: it needs about 3 connections a waiter process (100 of them) and 2 a throughput
+process. When the database given has too few free connections, H starts a throwaway
+PostgreSQL of its own with ``max_connections`` raised (it says so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import pggcl
+from bench import h_waiters
+from bench._common import Env, Figure, median, percentile, processes, progress, ratio, server
+from pggcl.testing import PostgresNotFound, find_server_binaries
+
+ID = "H"
+TITLE = "capacity: client processes on one hot limit and on many, 10,000 waiters"
+APP = "pggcl-bench-h"
+#: Enough for 100 waiter processes x 3 connections, pgbench, this process and a margin.
+MAX_CONNECTIONS = 450
+
+
+def run(env: Env) -> list[Figure]:
+    clients = [1, 2] if env.quick else [1, 4, 16, 64]
+    spreads = [2, 10] if env.quick else [64, 10_000]
+    seconds, rounds = env.size(2.0, 0.2), env.count(2, 1)
+    waiters = h_waiters.Sizes.quick() if env.quick else h_waiters.Sizes.full()
+    needed = max(2 * max(clients) + 10, waiters.connections_needed())
+    with _server_for(env, needed) as henv:
+        figures = _throughput(henv, clients, spreads, seconds, rounds)
+        figures += h_waiters.connections(henv)
+        figures += h_waiters.waiters(henv, waiters)
+        henv.cleanup()
+    return figures
+
+
+@contextlib.contextmanager
+def _server_for(env: Env, needed: int) -> Iterator[Env]:
+    """``env`` when its server has ``needed`` connections free, else a throwaway server."""
+    (free,) = env.sql(
+        "SELECT current_setting('max_connections')::int"
+        " - current_setting('superuser_reserved_connections')::int"
+        " - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+    )[0]
+    if free >= needed:
+        yield env
+        return
+    try:
+        find_server_binaries()
+    except PostgresNotFound:
+        progress(f"H: only {free} connections free (needs {needed}); no server binaries to start"
+                 " one with more: the largest sizes may fail")  # fmt: skip
+        yield env
+        return
+    progress(f"H: {free} connections free, {needed} needed: a throwaway PostgreSQL of H's own"
+             f" with max_connections={MAX_CONNECTIONS}")  # fmt: skip
+    with server(None, env.quick, {"max_connections": str(MAX_CONNECTIONS)}) as own:
+        yield own
+
+
+# --- pgbench ------------------------------------------------------------------------------
+
+
+def _pgbench_binary() -> str:
+    try:
+        candidate = find_server_binaries() / "pgbench"
+        if candidate.is_file():
+            return str(candidate)
+    except PostgresNotFound:
+        pass
+    found = shutil.which("pgbench")
+    if not found:
+        raise RuntimeError("pgbench not found (Debian: it comes with postgresql-contrib/-client)")
+    return found
+
+
+class PgBench:
+    """pgbench against a table of ``rows`` rows of H's own (dropped by :meth:`close`)."""
+
+    def __init__(self, env: Env, rows: int, quick: bool) -> None:
+        self.env, self.quick = env, quick
+        self.binary = _pgbench_binary()
+        self.table = f"pggcl_bench_h_{env.name('h').rsplit('-', 1)[1]}"
+        env.sql(f"CREATE TABLE {self.table} (id integer PRIMARY KEY, n bigint NOT NULL DEFAULT 0)")
+        env.sql(f"INSERT INTO {self.table} (id) SELECT generate_series(0, $1::int - 1)", rows)
+        env.sql(f"VACUUM ANALYZE {self.table}")
+        self.dir = Path(tempfile.mkdtemp(prefix="pggcl-bench-h-"))
+
+    def script(self, rows: int) -> Path:
+        """A one-row UPDATE: on row 0 (``rows`` == 1) or on one of ``rows`` rows at random."""
+        path = self.dir / f"update_{rows}.sql"
+        if not path.exists():
+            update = f"UPDATE {self.table} SET n = n + 1 WHERE id = "
+            text = f"{update}0;\n" if rows == 1 else (
+                f"\\set id random(0, {rows - 1})\n{update}:id;\n"
+            )  # fmt: skip
+            path.write_text(text)
+        return path
+
+    def run(self, rows: int, clients: int, seconds: float) -> tuple[float, float]:
+        """Transactions per second and mean latency (s) of ``clients`` pgbench clients."""
+        length = ["-t", "50"] if self.quick else ["-T", str(max(1, round(seconds)))]
+        script = str(self.script(rows))
+        cmd = [self.binary, "-n", "-M", "prepared", "-c", str(clients), "-j",
+               str(min(clients, 2)), *length, "-f", script, self.env.dsn]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=300)
+        tps = re.search(r"^tps = ([\d.]+)", proc.stdout, re.M)
+        latency = re.search(r"^latency average = ([\d.]+) ms", proc.stdout, re.M)
+        if proc.returncode != 0 or tps is None:
+            raise RuntimeError(f"pgbench failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+        return float(tps.group(1)), float(latency.group(1)) / 1000 if latency else float("nan")
+
+    def close(self) -> None:
+        self.env.sql(f"DROP TABLE IF EXISTS {self.table}")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --- Throughput ---------------------------------------------------------------------------
+
+#: (label, mode, how many limits); "spread" entries take the counts of ``spreads``.
+SCENARIOS = [("one hot limit, concurrency", "concurrency", 1),
+             ("one hot limit, rate", "rate", 1)]  # fmt: skip
+
+
+def _throughput(
+    env: Env, clients: list[int], spreads: list[int], seconds: float, rounds: int
+) -> list[Figure]:
+    scenarios = SCENARIOS + [(f"{n:,} limits, concurrency", "concurrency", n) for n in spreads]
+    big = 1_000_000_000  # nobody ever queues: this measures the rows, not the hand-off
+    names: dict[str, list[str]] = {}
+    for label, mode, count in scenarios:
+        prefix = env.name("h")
+        names[label] = [f"{prefix}-{i:05d}" for i in range(count)]
+        decay = float(big) if mode == "rate" else 0.0
+        env.sql("SELECT pggcl.create_limit(n, $2::int, $3::float8) FROM unnest($1::text[]) n",
+                names[label], big, decay)  # fmt: skip
+    bench = PgBench(env, max(spreads), env.quick)
+    figures: list[Figure] = []
+    try:
+        for n in clients:
+            with _Workers(env.dsn, n) as workers:
+                for label, mode, count in scenarios:
+                    progress(f"H: {n} process(es), {label}")
+                    figures += _scenario(bench, workers, label, mode, names[label], n,
+                                         count, seconds, rounds)  # fmt: skip
+    finally:
+        bench.close()
+        env.sql("SELECT pggcl.delete_limit(n) FROM unnest($1::text[]) n",
+                [x for group in names.values() for x in group])  # fmt: skip
+    return figures
+
+
+def _scenario(
+    bench: PgBench,
+    workers: _Workers,
+    label: str,
+    mode: str,
+    names: list[str],
+    n: int,
+    rows: int,
+    seconds: float,
+    rounds: int,
+) -> list[Figure]:
+    rates: list[float] = []
+    base: list[float] = []
+    base_latency: list[float] = []
+    latencies: list[float] = []
+    for r in range(rounds):
+        for side in ("pggcl", "pgbench") if r % 2 else ("pgbench", "pggcl"):
+            if side == "pgbench":
+                tps, mean = bench.run(rows, n, seconds)
+                base.append(tps)
+                base_latency.append(mean)
+            else:
+                rate, samples = workers.measure(mode, names, seconds)
+                rates.append(rate)
+                latencies += samples
+    r_median = median([ratio(p, b) for p, b in zip(rates, base, strict=True)])
+    kind = "hot-row" if rows == 1 else f"{rows:,}-row"
+    what = f"{label}, {n} process(es)"
+    unit_note = "2 transactions a cycle" if mode == "concurrency" else "1 transaction a call"
+    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    progress(
+        f"H: {what}: {median(rates):,.0f} cycles/s, pgbench {median(base):,.0f} tps"
+        f" ({r_median:.3f}x); acquire p50 {p50 * 1e3:.3f} ms, p99 {p99 * 1e3:.3f} ms"
+    )
+    details: dict[str, Any] = {"pgbench_runs": base, "cycle": unit_note, "limits": len(names),
+                               "pgbench_mean_latency_s": base_latency}  # fmt: skip
+    figures = [
+        Figure(ID, f"{what}: cycles/s ({unit_note})", median(rates), "/s", median(base),
+               f"pgbench {kind} UPDATE tps", r_median, runs=rates, details=details),
+    ]  # fmt: skip
+    if rows == 1:  # latency lines for the hot limit only (the table stays short)
+        mean = median(base_latency) * 1000
+        figures += [
+            Figure(ID, f"{what}: acquire p50", p50 * 1000, "ms", mean,
+                   "pgbench mean UPDATE latency", ratio(p50 * 1000, mean)),
+            Figure(ID, f"{what}: acquire p99", p99 * 1000, "ms", mean,
+                   "pgbench mean UPDATE latency", ratio(p99 * 1000, mean)),
+        ]  # fmt: skip
+    else:
+        figures[0].details.update(acquire_p50_ms=p50 * 1000, acquire_p99_ms=p99 * 1000)
+    return figures
+
+
+class _Workers:
+    """``n`` client processes, each with one ``pggcl.Client`` (one thread), kept across the
+    scenarios of one client count. :meth:`measure` runs them all for the same window."""
+
+    def __init__(self, dsn: str, n: int) -> None:
+        self.dsn, self.n = dsn, n
+        self.pipes: list[Connection] = []
+        self.procs: list[Any] = []
+
+    def __enter__(self) -> _Workers:
+        ctx = processes()
+        for i in range(self.n):
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_cycle_worker, args=(self.dsn, i, theirs), daemon=True)
+            proc.start()
+            self.pipes.append(ours)
+            self.procs.append(proc)
+        for pipe in self.pipes:
+            assert pipe.recv() == "ready"
+        return self
+
+    def measure(self, mode: str, names: list[str], seconds: float) -> tuple[float, list[float]]:
+        """Cycles per second of all processes in one window, and every acquire's latency."""
+        for pipe in self.pipes:
+            pipe.send(("warm", mode, names))
+        for pipe in self.pipes:
+            assert pipe.recv() == "warm"
+        start = time.monotonic() + 0.05 + 0.002 * self.n  # time for every process to be told
+        for pipe in self.pipes:
+            pipe.send(("go", start, start + seconds))
+        count, samples = 0, []
+        for pipe in self.pipes:
+            done, latencies = pipe.recv()
+            count += done
+            samples += latencies
+        return count / seconds, samples
+
+    def __exit__(self, *exc: object) -> None:
+        for pipe in self.pipes:
+            with contextlib.suppress(OSError):
+                pipe.send(("stop",))
+        for proc in self.procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+
+
+def _cycle_worker(dsn: str, index: int, pipe: Connection) -> None:
+    rng = random.Random(index)
+    with pggcl.Client(h_waiters.with_application_name(dsn, APP)) as client:
+        pipe.send("ready")
+        mode, names = "concurrency", [""]
+        while True:
+            message = pipe.recv()
+            if message[0] == "stop":
+                return
+            if message[0] == "warm":
+                mode, names = message[1], message[2]
+                for _ in range(5):
+                    _cycle(client, mode, rng.choice(names))
+                pipe.send("warm")
+                continue
+            _, start, end = message
+            time.sleep(max(0.0, start - time.monotonic()))  # one window for every process
+            done, latencies = 0, []
+            while time.monotonic() < end:
+                latencies.append(_cycle(client, mode, rng.choice(names)))
+                done += 1
+            pipe.send((done, latencies))
+
+
+def _cycle(client: pggcl.Client, mode: str, name: str) -> float:
+    """One acquire+release (or one rate_limit call); seconds to the body start."""
+    began = time.monotonic()
+    if mode == "rate":
+        client.rate_limit(name)
+        return time.monotonic() - began
+    with client.concurrency(name):
+        return time.monotonic() - began
