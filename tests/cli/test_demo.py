@@ -73,8 +73,8 @@ def test_demo_without_server_binaries_says_what_to_do(monkeypatch: pytest.Monkey
     assert (result.exit_code, result.stdout.count("\n")) == (1, 1)  # the "Starting..." line
     assert result.stderr == (
         "Error: no PostgreSQL server binaries (initdb, pg_ctl) found to start a throwaway "
-        "server: install them (Debian/Ubuntu: apt-get install postgresql), or give a database "
-        "with --dsn or PGGCL_DSN\n"
+        "server: pip install 'pggcl[embedded]' (no root needed), install them (Debian/Ubuntu: "
+        "apt-get install postgresql), or give a database with --dsn or PGGCL_DSN\n"
     )
 
 
