@@ -5,9 +5,9 @@ import { after, before, test } from "node:test";
 
 import {
   AcquireConcurrencySlotTimeoutError, Client, ConcurrencySlotAcquisitionError, Dispatcher,
-  LimitExistsError, LimitNotFoundError, ValidationError, parsePayload,
+  LimitExistsError, LimitNotFoundError, PoolTimeoutError, ValidationError, parsePayload,
 } from "../src/index.js";
-import { Lines, exited, here, python, sleep, stopServer, testDsn } from "./helpers.js";
+import { Lines, exited, here, lockLimit, lockWaiters, python, sleep, stopServer, testDsn, until } from "./helpers.js";
 
 let dsn = "";
 let admin: Client;
@@ -200,4 +200,63 @@ test("a killed Node holder's slot comes back", async () => {
   await client({ heartbeatSeconds: 0.5 }).concurrency("n-killed", { timeoutSeconds: 10 }, () => 0);
   const took = (performance.now() - start) / 1000;
   assert.ok(took < 5, `took ${took}s`);
+});
+
+test("an uncontended acquire is one round trip (pggcl.take); after a queued request, acquire alone", async () => {
+  await admin.createLimit("n-one", 1);
+  const c = client();
+  await c.sessionIdForTests();  // the session connection is up: no statement of its own below
+  await c.concurrency("n-one", {}, () => 0);  // the pool's connection is made
+  const before = c.stats.calls;
+  const takes = c.stats.takes;
+  await c.concurrency("n-one", {}, () => {
+    assert.equal(c.stats.calls, before + 1, "the acquire cost one statement");
+  });
+  assert.equal(c.stats.calls, before + 2, "and the release one more");
+  assert.equal(c.stats.takes, takes + 1);
+  // Contended: the first request tries take, then queues through acquire; the next one on
+  // that limit goes straight to acquire (one statement to queue, not two).
+  for (const expected of [2, 1]) {
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const holding = admin.concurrency("n-one", {}, () => held);
+    await until(async () => (await admin.holders("n-one")).length === 1, "the admin holds n-one");
+    const calls = c.stats.calls;
+    const waiting = c.concurrency("n-one", { timeoutSeconds: 20 }, () => 0);
+    await until(async () => (await admin.queue("n-one")).length === 1, "the client is queued");
+    assert.equal(c.stats.calls - calls, expected, `statements to queue (expected ${expected})`);
+    release();
+    await holding;
+    await waiting;
+  }
+});
+
+test("an exhausted pool: PoolTimeoutError after poolTimeout, not an unbounded wait", async () => {
+  await admin.createLimit("n-busy", 1);
+  const c = client({ poolSize: 1, poolTimeout: 0.3 });
+  await c.sessionIdForTests();
+  const lock = await lockLimit(dsn, "n-busy");
+  // The one pool connection is stuck in the acquire, behind the lock.
+  const stuck = c.concurrency("n-busy", { timeoutSeconds: 30 }, () => "ran");
+  await until(async () => (await lockWaiters(dsn, "pggcl.take")).length === 1, "the take waits for the lock");
+  const err = await c.readLimit("n-busy").then(() => null, (e: unknown) => e);
+  assert.ok(err instanceof PoolTimeoutError, `got ${String(err)}`);
+  assert.equal(err.name, "PoolTimeoutError");
+  assert.equal(err.sqlstate, null);
+  assert.equal(err.field, null);
+  assert.match(err.message, /poolSize or poolTimeout/);
+  assert.equal(c.poolWaitingForTests, 0, "the timed-out caller left the line");
+  await lock.commit();
+  assert.equal(await stuck, "ran");
+  assert.equal((await c.readLimit("n-busy")).limit, 1, "the pool works again");
+  assert.equal((await admin.holders("n-busy")).length, 0);
+});
+
+test("maxRetries 0: slots not free at once raise ConcurrencySlotAcquisitionError, nothing queued", async () => {
+  await admin.createLimit("n-noqueue", 1);
+  await admin.concurrency("n-noqueue", {}, async () => {
+    await assert.rejects(client().concurrency("n-noqueue", { maxRetries: 0 }, () => 0), ConcurrencySlotAcquisitionError);
+    assert.equal((await admin.queue("n-noqueue")).length, 0);
+  });
+  await assert.rejects(client().concurrency("n-noqueue", { maxRetries: -1 }, () => 0), ValidationError);
 });

@@ -2,9 +2,12 @@
 // by tests/conformance/test_node.py), else a throwaway server started through the Python
 // package (pggcl.testing.TempPostgres) of the repository's venv.
 import { spawn, type ChildProcess } from "node:child_process";
+import net from "node:net";
 import { createInterface } from "node:readline";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+
+import pg from "pg";
 
 export const here = dirname(fileURLToPath(import.meta.url));
 export const repo = resolve(here, "..", "..", "..", "..");
@@ -66,3 +69,134 @@ export function exited(child: ChildProcess): Promise<number | null> {
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Poll `predicate` (a state the code under test brings about) until it holds, or fail. */
+export async function until(predicate: () => Promise<boolean> | boolean, what: string, timeoutMs = 20000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!(await predicate())) {
+    if (performance.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+    await sleep(10);
+  }
+}
+
+/** A PostgreSQL server of the test file's own (test/server.py): restartable, with PgBouncers. */
+export class OwnServer {
+  private lines: Lines;
+  private constructor(private child: ChildProcess, readonly dsn: string, lines: Lines) {
+    this.lines = lines;
+  }
+
+  static async start(): Promise<OwnServer> {
+    const child = spawn(python, [resolve(repo, "clients", "node", "test", "server.py")], { stdio: ["pipe", "pipe", "inherit"] });
+    const lines = new Lines(child);
+    const first = JSON.parse(await lines.next(60000)) as { dsn: string };
+    return new OwnServer(child, first.dsn, lines);
+  }
+
+  private async ask(cmd: Record<string, unknown>): Promise<Record<string, unknown>> {
+    this.child.stdin!.write(JSON.stringify(cmd) + "\n");
+    return JSON.parse(await this.lines.next(60000)) as Record<string, unknown>;
+  }
+
+  /** `pg_ctl restart -m fast`; resolves once the server accepts connections again. */
+  async restart(): Promise<void> {
+    await this.ask({ cmd: "restart" });
+  }
+
+  /** A DSN through a new PgBouncer in `mode`, or null when pgbouncer is not installed. */
+  async bouncer(mode: "session" | "transaction", settings: Record<string, string> = {}): Promise<string | null> {
+    const r = await this.ask({ cmd: "bouncer", mode, settings });
+    return typeof r.dsn === "string" ? r.dsn : null;
+  }
+
+  async stop(): Promise<void> {
+    this.child.stdin!.end();
+    await exited(this.child);
+  }
+}
+
+/** A transaction of its own that holds limit `name`'s row lock: every acquire, take and
+ * release of that limit waits for it until `commit()`. */
+export async function lockLimit(dsn: string, name: string): Promise<{ commit: () => Promise<void> }> {
+  const conn = new pg.Client({ connectionString: dsn });
+  await conn.connect();
+  await conn.query("BEGIN");
+  await conn.query("SELECT 1 FROM pggcl.limit_state WHERE name = $1 FOR UPDATE", [name]);
+  return {
+    commit: async () => {
+      await conn.query("COMMIT");
+      await conn.end();
+    },
+  };
+}
+
+/** Run one statement on a connection of its own. */
+export async function sql<R extends Record<string, unknown>>(dsn: string, text: string, args: unknown[] = []): Promise<R[]> {
+  const conn = new pg.Client({ connectionString: dsn });
+  await conn.connect();
+  try {
+    return (await conn.query<R>(text, args)).rows;
+  } finally {
+    await conn.end();
+  }
+}
+
+/** The backends waiting for a lock while running a statement that contains `fragment`. */
+export async function lockWaiters(dsn: string, fragment: string): Promise<number[]> {
+  const rows = await sql<{ pid: number }>(dsn,
+    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND strpos(query, $1) > 0", [fragment]);
+  return rows.map((r) => r.pid);
+}
+
+/** A TCP proxy in front of the server that can lose one answer: `loseNextAnswer()` makes it
+ * swallow the next bytes the server sends and cut that connection, as a network failure after
+ * the server committed would. The client sees its connection dropped mid-call. */
+export class LossyProxy {
+  private server: net.Server;
+  private losing = false;
+  lost = 0;
+  port = 0;
+
+  constructor(private targetPort: number) {
+    this.server = net.createServer((client) => {
+      const upstream = net.connect(this.targetPort, "127.0.0.1");
+      const cut = (): void => {
+        client.destroy();
+        upstream.destroy();
+      };
+      client.on("data", (d) => upstream.write(d));
+      upstream.on("data", (d) => {
+        if (this.losing) {
+          this.losing = false;
+          this.lost += 1;
+          cut();
+          return;
+        }
+        client.write(d);
+      });
+      client.on("error", cut).on("close", cut);
+      upstream.on("error", cut).on("close", cut);
+    });
+  }
+
+  async start(): Promise<this> {
+    await new Promise<void>((ok) => this.server.listen(0, "127.0.0.1", ok));
+    this.port = (this.server.address() as net.AddressInfo).port;
+    return this;
+  }
+
+  /** `dsn` rewritten to go through this proxy. */
+  through(dsn: string): string {
+    const url = new URL(dsn);
+    url.port = String(this.port);
+    return url.toString();
+  }
+
+  loseNextAnswer(): void {
+    this.losing = true;
+  }
+
+  async stop(): Promise<void> {
+    await new Promise<void>((ok) => this.server.close(() => ok()));
+  }
+}
