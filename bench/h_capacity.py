@@ -34,6 +34,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -46,20 +47,41 @@ from pggcl.testing import PostgresNotFound, find_server_binaries
 ID = "H"
 TITLE = "capacity: client processes on one hot limit and on many, 10,000 waiters"
 APP = "pggcl-bench-h"
+PARTS = ("throughput", "connections", "waiters")
 #: Enough for 100 waiter processes x 3 connections, pgbench, this process and a margin.
 MAX_CONNECTIONS = 450
+#: The throwaway server's settings beyond bench/_common.py's: commit times order the grants.
+OWN_SERVER = {"max_connections": str(MAX_CONNECTIONS), "track_commit_timestamp": "on"}
 
 
-def run(env: Env) -> list[Figure]:
-    clients = [1, 2] if env.quick else [1, 4, 16, 64]
-    spreads = [2, 10] if env.quick else [64, 10_000]
-    seconds, rounds = env.size(2.0, 0.2), env.count(2, 1)
-    waiters = h_waiters.Sizes.quick() if env.quick else h_waiters.Sizes.full()
-    needed = max(2 * max(clients) + 10, waiters.connections_needed())
+@dataclass(frozen=True)
+class Sizes:
+    """Every size of H (``python -m bench.h_capacity --help`` sets them one by one)."""
+
+    clients: tuple[int, ...] = (1, 4, 16, 64)  # client processes of the throughput parts
+    spreads: tuple[int, ...] = (64, 10_000)  # limits of the spread parts
+    seconds: float = 2.0  # each measured window
+    rounds: int = 2  # pggcl and pgbench alternate this many times per line
+    waiters: h_waiters.Sizes = field(default_factory=h_waiters.Sizes.full)
+    parts: tuple[str, ...] = PARTS
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls((1, 2), (2, 10), 0.2, 1, h_waiters.Sizes.quick())
+
+
+def run(env: Env, sizes: Sizes | None = None) -> list[Figure]:
+    s = sizes or (Sizes.quick() if env.quick else Sizes())
+    needed = 10 + max(2 * max(s.clients) if "throughput" in s.parts else 0,
+                      s.waiters.connections_needed() if "waiters" in s.parts else 0)  # fmt: skip
+    figures: list[Figure] = []
     with _server_for(env, needed) as henv:
-        figures = _throughput(henv, clients, spreads, seconds, rounds)
-        figures += h_waiters.connections(henv)
-        figures += h_waiters.waiters(henv, waiters)
+        if "throughput" in s.parts:
+            figures += _throughput(henv, list(s.clients), list(s.spreads), s.seconds, s.rounds)
+        if "connections" in s.parts:
+            figures += h_waiters.connections(henv)
+        if "waiters" in s.parts:
+            figures += h_waiters.waiters(henv, s.waiters)
         henv.cleanup()
     return figures
 
@@ -84,7 +106,7 @@ def _server_for(env: Env, needed: int) -> Iterator[Env]:
         return
     progress(f"H: {free} connections free, {needed} needed: a throwaway PostgreSQL of H's own"
              f" with max_connections={MAX_CONNECTIONS}")  # fmt: skip
-    with server(None, env.quick, {"max_connections": str(MAX_CONNECTIONS)}) as own:
+    with server(None, env.quick, OWN_SERVER) as own:
         yield own
 
 

@@ -12,10 +12,12 @@ this process releases, every waiter holds ``hold`` seconds and leaves, and:
 - the drain time: the release -> the last waiter's body end, beside the ideal
   ``ceil(waiters per limit / slots) * hold`` (each limit's slots busy all the time);
 - the grant order, per limit, against the engine's queue order (``pggcl.queue``, read before
-  the release), from the body-start times (``time.monotonic()``, one clock for the machine).
-  Waiters granted at the same moment (the first release grants ``slots`` at once) may start
-  in any order, so the order is kept when no waiter starts more than ``slots - 1`` places
-  away from its queue position.
+  the release): a thread reads ``pggcl.holders`` every 20 ms while they drain, and the leases'
+  ``since`` (the server's clock in the granting transaction, taken under the limit's row lock)
+  ordered by time must never go down in queue position (grants of one transaction share
+  their time). The largest distance between a waiter's body-start rank (``time.monotonic()``,
+  one clock for the machine) and its queue position is given beside it: the clients' view,
+  where waiters granted at nearly the same moment may wake in either order.
 
 Connections: one sync client (one thread) holding a slot, and one async client with the
 default ``pool_size`` while 100 of its tasks queue at once, counted in pg_stat_activity.
@@ -24,15 +26,19 @@ default ``pool_size`` while 100 of its tasks queue at once, counted in pg_stat_a
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import os
+import threading
 import time
-from dataclasses import astuple, dataclass
+from dataclasses import asdict, astuple, dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+import psycopg
+
 import pggcl
-from bench._common import Env, Figure, median, processes, progress, rss_bytes, wait_for
+from bench._common import Env, Figure, connect, median, processes, progress, rss_bytes, wait_for
 from bench.g_scale import _activity as activity
 from bench.g_scale import _with_application_name as with_application_name
 
@@ -58,7 +64,7 @@ class Sizes:
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(processes=2, per_process=10, limits=2, slots=2, hold=0.01, idle=0.5)
+        return cls(processes=2, per_process=10, limits=2, slots=2, hold=0.05, idle=0.5)
 
     @property
     def total(self) -> int:
@@ -106,16 +112,100 @@ def waiters(env: Env, sizes: Sizes) -> list[Figure]:
                             " ORDER BY name, position", names)  # fmt: skip
             for pipe in pipes:
                 pipe.send("drain")
+            watcher = _GrantWatcher(env.dsn, names)
         released = time.monotonic()  # the with block above released every slot
         records = [r for pipe in pipes for r in pipe.recv()]
+        grants = watcher.stop()
         for proc in procs:
             proc.join(60)
     finally:
         for proc in procs:
             if proc.is_alive():
                 proc.kill()
+    order = _grant_order(s, queue, grants, records)
     return _waiter_figures(s, used, before, after, stats_before, stats_after, memory,
-                           server_pss, queue, released, records)  # fmt: skip
+                           server_pss, order, released, records)  # fmt: skip
+
+
+class _GrantWatcher(threading.Thread):
+    """Reads the leases of ``names`` every 20 ms while the waiters drain: each one's limit,
+    holder and the commit time of the transaction that granted it (``track_commit_timestamp``;
+    grants of one limit commit in the order they took its row lock, and those of one
+    transaction share the time). A lease lives ``hold`` seconds, so a reading every 20 ms sees
+    each one of 0.1 s several times. Without commit times (the setting is off, or no right to
+    read pggcl's tables) it reads nothing and the order is judged from the clients' view."""
+
+    QUERY = (
+        "SELECT l.name, le.holder, pg_xact_commit_timestamp(le.xmin) FROM pggcl.leases le"
+        " JOIN pggcl.limit_state l ON l.id = le.limit_id WHERE l.name = ANY($1::text[])"
+    )
+
+    def __init__(self, dsn: str, names: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.conn = connect(dsn)
+        self.names = names
+        self.seen: dict[tuple[str, str], Any] = {}
+        self.done = threading.Event()
+        try:
+            row = self.conn.execute("SHOW track_commit_timestamp").fetchone()
+            self.conn.execute(self.QUERY, ([],))
+            self.works = row is not None and row[0] == "on"
+        except psycopg.Error:
+            self.works = False
+        if self.works:
+            self.start()
+
+    def run(self) -> None:
+        while not self.done.wait(0.02):  # a sampling interval, not a synchronisation
+            for name, holder, at in self.conn.execute(self.QUERY, (self.names,)).fetchall():
+                self.seen.setdefault((str(name), str(holder)), at)
+
+    def stop(self) -> dict[tuple[str, str], Any] | None:
+        self.done.set()
+        if self.works:
+            self.join()
+        self.conn.close()
+        return self.seen if self.works else None
+
+
+@dataclass
+class _Order:
+    fifo: bool
+    how: str  # what the verdict rests on
+    seen: int  # grants the watcher saw, of every waiter's
+    inversions: int  # grants committed before one queued ahead of them
+    displacement: int  # largest |body-start rank - queue position| (the clients' view)
+
+
+def _grant_order(
+    s: Sizes,
+    queue: list[tuple[Any, ...]],
+    grants: dict[tuple[str, str], Any] | None,
+    records: list[tuple[str, str, float, float]],
+) -> _Order:
+    """FIFO per limit: ordered by the commit time of their grants (ties: one transaction), the
+    queue positions never go down. Without commit times: no waiter's body starts ``slots`` or
+    more places from its queue position (waiters granted together may wake in any order)."""
+    positions: dict[str, dict[str, int]] = {}
+    for name, holder in queue:
+        at = positions.setdefault(str(name), {})
+        at[str(holder)] = len(at)
+    starts: dict[str, list[tuple[float, str]]] = {}
+    for holder, name, start, _ in records:
+        starts.setdefault(name, []).append((start, holder))
+    displacement = max((abs(rank - positions[n].get(h, -(10**9)))
+                        for n, v in starts.items() for rank, (_, h) in enumerate(sorted(v))),
+                       default=0)  # fmt: skip
+    everyone = len(records) == s.total
+    if grants is None:
+        fifo = everyone and displacement < s.slots
+        return _Order(fifo, f"body starts < {s.slots} places off", 0, 0, displacement)
+    inversions = seen = 0
+    for name, at in positions.items():
+        granted = sorted((t, at[h]) for (n, h), t in grants.items() if n == name and h in at)
+        seen += len(granted)
+        inversions += sum(1 for a, b in itertools.pairwise(granted) if a[1] > b[1] and a[0] < b[0])
+    return _Order(everyone and inversions == 0, "commit order", seen, inversions, displacement)
 
 
 def _waiter_figures(
@@ -127,7 +217,7 @@ def _waiter_figures(
     stats_after: list[dict[str, int]],
     memory: list[tuple[int, int, int]],
     server_pss: int | None,
-    queue: list[tuple[Any, ...]],
+    order: _Order,
     released: float,
     records: list[tuple[str, str, float, float]],
 ) -> list[Figure]:
@@ -139,25 +229,19 @@ def _waiter_figures(
     growth_mb = [(rss - base) / 2**20 for base, rss, _ in memory]
     rss_total = sum(rss for _, rss, _ in memory) / 2**20
     pss_total = sum(pss for _, _, pss in memory) / 2**20
-    per_limit: dict[str, list[tuple[float, str]]] = {}
-    for holder, name, start, _ in records:
-        per_limit.setdefault(name, []).append((start, holder))
-    positions: dict[str, dict[str, int]] = {}
-    for name, holder in queue:
-        positions.setdefault(str(name), {})[str(holder)] = len(positions.get(str(name), {}))
-    displacement = 0
-    for name, starts in per_limit.items():
-        for rank, (_, holder) in enumerate(sorted(starts)):
-            displacement = max(displacement, abs(rank - positions[name].get(holder, -(10**9))))
-    fifo = len(records) == s.total and displacement < s.slots
-    most = max((len(v) for v in per_limit.values()), default=0)
+    per_limit: dict[str, int] = {}
+    for _, name, _, _ in records:
+        per_limit[name] = per_limit.get(name, 0) + 1
+    most = max(per_limit.values(), default=0)
     ideal = math.ceil(most / s.slots) * s.hold
     drain = max((end for *_, end in records), default=released) - released
     rate = len(records) / drain if drain > 0 else math.nan
     progress(
         f"H: {used} connections, {per_second:.1f} queries/s idle ({heartbeats} heartbeats),"
-        f" RSS {rss_total:,.0f} MB (PSS {pss_total:,.0f} MB), grant order displacement"
-        f" {displacement} (< {s.slots}: {'kept' if fifo else 'BROKEN'}), drained in {drain:.2f} s"
+        f" RSS {rss_total:,.0f} MB (PSS {pss_total:,.0f} MB), grant order"
+        f" {'kept' if order.fifo else 'BROKEN'} by {order.how} ({order.seen} grants seen,"
+        f" {order.inversions} inversions; body starts up to {order.displacement} places off),"
+        f" drained in {drain:.2f} s"
         f" (ideal {ideal:.2f} s, {rate:,.0f} hand-offs/s)"
     )
     what = f"{s.total:,} waiters, {s.processes} processes, {s.limits} limits"
@@ -175,9 +259,9 @@ def _waiter_figures(
                details={"rss_total_mb": rss_total, "rss_growth_mb_median": median(growth_mb),
                         "rss_growth_mb_max": max(growth_mb, default=math.nan),
                         "server_backends_pss_mb": server_pss and server_pss / 2**20}),
-        Figure(ID, f"{what}: granted in queue order per limit", float(fifo), "",
-               target=f"1 (no start more than {s.slots - 1} places off)", ok=fifo,
-               details={"granted": len(records), "max_displacement": displacement}),
+        Figure(ID, f"{what}: granted in queue order per limit", float(order.fifo), "",
+               target=f"1 (FIFO: {order.how})", ok=order.fifo,
+               details={"granted": len(records), **asdict(order)}),
         Figure(ID, f"{what}: time to drain once the slots free", drain, "s", ideal,
                f"ideal: {s.slots} slots x {s.hold:g} s holds", ideal / drain if drain else None,
                details={"handoffs_per_second": rate}),
