@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -23,7 +22,7 @@ from pggcl.client.port_async import AsyncPort
 from pggcl.client.runner_async import run
 from pggcl.core import acquiring, flows, requests
 from pggcl.core.ops import Flow
-from pggcl.core.options import HeldLeases, Options, default_holder
+from pggcl.core.options import HeldLeases, Options, current_pid, default_holder
 from pggcl.core.policy import Stats
 from pggcl.errors import (
     AcquireConcurrencySlotTimeoutError,
@@ -99,7 +98,7 @@ class AsyncClient:
         )  # fmt: skip
         self._held = HeldLeases()
         self._contention = requests.Contention()
-        self._pid = os.getpid()
+        self._pid = current_pid()
         self._leases_lock = Lock()
         self._renew_now = Event()
         self._fresh_leases()
@@ -118,9 +117,9 @@ class AsyncClient:
 
     @property
     def _port(self) -> AsyncPort:
-        if self._pid != os.getpid():  # forked: the parent's connections are not ours
+        if self._pid != current_pid():  # forked: the parent's connections are not ours
             _abandoned.append(self._port_)
-            self._pid, self._held = os.getpid(), HeldLeases()
+            self._pid, self._held = current_pid(), HeldLeases()
             self._leases_lock, self._renew_now = Lock(), Event()
             self._fresh_leases()
             self._port_ = self._new_port()

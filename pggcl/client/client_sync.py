@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -20,7 +19,7 @@ from pggcl.client.port_sync import SyncPort
 from pggcl.client.runner_sync import run
 from pggcl.core import acquiring, flows, requests
 from pggcl.core.ops import Flow
-from pggcl.core.options import HeldLeases, Options, default_holder
+from pggcl.core.options import HeldLeases, Options, current_pid, default_holder
 from pggcl.core.policy import Stats
 from pggcl.errors import (
     AcquireConcurrencySlotTimeoutError,
@@ -90,7 +89,7 @@ class Client:
         self._options = Options(pool_size, grace_seconds, heartbeat_seconds, connect_timeout, pool_timeout, retry_seconds, session_dsn)  # fmt: skip
         self._held = HeldLeases()
         self._contention = requests.Contention()
-        self._pid = os.getpid()
+        self._pid = current_pid()
         self._leases_lock = Lock()
         self._renew_now = Event()
         self._fresh_leases()
@@ -109,9 +108,9 @@ class Client:
 
     @property
     def _port(self) -> SyncPort:
-        if self._pid != os.getpid():  # forked: the parent's connections are not ours
+        if self._pid != current_pid():  # forked: the parent's connections are not ours
             _abandoned.append(self._port_)
-            self._pid, self._held = (os.getpid(), HeldLeases())
+            self._pid, self._held = (current_pid(), HeldLeases())
             self._leases_lock, self._renew_now = (Lock(), Event())
             self._fresh_leases()
             self._port_ = self._new_port()

@@ -58,10 +58,29 @@ def env_session_dsn() -> str | None:
     return os.environ.get(SESSION_DSN_ENV) or None
 
 
+# This process's pid and ``host:pid``, read once and again in a child after fork(): every
+# acquire reads them, and os.getpid() and gethostname() are system calls.
+_pid = os.getpid()
+_host_pid = f"{socket.gethostname()}:{_pid}"
+
+
+def _forked() -> None:
+    global _pid, _host_pid
+    _pid = os.getpid()
+    _host_pid = f"{socket.gethostname()}:{_pid}"
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def current_pid() -> int:
+    """os.getpid(), without the system call."""
+    return _pid
+
+
 def default_holder(worker: str | None) -> str:
     """``host:pid`` plus the thread or task name: who holds a lease, as shown by pggcl.holders."""
-    base = f"{socket.gethostname()}:{os.getpid()}"
-    return f"{base}:{worker}" if worker else base
+    return f"{_host_pid}:{worker}" if worker else _host_pid
 
 
 class HeldLeases:
