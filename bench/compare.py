@@ -67,8 +67,10 @@ for line in sys.stdin:
     kind, _, arg = line.strip().partition(" ")
     if kind == "quit":
         break
-    rate = sync_burst(float(arg)) if kind == "sync" else loop.run_until_complete(async_burst(float(arg)))
-    print(rate, flush=True)
+    if kind == "sync":
+        print(sync_burst(float(arg)), flush=True)
+    else:
+        print(loop.run_until_complete(async_burst(float(arg))), flush=True)
 client.close()
 if aclient is not None:
     loop.run_until_complete(aclient.close())
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
             proc.wait(30)
         load_after = Path("/proc/loadavg").read_text().split()[:3]
     summary = {}
-    print(f"old {trees['old']} ({_commit(trees['old'])})  new {trees['new']} ({_commit(trees['new'])})")
+    for label, tree in trees.items():
+        print(f"{label}: {tree} ({_commit(tree)})")
     for kind, by in results.items():
         ratios = [n / o for n, o in zip(by["new"], by["old"], strict=True)]
         q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
@@ -143,8 +146,9 @@ def main(argv: list[str] | None = None) -> None:
             "ratio_quartiles": [q[0], q[2]],
         }
         print(
-            f"{kind:5}  old {statistics.median(by['old']):7.0f}/s  new "
-            f"{statistics.median(by['new']):7.0f}/s  new/old median {statistics.median(ratios):.3f} "
+            f"{kind:5}  old {summary[kind]['old_median']:7.0f}/s  "
+            f"new {summary[kind]['new_median']:7.0f}/s  "
+            f"new/old median {summary[kind]['ratio_median']:.3f} "
             f"(quartiles {q[0]:.3f}..{q[2]:.3f}, {len(ratios)} rounds)"
         )
     print(f"load average before/after: {' '.join(load_before)} / {' '.join(load_after)}")
