@@ -27,6 +27,8 @@ PostgreSQL of its own with ``max_connections`` raised (it says so).
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 import random
 import re
 import shutil
@@ -41,7 +43,17 @@ from typing import Any
 
 import pggcl
 from bench import h_waiters
-from bench._common import Env, Figure, median, percentile, processes, progress, ratio, server
+from bench._common import (
+    Env,
+    Figure,
+    median,
+    percentile,
+    processes,
+    progress,
+    ratio,
+    server,
+    wait_for,
+)
 from pggcl.testing import PostgresNotFound, find_server_binaries
 
 ID = "H"
@@ -110,6 +122,70 @@ def _server_for(env: Env, needed: int) -> Iterator[Env]:
         yield own
 
 
+# --- Server CPU ---------------------------------------------------------------------------
+
+
+class ServerCpu:
+    """CPU seconds the whole server has used so far: its live processes plus those that ended
+    (the postmaster's cutime/cstime), when it runs on this machine; else None. The difference
+    over a window is the server's CPU in it, whatever the clients cost on the same cores."""
+
+    def __init__(self, env: Env) -> None:
+        (pid,) = env.sql("SELECT pg_backend_pid()")[0]
+        self.tick = os.sysconf("SC_CLK_TCK")
+        try:
+            self.postmaster: int | None = int(self._stat(int(pid))[1])
+        except (OSError, IndexError, ValueError):
+            self.postmaster = None
+
+    @staticmethod
+    def _stat(pid: int) -> list[str]:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()  # state, ppid, ... (fields 3 on)
+
+    def children(self) -> set[int]:
+        """The server's processes now (the postmaster's children)."""
+        found = set()
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    if int(self._stat(int(entry.name))[1]) == self.postmaster:
+                        found.add(int(entry.name))
+        return found
+
+    def settle(self, before: set[int]) -> None:
+        """Wait (setup, at most 10 s) until the processes started since ``before`` have ended
+        and been reaped, so that their CPU is in the postmaster's cutime."""
+        if self.postmaster is not None:
+            with contextlib.suppress(TimeoutError):
+                wait_for(lambda: not self.children() - before, "pgbench's backends end", 10)
+
+    def total(self) -> float | None:
+        """Live processes by /proc/<pid>/schedstat (ns); ended ones by the postmaster's cutime
+        and cstime (clock ticks: rounded per process, so count many transactions)."""
+        if self.postmaster is None:
+            return None
+        try:
+            own = self._stat(self.postmaster)
+            seconds = (int(own[13]) + int(own[14])) / self.tick + self._runtime(self.postmaster)
+        except (OSError, IndexError, ValueError):
+            return None
+        for pid in self.children():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                seconds += self._runtime(pid)
+        return seconds
+
+    @staticmethod
+    def _runtime(pid: int) -> float:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+
+
+def _delta(cpu: ServerCpu, before: float | None) -> float | None:
+    after = cpu.total()
+    return None if before is None or after is None else after - before
+
+
 # --- pgbench ------------------------------------------------------------------------------
 
 
@@ -137,6 +213,7 @@ class PgBench:
         env.sql(f"INSERT INTO {self.table} (id) SELECT generate_series(0, $1::int - 1)", rows)
         env.sql(f"VACUUM ANALYZE {self.table}")
         self.dir = Path(tempfile.mkdtemp(prefix="pggcl-bench-h-"))
+        self.cpu = ServerCpu(env)
 
     def script(self, rows: int) -> Path:
         """A one-row UPDATE: on row 0 (``rows`` == 1) or on one of ``rows`` rows at random."""
@@ -149,18 +226,24 @@ class PgBench:
             path.write_text(text)
         return path
 
-    def run(self, rows: int, clients: int, seconds: float) -> tuple[float, float]:
-        """Transactions per second and mean latency (s) of ``clients`` pgbench clients."""
+    def run(self, rows: int, clients: int, seconds: float) -> tuple[float, float, float | None]:
+        """Transactions per second, mean latency (s) and server CPU seconds per transaction of
+        ``clients`` pgbench clients."""
         length = ["-t", "50"] if self.quick else ["-T", str(max(1, round(seconds)))]
         script = str(self.script(rows))
         cmd = [self.binary, "-n", "-M", "prepared", "-c", str(clients), "-j",
                str(min(clients, 2)), *length, "-f", script, self.env.dsn]  # fmt: skip
+        before, running = self.cpu.total(), self.cpu.children()
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=300)
+        self.cpu.settle(running)
+        used = _delta(self.cpu, before)
         tps = re.search(r"^tps = ([\d.]+)", proc.stdout, re.M)
         latency = re.search(r"^latency average = ([\d.]+) ms", proc.stdout, re.M)
-        if proc.returncode != 0 or tps is None:
+        done = re.search(r"^number of transactions actually processed: (\d+)", proc.stdout, re.M)
+        if proc.returncode != 0 or tps is None or done is None:
             raise RuntimeError(f"pgbench failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
-        return float(tps.group(1)), float(latency.group(1)) / 1000 if latency else float("nan")
+        per_tx = used / int(done.group(1)) if used is not None and int(done.group(1)) else None
+        return float(tps.group(1)), float(latency.group(1)) / 1000 if latency else math.nan, per_tx
 
     def close(self) -> None:
         self.env.sql(f"DROP TABLE IF EXISTS {self.table}")
@@ -217,16 +300,20 @@ def _scenario(
     base: list[float] = []
     base_latency: list[float] = []
     latencies: list[float] = []
+    cpu: list[float] = []
+    base_cpu: list[float] = []
     for r in range(rounds):
         for side in ("pggcl", "pgbench") if r % 2 else ("pgbench", "pggcl"):
             if side == "pgbench":
-                tps, mean = bench.run(rows, n, seconds)
+                tps, mean, per_tx = bench.run(rows, n, seconds)
                 base.append(tps)
                 base_latency.append(mean)
+                base_cpu += [] if per_tx is None else [per_tx]
             else:
-                rate, samples = workers.measure(mode, names, seconds)
+                rate, samples, per_cycle = workers.measure(mode, names, seconds, bench.cpu)
                 rates.append(rate)
                 latencies += samples
+                cpu += [] if per_cycle is None else [per_cycle]
     r_median = median([ratio(p, b) for p, b in zip(rates, base, strict=True)])
     kind = "hot-row" if rows == 1 else f"{rows:,}-row"
     what = f"{label}, {n} process(es)"
@@ -242,6 +329,12 @@ def _scenario(
         Figure(ID, f"{what}: cycles/s ({unit_note})", median(rates), "/s", median(base),
                f"pgbench {kind} UPDATE tps", r_median, runs=rates, details=details),
     ]  # fmt: skip
+    if cpu and base_cpu:
+        us, base_us = median(cpu) * 1e6, median(base_cpu) * 1e6
+        figures.append(Figure(ID, f"{what}: server CPU per cycle", us, "us", base_us,
+                              "pgbench per UPDATE transaction", ratio(us, base_us),
+                              runs=[x * 1e6 for x in cpu],
+                              details={"pgbench_runs": [x * 1e6 for x in base_cpu]}))  # fmt: skip
     if rows == 1:  # latency lines for the hot limit only (the table stays short)
         mean = median(base_latency) * 1000
         figures += [
@@ -276,8 +369,11 @@ class _Workers:
             assert pipe.recv() == "ready"
         return self
 
-    def measure(self, mode: str, names: list[str], seconds: float) -> tuple[float, list[float]]:
-        """Cycles per second of all processes in one window, and every acquire's latency."""
+    def measure(
+        self, mode: str, names: list[str], seconds: float, cpu: ServerCpu
+    ) -> tuple[float, list[float], float | None]:
+        """Cycles per second of all processes in one window, every acquire's latency, and the
+        server's CPU seconds per cycle."""
         for pipe in self.pipes:
             pipe.send(("warm", mode, names))
         for pipe in self.pipes:
@@ -285,12 +381,15 @@ class _Workers:
         start = time.monotonic() + 0.05 + 0.002 * self.n  # time for every process to be told
         for pipe in self.pipes:
             pipe.send(("go", start, start + seconds))
+        time.sleep(max(0.0, start - time.monotonic()))
+        before = cpu.total()
         count, samples = 0, []
         for pipe in self.pipes:
             done, latencies = pipe.recv()
             count += done
             samples += latencies
-        return count / seconds, samples
+        used = _delta(cpu, before)
+        return count / seconds, samples, used / count if used is not None and count else None
 
     def __exit__(self, *exc: object) -> None:
         for pipe in self.pipes:
