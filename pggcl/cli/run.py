@@ -27,7 +27,9 @@ from types import FrameType
 
 import click
 
+import pggcl
 from pggcl.cli._base import ClientLog, check_slots, open_client
+from pggcl.cli.status import WaitStatus
 from pggcl.errors import AcquireConcurrencySlotTimeoutError
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -195,6 +197,12 @@ class RunCommand(click.Command):
     help="Take rate-limit slots (they decay away) instead of holding slots during COMMAND.",
 )
 @click.option("--strict", is_flag=True, help="Fail when a limit does not exist.")
+@click.option(
+    "--verbose",
+    is_flag=True,
+    help="While waiting, print a status line now and then even when stderr is not a terminal "
+    "(on a terminal it is shown anyway, and erased when COMMAND starts).",
+)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -204,6 +212,7 @@ def run(
     timeout_seconds: float | None,
     rate: bool,
     strict: bool,
+    verbose: bool,
 ) -> None:
     """Hold slots on each limit NAME while COMMAND runs.
 
@@ -216,6 +225,10 @@ def run(
     is created inactive (it limits nothing), as in Python code, with a warning; --strict
     fails instead. Exits with COMMAND's status (128+N when signal N ended it). SIGINT,
     SIGTERM, SIGHUP and SIGQUIT are passed to COMMAND; the slots are released after it exits.
+
+    While it waits more than a moment on a terminal, a status line on stderr says for how long,
+    how full each limit is, who holds it and the place in its queue; it is erased when COMMAND
+    starts. On a pipe or in cron it stays silent unless --verbose.
     """
     limit_names = list(dict.fromkeys(names.split(",")))  # exactly as given: spaces too
     if "" in limit_names:
@@ -229,18 +242,22 @@ def run(
     argv = list(command)
     relay = SignalRelay()
 
+    status: WaitStatus | None = None
+
     def start() -> int:
+        if status is not None:
+            status.stop()
         ClientLog.of(ctx).show()  # what the client said while acquiring, then live
         return relay.run(argv)
 
     with relay.installed():
         try:
-            with open_client(ctx) as client:
+            with open_client(ctx) as client, _watching(client, limit_names, verbose) as status:
                 if rate:
                     client.rate_limit(
                         limit_names, occupy=occupy, timeout_seconds=timeout_seconds, strict=strict
                     )
-                    status = start()
+                    code = start()
                 else:
                     with client.concurrency(
                         limit_names,
@@ -249,7 +266,7 @@ def run(
                         strict=strict,
                         holder=_holder(argv),
                     ):
-                        status = start()
+                        code = start()
         except Interrupted as stop:
             name = signal.Signals(stop.signum).name
             click.echo(f"Error: interrupted by {name} while waiting for slots", err=True)
@@ -263,7 +280,20 @@ def run(
         except CommandFailed as failed:
             click.echo(f"Error: {failed}", err=True)
             ctx.exit(failed.status)
-    ctx.exit(status)
+    ctx.exit(code)
+
+
+@contextlib.contextmanager
+def _watching(client: pggcl.Client, names: list[str], verbose: bool) -> Iterator[WaitStatus | None]:
+    """The wait's status line, if one is shown; erased however the wait ends."""
+    status = WaitStatus.for_run(client, names, verbose)
+    if status is None:
+        yield None
+        return
+    try:
+        yield status.start()
+    finally:
+        status.stop()
 
 
 COMMANDS = [run]
