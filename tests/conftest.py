@@ -14,3 +14,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         path = item.nodeid.split("::")[0]
         group = "prefect" if path.startswith("tests/prefect/") else path
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_report_header() -> str:
+    # Which PostgreSQL this run tests (PGGCL_PG_BIN picks it: .ci/run runs a version matrix).
+    from pggcl.testing import describe_server
+
+    return f"pggcl: {describe_server()}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # Also under -q, which hides the header: the last lines name the server the tests ran on.
+    from pggcl.testing import describe_server
+
+    terminalreporter.write_line(f"pggcl: tests ran on {describe_server()}")
