@@ -40,6 +40,8 @@ export interface ClientOptions {
   heartbeatSeconds?: number;
   /** How long a release keeps retrying while the database is unreachable. */
   retrySeconds?: number;
+  /** application_name of every connection (pg_stat_activity shows it). */
+  applicationName?: string;
 }
 
 export interface AcquireOptions {
@@ -178,11 +180,11 @@ export class Client {
     this.dsn = dsn;
     const connectTimeout = opts.connectTimeout ?? 10;
     this.retrySeconds = opts.retrySeconds ?? 30;
-    this.pool = new Pool(dsn, opts.poolSize ?? 10, opts.poolTimeout ?? 30, connectTimeout);
+    this.pool = new Pool(dsn, opts.poolSize ?? 10, opts.poolTimeout ?? 30, connectTimeout, opts.applicationName);
     const sessionDsn = opts.sessionDsn ?? process.env.PGGCL_SESSION_DSN ?? dsn;
     this.session = new Session(
       sessionDsn,
-      { grace: opts.graceSeconds ?? 5, heartbeatSeconds: opts.heartbeatSeconds ?? 2, connectTimeout },
+      { grace: opts.graceSeconds ?? 5, heartbeatSeconds: opts.heartbeatSeconds ?? 2, connectTimeout, applicationName: opts.applicationName },
       this.dispatcher, this.stats, () => this.leasesLost());
   }
 

@@ -12,10 +12,16 @@ export class Pool {
   private readonly pool: pg.Pool;
   private free: number;
   private readonly turns: Array<() => void> = [];
+  private readonly guarded = new WeakSet<pg.PoolClient>();
 
-  constructor(dsn: string, private readonly size: number, private readonly poolTimeout: number, connectTimeout: number) {
+  constructor(
+    dsn: string, private readonly size: number, private readonly poolTimeout: number, connectTimeout: number,
+    applicationName?: string,
+  ) {
     this.free = size;
-    this.pool = new pg.Pool({ connectionString: dsn, max: size, connectionTimeoutMillis: Math.ceil(connectTimeout * 1000) });
+    this.pool = new pg.Pool({ connectionString: dsn, max: size, connectionTimeoutMillis: Math.ceil(connectTimeout * 1000),
+      ...(applicationName === undefined ? {} : { application_name: applicationName }),
+    });
     this.pool.on("error", () => {});  // an idle connection the server closed: pg.Pool drops it
   }
 
@@ -33,6 +39,12 @@ export class Pool {
         conn = await this.pool.connect();
       } catch (err) {
         throw translateError(err);
+      }
+      if (!this.guarded.has(conn)) {
+        // A connection that breaks while checked out also emits "error" (after failing its
+        // query, which is where we see it): without a listener that would crash the process.
+        conn.on("error", () => {});
+        this.guarded.add(conn);
       }
       try {
         const rows = (await conn.query<R>(sql, args)).rows;

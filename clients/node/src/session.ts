@@ -74,7 +74,7 @@ export class Session {
 
   constructor(
     private readonly dsn: string,
-    private readonly opts: { grace: number; heartbeatSeconds: number; connectTimeout: number },
+    private readonly opts: { grace: number; heartbeatSeconds: number; connectTimeout: number; applicationName?: string | undefined },
     private readonly dispatcher: Dispatcher,
     private readonly stats: Stats,
     /** Called when the session was reclaimed: the client's leases are gone. */
@@ -102,6 +102,7 @@ export class Session {
   private async connect(): Promise<number> {
     const conn = new pg.Client({
       connectionString: this.dsn, connectionTimeoutMillis: Math.ceil(this.opts.connectTimeout * 1000), keepAlive: true,
+      ...(this.opts.applicationName === undefined ? {} : { application_name: this.opts.applicationName }),
     });
     conn.on("error", () => {});
     try {

@@ -154,13 +154,17 @@ export async function lockWaiters(dsn: string, fragment: string): Promise<number
 export class LossyProxy {
   private server: net.Server;
   private losing = false;
+  private readonly live = new Set<net.Socket>();
   lost = 0;
   port = 0;
 
   constructor(private targetPort: number) {
     this.server = net.createServer((client) => {
       const upstream = net.connect(this.targetPort, "127.0.0.1");
+      this.live.add(client).add(upstream);
       const cut = (): void => {
+        this.live.delete(client);
+        this.live.delete(upstream);
         client.destroy();
         upstream.destroy();
       };
@@ -196,7 +200,10 @@ export class LossyProxy {
     this.losing = true;
   }
 
+  /** Stop listening and cut every connection still open. */
   async stop(): Promise<void> {
-    await new Promise<void>((ok) => this.server.close(() => ok()));
+    const closed = new Promise<void>((ok) => this.server.close(() => ok()));
+    for (const socket of this.live) socket.destroy();
+    await closed;
   }
 }

@@ -6,12 +6,14 @@ restart it and put PgBouncer in front of it. One JSON line out per JSON command 
 - {"cmd": "bouncer", "mode": "transaction", "settings": {...}}: {"dsn": the DSN through a new
   PgBouncer} or {"error": why} (pgbouncer not installed)
 
-Stops everything when stdin closes.
+Stops everything when stdin closes. PGGCL_TEST_REVISION (default: head) picks the engine
+revision to install.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from pggcl import schema
@@ -24,7 +26,7 @@ def say(what: dict[str, object]) -> None:
 
 def main() -> None:
     with TempPostgres(settings={"synchronous_commit": "on"}) as pg:
-        schema.upgrade(pg.dsn)
+        schema.upgrade(pg.dsn, os.environ.get("PGGCL_TEST_REVISION") or "head")
         say({"dsn": pg.dsn})
         bouncers: list[TempPgBouncer] = []
         try:
