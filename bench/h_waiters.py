@@ -47,6 +47,7 @@ __all__ = ["Sizes", "connections", "waiters", "with_application_name"]
 ID = "H"
 APP = "pggcl-bench-h-waiters"
 POOL_SIZE = 2
+QUEUE = "SELECT name, holder FROM pggcl.queue WHERE name = ANY($1) ORDER BY name, position"
 
 
 @dataclass(frozen=True)
@@ -88,33 +89,36 @@ def waiters(env: Env, sizes: Sizes) -> list[Figure]:
     pipes: list[Connection] = []
     procs: list[Any] = []
     try:
-        with pggcl.Client(env.dsn) as client, client.concurrency(names, occupy=s.slots):
-            for i in range(s.processes):
-                ours, theirs = ctx.Pipe()
-                proc = ctx.Process(target=_waiter_process, daemon=True,
-                                   args=(dsn, i, astuple(s), names, warm, theirs))  # fmt: skip
-                proc.start()
-                pipes.append(ours)
-                procs.append(proc)
-            for pipe in pipes:
-                assert pipe.recv() == "started"
-            wait_for(lambda: _queued(env, names) == s.total, f"{s.total} waiters are queued",
-                     timeout=600)  # fmt: skip
-            used = _connections(env)
-            before = activity(env)
-            stats_before = _ask(pipes, "stats")
-            time.sleep(s.idle)
-            after = activity(env)
-            stats_after = _ask(pipes, "stats")
-            memory = _ask(pipes, "memory")
-            server_pss = _server_pss(env)
-            queue = env.sql("SELECT name, holder FROM pggcl.queue WHERE name = ANY($1::text[])"
-                            " ORDER BY name, position", names)  # fmt: skip
-            for pipe in pipes:
-                pipe.send("drain")
-            watcher = _GrantWatcher(env.dsn, names)
-        released = time.monotonic()  # the with block above released every slot
-        records = [r for pipe in pipes for r in pipe.recv()]
+        with pggcl.Client(env.dsn) as client:
+            with client.concurrency(names, occupy=s.slots):
+                for i in range(s.processes):
+                    ours, theirs = ctx.Pipe()
+                    proc = ctx.Process(
+                        target=_waiter_process,
+                        daemon=True,
+                        args=(dsn, i, astuple(s), names, warm, theirs),
+                    )
+                    proc.start()
+                    pipes.append(ours)
+                    procs.append(proc)
+                for pipe in pipes:
+                    assert pipe.recv() == "started"
+                everyone = f"{s.total} waiters are queued"
+                wait_for(lambda: _queued(env, names) == s.total, everyone, timeout=600)
+                used = _connections(env)
+                before = activity(env)
+                stats_before = _ask(pipes, "stats")
+                time.sleep(s.idle)
+                after = activity(env)
+                stats_after = _ask(pipes, "stats")
+                memory = _ask(pipes, "memory")
+                server_pss = _server_pss(env)
+                queue = env.sql(QUEUE, names)
+                for pipe in pipes:
+                    pipe.send("drain")
+                watcher = _GrantWatcher(env.dsn, names)
+            released = time.monotonic()  # the block above released every slot
+            records = [r for pipe in pipes for r in pipe.recv()]
         grants = watcher.stop()
         for proc in procs:
             proc.join(60)
