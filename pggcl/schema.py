@@ -21,6 +21,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.pool import NullPool
 
+from pggcl.core import versions
+from pggcl.core.versions import check_server_version, supported_range
+
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 #: alembic keeps pggcl's revision here, apart from a user's own `alembic_version`.
@@ -81,12 +84,30 @@ def execute_script(script: Path | str) -> None:
         cur.close()
 
 
+def _server_guard_sql() -> str:
+    # The same refusal as check_server(), for the script run by psql: before any change.
+    oldest = versions.MIN_SERVER_VERSION_NUM
+    return f"""-- pggcl needs {supported_range()}: stop here on an older server.
+DO $guard$
+BEGIN
+    IF pg_catalog.current_setting('server_version_num')::integer < {oldest} THEN
+        RAISE EXCEPTION 'the database server runs PostgreSQL %, which pggcl does not support: '
+            'it needs {supported_range()}', pg_catalog.current_setting('server_version');
+    END IF;
+END
+$guard$;
+
+"""
+
+
 def install_sql() -> str:
-    """What `pggcl db sql` prints: the fresh install, then the alembic version row that
-    `pggcl db upgrade` would have written, so that upgrades later take over from there."""
+    """What `pggcl db sql` prints: a guard that refuses a server older than pggcl supports,
+    the fresh install, then the alembic version row that `pggcl db upgrade` would have
+    written, so that upgrades later take over from there."""
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     return (
-        schema_sql()
+        _server_guard_sql()
+        + schema_sql()
         + f"""
 -- Record the revision, as `pggcl db upgrade` does: later upgrades start from here (in a
 -- schema of your search_path, which the install script had pinned to pg_catalog).
@@ -133,9 +154,19 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return cfg
 
 
+def check_server(conn: Connection) -> None:
+    """Raise UnsupportedServerVersionError (naming the server's version and the supported
+    range) when the server is older than pggcl supports: before anything is installed."""
+    dbapi = conn.connection.dbapi_connection
+    assert isinstance(dbapi, psycopg.Connection)  # what _connection's creator makes
+    check_server_version(dbapi.info.server_version)
+
+
 def upgrade(dsn: str, revision: str = "head") -> None:
-    """Migrate the database at `dsn` up to `revision` (default: the newest)."""
+    """Migrate the database at `dsn` up to `revision` (default: the newest). A server older
+    than pggcl supports is refused first (`check_server`)."""
     with _connection(dsn) as conn:
+        check_server(conn)
         command.upgrade(alembic_config(conn), revision)
         conn.commit()
 

@@ -20,7 +20,9 @@ def db() -> None:
 @click.argument("revision", default="head")
 @click.pass_context
 def upgrade(ctx: click.Context, revision: str) -> None:
-    """Install or upgrade the schema to REVISION (default: head)."""
+    """Install or upgrade the schema to REVISION (default: head).
+
+    A server older than pggcl supports (PostgreSQL 15) is refused before anything changes."""
     from pggcl import schema
 
     dsn = require_dsn(ctx)
@@ -52,7 +54,8 @@ def current(ctx: click.Context) -> None:
 @db.command("sql")
 def sql_() -> None:
     """Print the fresh-install SQL script (run it with `psql -1 -f`); it records the revision,
-    so `pggcl db upgrade` takes over later."""
+    so `pggcl db upgrade` takes over later, and stops first on a server older than pggcl
+    supports."""
     from pggcl import schema
 
     click.echo(schema.install_sql(), nl=False)
