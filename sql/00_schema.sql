@@ -73,7 +73,10 @@ CREATE TABLE pggcl.sessions (
     -- The role that opened it (session_user): only that role acts on the session, its leases
     -- and its waiters (managers may also release, renew and cancel). NULL only for sessions
     -- opened before revision 0006, which anyone may use, as then.
-    owner_role name
+    owner_role name,
+    -- When its backend started (pg_stat_activity.backend_start), beside backend_pid: a pid may
+    -- be reused by a later backend, which is not the session. NULL before revision 0008.
+    backend_start timestamptz
 );
 ALTER SEQUENCE pggcl.session_id_seq OWNED BY pggcl.sessions.id;
 
@@ -88,6 +91,10 @@ CREATE TABLE pggcl.leases (
     holder text,
     acquired_at timestamptz NOT NULL,
     expires_at timestamptz,
+    -- The role that took a lease without a session (a TTL lease): only that role (or a
+    -- manager) releases or renews it. NULL on session leases (the session's role owns them)
+    -- and on TTL leases taken before revision 0008 (anyone may act on those, as then).
+    owner_role name,
     PRIMARY KEY (id, limit_id)
 );
 CREATE INDEX leases_limit_idx ON pggcl.leases (limit_id);
@@ -111,3 +118,15 @@ CREATE TABLE pggcl.waiters (
 );
 CREATE INDEX waiters_id_idx ON pggcl.waiters (id);
 CREATE INDEX waiters_session_idx ON pggcl.waiters (session_id);
+
+-- When a session was first seen dead by someone who only read (the views: see _dead_since in
+-- 20_limits.sql), for the backend it was then registered to. A reader cannot write
+-- sessions.dead_since: the row lock would be held until its transaction ends, and reclaims and
+-- resume_session would wait for it. Inserting here locks nothing anyone waits for (no unique
+-- index: two readers may both insert; the earliest counts). Rows go with their session.
+CREATE TABLE pggcl.sightings (
+    session_id integer NOT NULL,
+    backend_pid integer NOT NULL,
+    seen_at timestamptz NOT NULL
+);
+CREATE INDEX sightings_session_idx ON pggcl.sightings (session_id);

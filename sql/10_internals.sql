@@ -15,7 +15,7 @@
 --   GC007 unknown session        GC008 session held elsewhere
 -- A GC003 error names the parameter it is about in its COLUMN field (psycopg:
 -- `diag.column_name`, asyncpg: `column_name`): name, limit, slot_decay_per_second, new_name,
--- names, occupy, mode, ttl_seconds or grace_seconds. Its message says what is wrong.
+-- names, occupy, mode, ttl_seconds, grace_seconds or holder. Its message says what is wrong.
 --
 -- Bounds. Every number a caller gives is bounded so that all timestamp, float and integer
 -- arithmetic on it stays in range, whoever calls later (another caller, a manager, reclaim):
@@ -25,6 +25,8 @@
 --                          decay * elapsed stay finite)
 --   ttl_seconds            above 0, at most 315,360,000 s (10 years)
 --   grace_seconds          0 .. 315,360,000 s (10 years)
+--   holder                 at most 1000 characters (free text, kept as given; the views, the
+--                          CLI and the UI show it, and every lease row of a request repeats it)
 -- Ten years is far beyond any lease a person will come back for (a longer one is a lease
 -- nobody releases: give it a session instead) and far inside every timestamp's range.
 -- Names: 1 to 255 characters, none of / % & > <, no control characters (U+0000-U+001F,
@@ -230,5 +232,21 @@ BEGIN
         END IF;
     END LOOP;
     RETURN wanted;
+END
+$$;
+
+-- The longest holder text accepted (see the bounds above).
+CREATE FUNCTION pggcl._holder_bound() RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 1000 $$;
+
+-- Raise GC003 (COLUMN holder) when `holder` is longer than _holder_bound() characters.
+CREATE FUNCTION pggcl._check_holder(holder text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF length(holder) > pggcl._holder_bound() THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC003', COLUMN = 'holder', MESSAGE = format(
+            'invalid holder %L: it is %s characters long, at most %s are allowed',
+            left(holder, 40) || '...', length(holder), pggcl._holder_bound());
+    END IF;
 END
 $$;

@@ -71,9 +71,67 @@ BEGIN
 END
 $$;
 
--- Whether the session's connection is alive. A live session holds its advisory lock, so taking
--- it (for this transaction only) fails; success means the owner is gone. Our own session is
--- alive by definition (and does not fail the probe: advisory locks are re-entrant).
+-- Whether the caller may act on a lease held by `session_id`, or (no session) a TTL lease
+-- taken by `owner_role`: its session is the caller's role's, or it is a TTL lease of the
+-- caller's role (or taken before revision 0008, without a recorded role), or the caller is a
+-- manager.
+CREATE FUNCTION pggcl._may_act_on(session_id integer, owner_role name) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (session_id IS NULL AND coalesce(owner_role = session_user, true))
+        OR (session_id IS NOT NULL
+            AND EXISTS (SELECT FROM pggcl.sessions s WHERE s.id = session_id
+                        AND coalesce(s.owner_role = session_user, true)))
+        OR pggcl._is_manager();
+END
+$$;
+
+-- Whether the backend with this pid is the one that started at `started`: a pid is reused by
+-- later backends. Where backend_start cannot be read (pg_stat_activity shows it only to
+-- members of the backend's role and of pg_read_all_stats; the schema owner is usually a
+-- superuser) or was not recorded (sessions opened before revision 0008), the pid alone counts.
+CREATE FUNCTION pggcl._same_backend(pid integer, started timestamptz) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT started IS NULL
+        OR coalesce((SELECT a.backend_start FROM pg_catalog.pg_stat_get_activity(pid) a),
+                    started) OPERATOR(pg_catalog.=) started
+$$;
+
+-- Whether the session's advisory lock is held by the backend that registered it. Advisory
+-- locks are open to every role, pggcl rights or not, so once a session's connection is gone an
+-- outsider may take (1885824867, id): that keeps the try-lock probe (_session_alive) failing,
+-- but must not keep the session alive. This reads pg_locks, which copies the whole lock table
+-- (measured: about 70-120 us, against 0.2 us for the probe), so it runs only where a probe's
+-- "alive" is in doubt: for sessions already seen dead (_reap), in the views, and in one scan
+-- per heartbeat or reclaim() (_reclaim), never on the grant path.
+CREATE FUNCTION pggcl._held_by_its_backend(session_id integer) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN EXISTS (
+        SELECT FROM pggcl.sessions s, pg_locks k
+        WHERE s.id = session_id AND NOT s.reclaimed
+          AND k.locktype = 'advisory' AND k.classid = 1885824867::oid AND k.objid = s.id::oid
+          AND k.objsubid = 2 AND k.granted AND k.pid = s.backend_pid
+          AND k.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+          AND pggcl._same_backend(s.backend_pid, s.backend_start));
+END
+$$;
+
+-- When a reader first saw the session dead while it was registered to `backend_pid` (see
+-- pggcl.sightings), or NULL.
+CREATE FUNCTION pggcl._first_seen_dead(session_id integer, backend_pid integer) RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT min(x.seen_at) FROM pggcl.sightings x
+            WHERE x.session_id = _first_seen_dead.session_id AND x.backend_pid = _first_seen_dead.backend_pid);
+END
+$$;
+
+-- Whether the session's connection is alive, as cheaply as it can be told. A live session
+-- holds its advisory lock, so taking it (for this transaction only) fails; success means the
+-- owner is gone. Our own session is alive by definition (and does not fail the probe: advisory
+-- locks are re-entrant). A failed probe may also mean that someone else took a dead session's
+-- lock: the callers that decide a reclaim check that with _held_by_its_backend (see there).
 -- (Not IS NOT DISTINCT FROM, whose `=` is looked up on the search_path; session_id is never NULL.)
 CREATE FUNCTION pggcl._session_alive(session_id integer) RETURNS boolean
 LANGUAGE sql VOLATILE AS $$
@@ -85,20 +143,22 @@ $$;
 -- Whether a session found dead (its connection gone: _session_alive said so) is past its grace
 -- and may lose what it waits for. The first time it is seen dead its grace starts (dead_since),
 -- so a client cut off by a restart has the whole grace to come back, counted from when the
--- server could see it gone.
+-- server could see it gone (by a reader of the views too: pggcl.sightings).
 CREATE FUNCTION pggcl._dead_past_grace(session_id integer, at timestamptz) RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     s pggcl.sessions;
+    since timestamptz;
 BEGIN
     SELECT * INTO s FROM pggcl.sessions x WHERE x.id = session_id;
     IF NOT FOUND OR s.reclaimed THEN
         RETURN true;
-    ELSIF s.dead_since IS NULL THEN
-        UPDATE pggcl.sessions x SET dead_since = at WHERE x.id = s.id;
-        RETURN s.grace_seconds <= 0;
     END IF;
-    RETURN s.dead_since + make_interval(secs => s.grace_seconds) <= at;
+    since := least(coalesce(s.dead_since, at), pggcl._first_seen_dead(s.id, s.backend_pid));
+    IF s.dead_since IS DISTINCT FROM since THEN
+        UPDATE pggcl.sessions x SET dead_since = since WHERE x.id = s.id;
+    END IF;
+    RETURN since + make_interval(secs => s.grace_seconds) <= at;
 END
 $$;
 

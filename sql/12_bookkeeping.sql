@@ -56,7 +56,7 @@ $$;
 
 -- Give slots to a request: the lease rows (concurrency mode) or the bucket level (rate-limit
 -- mode). Slots are taken on the active limits only. The caller has checked room and holds the
--- locks.
+-- locks. A lease without a session is its role's (owner_role).
 CREATE FUNCTION pggcl._take(ids bigint[], active_ids bigint[], occupy integer, mode text,
                             lease_id uuid, session_id integer, holder text,
                             ttl_seconds double precision, at timestamptz)
@@ -64,9 +64,10 @@ RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     IF mode = 'concurrency' THEN
-        INSERT INTO pggcl.leases (id, limit_id, occupy, session_id, holder, acquired_at, expires_at)
+        INSERT INTO pggcl.leases (id, limit_id, occupy, session_id, holder, acquired_at, expires_at,
+                                  owner_role)
         SELECT lease_id, x, CASE WHEN x = ANY(active_ids) THEN occupy ELSE 0 END, session_id, holder,
-               at, at + make_interval(secs => ttl_seconds)
+               at, at + make_interval(secs => ttl_seconds), CASE WHEN session_id IS NULL THEN session_user END
         FROM unnest(ids) x;
         IF cardinality(active_ids) > 0 THEN
             UPDATE pggcl.limit_state SET held = held + occupy WHERE id = ANY(active_ids);
@@ -178,5 +179,8 @@ BEGIN
     WHERE s.id = dead_session AND s.reclaimed
       AND NOT EXISTS (SELECT FROM pggcl.leases WHERE session_id = dead_session)
       AND NOT EXISTS (SELECT FROM pggcl.waiters WHERE session_id = dead_session);
+    IF FOUND THEN
+        DELETE FROM pggcl.sightings x WHERE x.session_id = dead_session;
+    END IF;
 END
 $$;

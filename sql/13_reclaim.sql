@@ -14,6 +14,10 @@ $$;
 -- Reclaim what is dead on the locked limits `ids`: leases whose TTL passed, and the leases and
 -- waiters of sessions whose connection has been gone for longer than their grace period.
 -- Returns the next moment something here may expire (a TTL, the end of a grace), or NULL.
+-- A session already seen dead whose lock is held again was either resumed or had its lock taken
+-- by someone else (see _held_by_its_backend): only its own backend keeps it alive. The writes
+-- to a session judged dead name the backend it was judged by, so that a resume committed
+-- meanwhile (a new backend_pid) is left alone.
 CREATE FUNCTION pggcl._reap(ids bigint[], at timestamptz) RETURNS timestamptz
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -21,7 +25,7 @@ DECLARE
     owner record;
     alive boolean;
     s pggcl.sessions;
-    dead_since timestamptz;
+    since timestamptz;
 BEGIN
     PERFORM pggcl._drop_leases(ids, NULL, at);
 
@@ -33,6 +37,9 @@ BEGIN
         -- or reclaimed, never both.
         alive := pggcl._session_alive(owner.session_id);
         SELECT * INTO s FROM pggcl.sessions WHERE id = owner.session_id;
+        IF FOUND AND alive AND s.dead_since IS NOT NULL THEN
+            alive := pggcl._held_by_its_backend(s.id);
+        END IF;
         IF NOT FOUND OR s.reclaimed THEN
             PERFORM pggcl._drop_session_claims(owner.session_id, ids);
         ELSIF alive THEN
@@ -40,15 +47,18 @@ BEGIN
                 UPDATE pggcl.sessions SET dead_since = NULL WHERE id = s.id;
             END IF;
         ELSE
-            dead_since := coalesce(s.dead_since, at);
-            IF s.dead_since IS NULL THEN
-                UPDATE pggcl.sessions SET dead_since = at WHERE id = s.id;
+            since := least(coalesce(s.dead_since, at), pggcl._first_seen_dead(s.id, s.backend_pid));
+            IF s.dead_since IS DISTINCT FROM since THEN
+                UPDATE pggcl.sessions SET dead_since = since
+                WHERE id = s.id AND backend_pid = s.backend_pid;
             END IF;
-            IF dead_since + make_interval(secs => s.grace_seconds) <= at THEN
-                UPDATE pggcl.sessions SET reclaimed = true WHERE id = s.id;
-                PERFORM pggcl._drop_session_claims(s.id, ids);
+            IF since + make_interval(secs => s.grace_seconds) <= at THEN
+                UPDATE pggcl.sessions SET reclaimed = true WHERE id = s.id AND backend_pid = s.backend_pid;
+                IF FOUND THEN
+                    PERFORM pggcl._drop_session_claims(s.id, ids);
+                END IF;
             ELSE
-                next_at := least(next_at, dead_since + make_interval(secs => s.grace_seconds));
+                next_at := least(next_at, since + make_interval(secs => s.grace_seconds));
             END IF;
         END IF;
     END LOOP;
@@ -74,12 +84,28 @@ $$;
 -- Reclaim what died on the given limits and serve whoever that lets in. Returns the seconds
 -- until the next known expiry there, or NULL. When everyone there is alive and nothing has
 -- expired (the usual heartbeat), no limit is locked, so a heartbeat never holds up a release.
+-- Heartbeats and reclaim() also look for sessions whose lock is held, but not by their own
+-- backend (taken by someone else once they died: see _held_by_its_backend), in one read of
+-- pg_locks, and mark them dead: the acquire and grant paths probe only, and _reap then checks
+-- them. (A session resumed just as it is marked is found alive by that check: the mark is
+-- undone at the next reap, and nothing is reclaimed on it.)
 CREATE FUNCTION pggcl._reclaim(ids bigint[]) RETURNS double precision
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     at timestamptz := clock_timestamp();
     next_at timestamptz;
 BEGIN
+    WITH held AS MATERIALIZED (
+        SELECT k.objid, k.pid FROM pg_locks k
+        WHERE k.locktype = 'advisory' AND k.classid = 1885824867::oid AND k.objsubid = 2 AND k.granted
+          AND k.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+    )
+    UPDATE pggcl.sessions s SET dead_since = at
+    WHERE s.id IN (SELECT c.session_id FROM pggcl._claimants(ids) c)
+      AND s.dead_since IS NULL AND NOT s.reclaimed
+      AND (s.id::oid IN (SELECT h.objid FROM held h)
+           AND ((s.id::oid, s.backend_pid) NOT IN (SELECT h.objid, h.pid FROM held h)
+                OR NOT pggcl._same_backend(s.backend_pid, s.backend_start)));
     IF NOT pggcl._anything_to_reap(ids, at) THEN
         RETURN pggcl._seconds_until((SELECT min(expires_at) FROM pggcl.leases WHERE limit_id = ANY(ids)), at);
     END IF;

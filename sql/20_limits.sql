@@ -1,16 +1,49 @@
 -- Reading and managing limits: the public views and create/update/delete.
 
+-- When a session whose connection is gone was first seen dead: by a reclaim (dead_since) or by
+-- a reader of the views (pggcl.sightings), whichever came first. The views call this for the
+-- sessions they see dead, so that the slots of a holder dead past its grace drop out of them
+-- even when no client acts: reading is enough. A reader that is the first to see a session dead
+-- records it (a row of pggcl.sightings, which locks nothing that anyone waits for); in a
+-- read-only transaction (on a standby, say) it records nothing and the answer may be NULL
+-- (not yet known: the grace has not started). The session must really be dead now (its lock not
+-- held by its own backend: see _held_by_its_backend), so calling this directly cannot start a
+-- live session's grace. SECURITY DEFINER with a pinned search_path: the views run it as their
+-- reader, whoever that is.
+CREATE FUNCTION pggcl._dead_since(session_id integer) RETURNS timestamptz
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s pggcl.sessions;
+    since timestamptz;
+BEGIN
+    SELECT * INTO s FROM pggcl.sessions x WHERE x.id = _dead_since.session_id;
+    IF NOT FOUND OR s.reclaimed OR pggcl._held_by_its_backend(s.id) THEN
+        RETURN NULL;
+    END IF;
+    since := least(s.dead_since, pggcl._first_seen_dead(s.id, s.backend_pid));
+    IF since IS NULL AND current_setting('transaction_read_only') = 'off' THEN
+        since := clock_timestamp();
+        INSERT INTO pggcl.sightings (session_id, backend_pid, seen_at) VALUES (s.id, s.backend_pid, since);
+    END IF;
+    RETURN since;
+END
+$$;
+
 -- Whether each session is alive now, read without a probe (private: the views below read it
--- as their owner). A session is alive while its backend holds its session-level advisory lock
--- (1885824867, id): pg_locks shows that to every role, and reading it takes no lock (a probe,
--- pg_try_advisory_xact_lock, would hold the dead session's lock until the reader's transaction
--- ended). `expired`: dead and past its grace (as far as is known: a death not yet seen by a
--- reclaim has no dead_since, and counts as expired only when its grace is 0), or reclaimed.
+-- as their owner). A session is alive while its own backend (backend_pid, started at
+-- backend_start) holds its session-level advisory lock (1885824867, id): pg_locks shows that to
+-- every role, and reading it takes no lock (a probe, pg_try_advisory_xact_lock, would hold the
+-- dead session's lock until the reader's transaction ended; and would count a lock that
+-- someone else took once the session died). `expired`: dead and past its grace, counted from
+-- when it was first seen dead (_dead_since: this read may be the first), or reclaimed.
 CREATE VIEW pggcl._sessions_seen AS
 SELECT s.id,
        a.alive,
-       s.reclaimed OR (NOT a.alive AND (s.grace_seconds = 0
-           OR coalesce(s.dead_since + make_interval(secs => s.grace_seconds) <= clock_timestamp(), false)))
+       s.reclaimed OR CASE WHEN a.alive THEN false
+                           WHEN s.grace_seconds OPERATOR(pg_catalog.=) 0::double precision THEN true
+                           ELSE coalesce(pggcl._dead_since(s.id) OPERATOR(pg_catalog.+)
+                                             pg_catalog.make_interval(secs => s.grace_seconds)
+                                         OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp(), false) END
            AS expired
 FROM pggcl.sessions s,
      LATERAL (SELECT NOT s.reclaimed AND (s.id::oid, s.backend_pid) IN (
@@ -18,11 +51,13 @@ FROM pggcl.sessions s,
                   WHERE k.locktype = 'advisory' AND k.classid = 1885824867::oid AND k.objsubid = 2
                     AND k.granted
                     AND k.database = (SELECT d.oid FROM pg_catalog.pg_database d
-                                      WHERE d.datname = pg_catalog.current_database())) AS alive) a;
+                                      WHERE d.datname = pg_catalog.current_database()))
+                  AND pggcl._same_backend(s.backend_pid, s.backend_start) AS alive) a;
 
 -- Every limit with its occupancy now (never a stale stored number). Waiters of dead sessions
 -- are not counted in `waiting`, nor the slots of dead sessions past their grace in
--- `held_slots`: they are gone the moment anyone next locks the limit.
+-- `held_slots` (whether or not anyone reclaimed them yet: see _dead_since): they are gone the
+-- moment anyone next locks the limit.
 -- active_slots = held_slots + decaying_slots.
 CREATE VIEW pggcl.limits AS
 WITH dead AS MATERIALIZED (SELECT d.id, d.expired FROM pggcl._sessions_seen d WHERE NOT d.alive)

@@ -22,11 +22,17 @@
 -- holds the session's advisory lock from now until it closes; `grace_seconds` is how long its
 -- leases survive a lost connection, to let a client reconnect and resume_session: 0 to
 -- 315360000 seconds (10 years), else GC003.
+-- Session ids come from a sequence, and advisory locks are open to every role: an id whose lock
+-- someone else holds (an outsider may take many) is skipped, and the next one tried; GC008 only
+-- after 100000 ids in a row were taken (the shared lock table holds far fewer locks than that
+-- by default: max_locks_per_transaction * max_connections).
 CREATE FUNCTION pggcl.open_session(grace_seconds double precision DEFAULT 5)
 RETURNS TABLE (session_id integer, token uuid, channel text)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s pggcl.sessions;
+    new_id integer;
+    tries integer := 0;
 BEGIN
     IF NOT (open_session.grace_seconds >= 0 AND open_session.grace_seconds < 'Infinity') THEN
         RAISE EXCEPTION USING ERRCODE = 'GC003', COLUMN = 'grace_seconds', MESSAGE = format(
@@ -37,25 +43,39 @@ BEGIN
     END IF;
     SELECT * INTO s FROM pggcl.sessions x WHERE x.id = pggcl._connection_session() AND NOT x.reclaimed;
     IF NOT FOUND THEN
-        INSERT INTO pggcl.sessions (backend_pid, grace_seconds, owner_role)
-        VALUES (pg_backend_pid(), open_session.grace_seconds, session_user) RETURNING * INTO s;
+        LOOP
+            new_id := nextval('pggcl.session_id_seq');
+            -- (An id still in use after the sequence cycled is skipped too.)
+            EXIT WHEN NOT EXISTS (SELECT FROM pggcl.sessions x WHERE x.id = new_id)
+                  AND pg_try_advisory_lock(pggcl._lock_space(), new_id);
+            tries := tries + 1;
+            IF tries >= 100000 THEN
+                RAISE EXCEPTION USING ERRCODE = 'GC008', MESSAGE = format(
+                    'session ids up to %s are locked by other connections; try again', new_id);
+            END IF;
+        END LOOP;
+        INSERT INTO pggcl.sessions (id, backend_pid, grace_seconds, owner_role, backend_start)
+        VALUES (new_id, pg_backend_pid(), open_session.grace_seconds, session_user,
+                (SELECT a.backend_start FROM pg_stat_get_activity(pg_backend_pid()) a))
+        RETURNING * INTO s;
+        DELETE FROM pggcl.sightings x WHERE x.session_id = s.id;  -- of an earlier session s.id
         -- The channel's name is a secret: 'pggcl_<id>_<32 hex digits>' (at most 49 bytes).
         s.channel := 'pggcl_' || s.id || '_' || replace(gen_random_uuid()::text, '-', '');
         UPDATE pggcl.sessions x SET channel = s.channel WHERE x.id = s.id;
-        IF NOT pg_try_advisory_lock(pggcl._lock_space(), s.id) THEN
-            RAISE EXCEPTION USING ERRCODE = 'GC008', MESSAGE = format(
-                'session id %s is locked by another connection; try again', s.id);
-        END IF;
         PERFORM set_config('pggcl.session_id', s.id::text, false);
         PERFORM set_config('pggcl.session_key', s.token::text, false);
         -- Forget a few sessions that died holding nothing: no reclaim would ever visit them.
-        DELETE FROM pggcl.sessions x
-        WHERE x.id IN (SELECT y.id FROM pggcl.sessions y
-                       WHERE y.id <> s.id
-                         AND NOT EXISTS (SELECT FROM pggcl.leases l WHERE l.session_id = y.id)
-                         AND NOT EXISTS (SELECT FROM pggcl.waiters w WHERE w.session_id = y.id)
-                       ORDER BY y.created LIMIT 10)
-          AND NOT pggcl._session_alive(x.id);
+        WITH gone AS (
+            DELETE FROM pggcl.sessions x
+            WHERE x.id IN (SELECT y.id FROM pggcl.sessions y
+                           WHERE y.id <> s.id
+                             AND NOT EXISTS (SELECT FROM pggcl.leases l WHERE l.session_id = y.id)
+                             AND NOT EXISTS (SELECT FROM pggcl.waiters w WHERE w.session_id = y.id)
+                           ORDER BY y.created LIMIT 10)
+              AND NOT pggcl._session_alive(x.id)
+            RETURNING x.id
+        )
+        DELETE FROM pggcl.sightings x WHERE x.session_id IN (SELECT gone.id FROM gone);
     END IF;
     RETURN QUERY SELECT s.id, s.token, coalesce(s.channel, 'pggcl_' || s.id);
 END
@@ -63,7 +83,10 @@ $$;
 
 -- Take a session back on a new connection after the old one was lost. True when it is yours
 -- again with everything it held; false when it was already reclaimed (its leases are gone).
--- Raises GC008 while the old connection still holds it (try again shortly), GC007 on a wrong token.
+-- Raises GC008 while the old connection still holds it (try again shortly; also while someone
+-- else holds its lock after the connection was lost: the session is then reclaimed after its
+-- grace, and resuming answers false), GC007 on a wrong token or when the session was opened by
+-- another role (managers included: a session acts for the role that opened it).
 CREATE FUNCTION pggcl.resume_session(session_id integer, token uuid) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -73,6 +96,9 @@ BEGIN
     SELECT * INTO s FROM pggcl.sessions x WHERE x.id = resume_session.session_id FOR NO KEY UPDATE;
     IF NOT FOUND OR s.reclaimed THEN
         RETURN false;
+    ELSIF s.owner_role IS DISTINCT FROM session_user AND s.owner_role IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC007', MESSAGE = format(
+            'session %s was opened by another role: only that role may resume it', s.id);
     ELSIF s.token IS DISTINCT FROM resume_session.token THEN
         RAISE EXCEPTION USING ERRCODE = 'GC007', MESSAGE = format('wrong token for session %s', s.id);
     ELSIF mine = s.id THEN
@@ -84,7 +110,11 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'GC008', MESSAGE = format(
             'session %s is still held by another connection; try again once it is gone', s.id);
     END IF;
-    UPDATE pggcl.sessions x SET dead_since = NULL, backend_pid = pg_backend_pid() WHERE x.id = s.id;
+    UPDATE pggcl.sessions x
+    SET dead_since = NULL, backend_pid = pg_backend_pid(),
+        backend_start = (SELECT a.backend_start FROM pg_stat_get_activity(pg_backend_pid()) a)
+    WHERE x.id = s.id;
+    DELETE FROM pggcl.sightings x WHERE x.session_id = s.id;
     PERFORM set_config('pggcl.session_id', s.id::text, false);
     PERFORM set_config('pggcl.session_key', s.token::text, false);
     RETURN true;
@@ -115,6 +145,7 @@ BEGIN
     PERFORM pggcl._drop_session_claims(target, ids);
     PERFORM pggcl._grant(ids, at);
     DELETE FROM pggcl.sessions x WHERE x.id = target;
+    DELETE FROM pggcl.sightings x WHERE x.session_id = target;
     IF target = mine THEN
         PERFORM pg_advisory_unlock(pggcl._lock_space(), target);
         PERFORM set_config('pggcl.session_id', '', false);

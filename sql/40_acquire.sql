@@ -20,8 +20,9 @@ BEGIN
     IF taken_id IS NULL THEN
         RETURN false;
     END IF;
-    INSERT INTO pggcl.leases (id, limit_id, occupy, session_id, holder, acquired_at, expires_at)
-    SELECT lease_id, taken_id, occupy, session_id, holder, at, at + make_interval(secs => ttl_seconds)
+    INSERT INTO pggcl.leases (id, limit_id, occupy, session_id, holder, acquired_at, expires_at, owner_role)
+    SELECT lease_id, taken_id, occupy, session_id, holder, at, at + make_interval(secs => ttl_seconds),
+           CASE WHEN session_id IS NULL THEN session_user END
     WHERE session_id IS NULL
        OR EXISTS (SELECT FROM pggcl.sessions x WHERE x.id = _take_one.session_id AND NOT x.reclaimed
                   AND coalesce(x.owner_role = session_user, true));
@@ -69,7 +70,8 @@ CREATE FUNCTION pggcl.take(name text, occupy integer, session_id integer, holder
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF occupy IS NULL OR occupy < 1 OR occupy > 1000000000 OR session_id IS NULL OR request_id IS NULL THEN
+    IF occupy IS NULL OR occupy < 1 OR occupy > 1000000000 OR session_id IS NULL OR request_id IS NULL
+       OR length(holder) > 1000 THEN  -- (the holder bound: _holder_bound)
         RETURN false;
     END IF;
     RETURN pggcl._take_one(name, occupy, session_id, holder, request_id, NULL, clock_timestamp());
@@ -103,6 +105,9 @@ DECLARE
 BEGIN
     -- 1. Input (GC003 names the parameter that is wrong).
     wanted := pggcl._checked_request(names, occupy, mode, ttl_seconds);
+    IF length(holder) > 1000 THEN  -- (the holder bound: _holder_bound)
+        PERFORM pggcl._check_holder(holder);
+    END IF;
     granted := cardinality(wanted) = 0;
     IF granted THEN
         RETURN;

@@ -3,6 +3,8 @@
 -- Where a waiter stands: 'granted', 'queued', 'rejected' (can never be granted) or 'gone'
 -- (cancelled, reclaimed, or a rate-limit grant already delivered). Also serves whoever can be
 -- served on its limits, so it is what a client calls on an 'r:' notification or at retry_after.
+-- Only for waiters of the caller's role's sessions (a manager's: any): another role's waiter
+-- raises GC007, and another role's lease is not reported ('gone').
 CREATE FUNCTION pggcl.recheck(waiter_id bigint, lease_id uuid DEFAULT NULL)
 RETURNS TABLE (status text, retry_after double precision)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -12,6 +14,12 @@ DECLARE
     ids bigint[];
     next_at timestamptz;
 BEGIN
+    SELECT * INTO w FROM pggcl.waiters x WHERE x.id = recheck.waiter_id LIMIT 1;
+    IF FOUND AND NOT pggcl._may_act_for(w.session_id) THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC007', MESSAGE = format(
+            'waiter %s belongs to a session of another role: only that role (or a manager) may recheck it',
+            recheck.waiter_id);
+    END IF;
     ids := pggcl._lock(array(SELECT limit_id FROM pggcl.waiters x WHERE x.id = recheck.waiter_id));
     SELECT * INTO w FROM pggcl.waiters x WHERE x.id = recheck.waiter_id LIMIT 1;
     IF FOUND THEN
@@ -27,7 +35,8 @@ BEGIN
             RETURN;
         END IF;
     END IF;
-    RETURN QUERY SELECT CASE WHEN EXISTS (SELECT FROM pggcl.leases x WHERE x.id = recheck.lease_id)
+    RETURN QUERY SELECT CASE WHEN EXISTS (SELECT FROM pggcl.leases x WHERE x.id = recheck.lease_id
+                                          AND pggcl._may_act_on(x.session_id, x.owner_role))
                              THEN 'granted' ELSE 'gone' END, NULL::double precision;
 END
 $$;

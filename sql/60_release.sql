@@ -1,8 +1,8 @@
 -- Releasing slots, and extending a lease. (Hot path: see 80_hot_path.sql.)
 
 -- Give back a lease's slots and serve the queue. False when the lease is not held (already
--- released, or reclaimed) or is another role's (only managers release any lease), and then
--- nothing changes.
+-- released, or reclaimed) or is another role's (only managers release any lease; a lease
+-- without a session is the role's that took it), and then nothing changes.
 CREATE FUNCTION pggcl.release(lease_id uuid) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -14,7 +14,8 @@ BEGIN
     -- The lease rows go first; everyone who deletes lease rows under a limit lock skips rows
     -- that are locked, so taking the limit locks afterwards cannot deadlock.
     WITH gone AS (
-        DELETE FROM pggcl.leases x WHERE x.id = release.lease_id AND pggcl._may_act_for(x.session_id)
+        DELETE FROM pggcl.leases x
+        WHERE x.id = release.lease_id AND pggcl._may_act_on(x.session_id, x.owner_role)
         RETURNING x.limit_id, x.occupy
     )
     SELECT array_agg(gone.limit_id), array_agg(gone.occupy) INTO freed_limits, freed_slots FROM gone;
@@ -47,7 +48,7 @@ BEGIN
     END IF;
     PERFORM pggcl._check_seconds('ttl_seconds', renew.ttl_seconds);
     UPDATE pggcl.leases x SET expires_at = clock_timestamp() + make_interval(secs => renew.ttl_seconds)
-    WHERE x.id = renew.lease_id AND pggcl._may_act_for(x.session_id);
+    WHERE x.id = renew.lease_id AND pggcl._may_act_on(x.session_id, x.owner_role);
     RETURN FOUND;
 END
 $$;

@@ -9,6 +9,11 @@ GRANT SELECT ON pggcl.limits, pggcl.holders, pggcl.queue TO pggcl_user;
 -- The limits view computes each bucket's level with this (pure) function.
 GRANT EXECUTE ON FUNCTION pggcl._decayed(double precision, double precision, timestamptz, timestamptz)
 TO pggcl_user;
+-- And each session's liveness with these: _same_backend (SQL, every function and operator
+-- schema-qualified) and _dead_since (SECURITY DEFINER, pinned; it records first sightings of
+-- dead sessions and checks that they are dead).
+GRANT EXECUTE ON FUNCTION pggcl._same_backend(integer, timestamptz), pggcl._dead_since(integer)
+TO pggcl_user;
 GRANT EXECUTE ON FUNCTION
     pggcl.try_acquire(text[], integer, text, boolean, double precision, text, integer),
     pggcl.acquire(text[], integer, text, boolean, double precision, text, integer, boolean, uuid),

@@ -7,21 +7,12 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from tests.security.conftest import Cast
 from tests.security.helpers import Connect, RawSession, attempt, describe, holders, rows
 
 LOCK_SPACE = 1885824867
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue #13 (beyond its list): an outsider took pg_try_advisory_lock(1885824867, n) "
-    "for n in 1..200; every open_session then failed with GC008 'session id N is locked by "
-    "another connection' (each try burns the next id, all of them squatted)",
-)
 def test_an_outsiders_advisory_locks_stop_nobody_from_opening_a_session(
     cast: Cast, connect: Connect
 ) -> None:
@@ -42,13 +33,6 @@ def test_an_outsiders_advisory_locks_stop_nobody_from_opening_a_session(
     raise AssertionError(f"open_session kept failing: {errors}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue #13 (beyond its list): after the victim's connection ended, an outsider took "
-    "its advisory lock (1885824867, session_id); the dead session (grace 0.1 s) then counted as "
-    "alive: reclaim() left its lease held, for as long as the outsider stays connected",
-)
 def test_an_outsider_cannot_keep_a_dead_session_alive(cast: Cast, connect: Connect) -> None:
     admin = connect(cast.admin.dsn)
     admin.execute("SELECT pggcl.create_limit('x', 1)")

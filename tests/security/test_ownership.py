@@ -229,7 +229,8 @@ def test_the_outsider_may_call_no_pggcl_function(cast: Cast, connect: Connect) -
 def test_a_tenant_may_execute_no_internal_function_that_writes(
     cast: Cast, connect: Connect
 ) -> None:
-    """Internal helpers (named _...) run without checks; a tenant may call only pure ones."""
+    """Internal helpers (named _...) run without checks; a tenant may call only pure ones, and
+    the two the views need (they run as their reader), each safe to call directly."""
     admin = connect(cast.admin.dsn)
     writable = [
         r["f"]
@@ -241,7 +242,31 @@ def test_a_tenant_may_execute_no_internal_function_that_writes(
             cast.tenant.name,
         )
     ]
-    assert writable == []
+    assert sorted(writable) == sorted(VIEW_HELPERS)
+
+
+#: The helpers the views call that are not pure, and why a tenant calling them directly gains
+#: nothing (revision 0008).
+VIEW_HELPERS = {
+    # Reads pg_stat_activity, which every role may read.
+    "pggcl._same_backend(integer,timestamp with time zone)": "reads only",
+    # SECURITY DEFINER, pinned; records a first sighting only of a session that is dead now.
+    "pggcl._dead_since(integer)": "checks its session is dead",
+}
+
+
+def test_a_tenant_cannot_start_a_live_sessions_grace(
+    cast: Cast, connect: Connect, victim: Victim
+) -> None:
+    """pggcl._dead_since records when a session was first seen dead (the views call it): called
+    directly on a live session it records nothing, so the victim keeps its whole grace."""
+    admin = connect(cast.admin.dsn)
+    tenant = connect(cast.tenant.dsn)
+    before = victim_state(admin, victim.session.session_id)
+    seen = refused_or_harmless(tenant, "SELECT pggcl._dead_since(%s)", victim.session.session_id)
+    assert seen is None
+    assert rows(admin, "SELECT * FROM pggcl.sightings") == []
+    _assert_victim_intact(admin, victim, before, "_dead_since")
 
 
 def test_a_tenant_cannot_become_another_session_by_setting_pggcl_session_id(
