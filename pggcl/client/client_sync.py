@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
+from pggcl import tracing
 from pggcl.client import _compat as _world
 from pggcl.client._compat import Event, Lock, Worker, cancel, join, shielded, spawn, worker_name
 from pggcl.client.port_sync import SyncPort
@@ -204,35 +205,40 @@ class Client:
         if not req.names:
             yield Grant(req.names, req.occupy, None)
             return
-        try:
-            grant = self._acquire(req, started, max_retries)
-        except AcquireConcurrencySlotTimeoutError as exc:
-            if not no_queue:
-                raise
-            raise ConcurrencySlotAcquisitionError(
-                f"{exc}; max_retries=0: the request does not queue"
-            ) from exc
+        with tracing.acquire_span(req.names, req.occupy, req.mode) as waited:
+            try:
+                grant = self._acquire(req, started, max_retries)
+            except AcquireConcurrencySlotTimeoutError as exc:
+                if not no_queue:
+                    raise
+                raise ConcurrencySlotAcquisitionError(
+                    f"{exc}; max_retries=0: the request does not queue"
+                ) from exc
+            tracing.outcome(waited, "granted")
         assert grant.lease_id is not None
-        lease = self._hold(grant.lease_id, req.names, ttl, raise_on_loss)
-        self._held.count += 1
-        released = True
-        try:
-            yield grant
-        except BaseException as exc:
-            self._held.count -= 1
-            released = self._let_go(lease)
-            # Cancelled by us alone (and not by someone else as well): say why.
-            ours = lease.interrupted and isinstance(exc, asyncio.CancelledError)
-            if ours and lease.task.uncancel() == 0:
-                raise self._lost_error(lease) from exc
-            raise
-        else:
-            self._held.count -= 1
-            released = self._let_go(lease)
-            if lease.interrupted and lease.task.uncancel() > 0:
-                raise asyncio.CancelledError()  # someone else's cancellation as well
-        if raise_on_loss and (lease.lost is not None or not released):
-            raise self._lost_error(lease)
+        with tracing.hold_span(req.names, req.occupy, grant.lease_id) as held:
+            lease = self._hold(grant.lease_id, req.names, ttl, raise_on_loss)
+            self._held.count += 1
+            released = True
+            try:
+                yield grant
+            except BaseException as exc:
+                self._held.count -= 1
+                released = self._let_go(lease)
+                # Cancelled by us alone (and not by someone else as well): say why.
+                ours = lease.interrupted and isinstance(exc, asyncio.CancelledError)
+                if ours and lease.task.uncancel() == 0:
+                    raise self._lost_error(lease) from exc
+                raise
+            else:
+                self._held.count -= 1
+                released = self._let_go(lease)
+                if lease.interrupted and lease.task.uncancel() > 0:
+                    raise asyncio.CancelledError()  # someone else's cancellation as well
+            kept = lease.lost is None and released
+            if raise_on_loss and (not kept):
+                raise self._lost_error(lease)
+            tracing.outcome(held, "released" if kept else "lost")
 
     def _lost_error(self, lease: _Lease) -> SessionLostError:
         why = lease.lost or "it was gone when released (reclaimed)"
@@ -369,7 +375,9 @@ class Client:
         holder = run_holder() or default_holder(worker_name())
         req = requests.make_request(names, occupy, "rate_limit", timeout_seconds, strict, holder)
         if req.names:
-            self._acquire(req, started)
+            with tracing.acquire_span(req.names, req.occupy, req.mode) as waited:
+                self._acquire(req, started)
+                tracing.outcome(waited, "granted")
 
     def release(self, lease_id: uuid.UUID) -> bool:
         """Release a lease by id (e.g. one seen in :meth:`holders`); False when not held."""

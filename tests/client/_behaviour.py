@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 import psycopg.sql
@@ -115,3 +116,28 @@ BAD_VALUES: dict[str, str] = {
     "NUL in a name": "name",
     "lone surrogate in a name": "name",
 }
+
+
+@contextmanager
+def recorded_spans() -> Iterator[Any]:
+    """OpenTelemetry's SDK as the global tracer provider for the block, with an in-memory
+    exporter (yielded: its get_finished_spans()); the globals are put back after.
+    (OpenTelemetry sets a provider once per process: this resets its private once-guard, as
+    its own test helpers do.)"""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.util._once import Once
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    saved = trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
+    trace.set_tracer_provider(provider)
+    try:
+        yield exporter
+    finally:
+        trace._TRACER_PROVIDER, trace._TRACER_PROVIDER_SET_ONCE = saved
+        provider.shutdown()

@@ -19,9 +19,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from opentelemetry import trace as otel_trace
 
 import pggcl
-from pggcl import AsyncClient
+from pggcl import AsyncClient, tracing
 from tests.client._acompat import (
     Call,
     Cancelled,
@@ -37,6 +38,7 @@ from tests.client._behaviour import (
     BAD_VALUES,
     kill,
     lock_waits,
+    recorded_spans,
     row_locked,
     set_database_time_zone,
     start_holder,
@@ -695,3 +697,59 @@ async def test_timestamps_are_utc_whatever_the_database_time_zone(pggcl_dsn: str
         assert await waiter.result() is not None
     stamps = [created.created, created.updated, holder.since, queued_request.since]
     assert [t.utcoffset() for t in stamps] == [timedelta(0)] * 4
+
+
+def _spans(exporter: Any, name: str) -> list[Any]:
+    return [s for s in exporter.get_finished_spans() if s.name == name]
+
+
+def traced_work() -> None:
+    with otel_trace.get_tracer("test").start_as_current_span("work"):
+        pass
+
+
+async def traced_hold(c: AsyncClient) -> None:
+    async with c.concurrency("db"):
+        traced_work()
+
+
+async def timed_out(c: AsyncClient) -> None:
+    with pytest.raises(pggcl.AcquireConcurrencySlotTimeoutError):
+        await hold_once(c, "db", timeout_seconds=0)
+
+
+async def test_waits_and_holds_are_opentelemetry_spans(
+    client: AsyncClient, other: AsyncClient
+) -> None:
+    await client.create_limit("db", 1)
+    await client.create_limit("api", 10, slot_decay_per_second=10)
+    with recorded_spans() as exporter:
+        async with other.concurrency("db"):
+            waiter = spawn(lambda: traced_hold(client))
+            await until(lambda: queued(client, "db", 1), "the waiter is queued")
+        await waiter.result()
+        async with other.concurrency("db"):
+            await timed_out(client)
+        await client.rate_limit("api")
+    (work,) = _spans(exporter, "work")
+    holds = _spans(exporter, "pggcl.hold")
+    (hold,) = [s for s in holds if s.context.span_id == work.parent.span_id]  # the body's
+    assert [s.attributes["pggcl.outcome"] for s in holds] == ["released"] * 3
+    assert hold.attributes["pggcl.limits"] == ("db",) and hold.attributes["pggcl.occupy"] == 1
+    assert hold.attributes["pggcl.hold_seconds"] >= 0 and "pggcl.lease_id" in hold.attributes
+    acquires = _spans(exporter, "pggcl.acquire")
+    outcomes = [(s.attributes["pggcl.mode"], s.attributes["pggcl.outcome"]) for s in acquires]
+    assert sorted(outcomes) == [
+        ("concurrency", "granted"),
+        ("concurrency", "granted"),
+        ("concurrency", "granted"),
+        ("concurrency", "timeout"),
+        ("rate_limit", "granted"),
+    ]
+    assert min([s.attributes["pggcl.wait_seconds"] for s in acquires]) >= 0
+
+
+async def test_without_a_tracer_provider_nothing_is_traced(client: AsyncClient) -> None:
+    await client.create_limit("db", 1)
+    assert tracing._tracer() is None  # OpenTelemetry may be loaded, but no provider is set
+    assert await hold_once(client, "db") is not None
