@@ -162,7 +162,7 @@ test("a waiter's connections killed mid-wait (pg_terminate_backend): it resumes,
   assert.ok(backends.some((b) => b.pid === c.sessionBackendPidForTests), "the session connection is among them");
   assert.ok(backends.length >= 2, "and the pool's");
   await sql(dsn, "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", [backends.map((b) => b.pid)]);
-  await until(() => c.stats.connects === 2, "the session connection is back");
+  await until(() => c.stats.connects >= 2, "the session connection is back");
   assert.equal(await c.sessionIdForTests(), sid, "the session was resumed");
   assert.equal((await admin.queue("f-killed-wait")).length, 1, "still queued, once");
   holder.release();
@@ -184,7 +184,7 @@ test("a waiter rides through `pg_ctl restart -m fast`; its holder's release succ
   await until(async () => (await admin.queue("f-restart")).length === 1, "the waiter is queued");
   await server.restart();
   // Both sessions come back (resumed within the grace, counted from when the server saw them gone).
-  await until(() => a.stats.connects === 2 && b.stats.connects === 2, "both session connections are back");
+  await until(() => a.stats.connects >= 2 && b.stats.connects >= 2, "both session connections are back");
   assert.equal(await a.sessionIdForTests(), sid);
   assert.equal(await a.release(lease), true, "the holder's lease survived the restart");
   const [held, mine] = await waiting as [string[], string];
