@@ -313,3 +313,70 @@ def test_a_tenant_cannot_borrow_another_sessions_lease_id(
     ):
         refused_or_harmless(tenant.conn, query, {"me": tenant.session_id, "lease": victim.lease_id})
         _assert_victim_intact(admin, victim, before, query)
+
+
+# --- Revision 0008: TTL leases have an owner; recheck and resume_session by role ------------
+
+
+def test_a_tenant_cannot_release_or_renew_another_roles_ttl_lease(
+    cast: Cast, connect: Connect
+) -> None:
+    admin = connect(cast.admin.dsn)
+    admin.execute("SELECT pggcl.create_limit('t', 1)")
+    other = connect(cast.other.dsn)
+    lease = value(other, "SELECT lease_id FROM pggcl.try_acquire('{t}', ttl_seconds => 60)")
+    assert lease is not None
+    expires = value(admin, "SELECT expires_at FROM pggcl.leases WHERE id = %s", lease)
+    tenant = connect(cast.tenant.dsn)
+    assert refused_or_harmless(tenant, "SELECT pggcl.release(%s)", lease) is False
+    assert refused_or_harmless(tenant, "SELECT pggcl.renew(%s, 0.001)", lease) is False
+    assert value(admin, "SELECT expires_at FROM pggcl.leases WHERE id = %s", lease) == expires
+    # Its own role renews it; a manager releases it.
+    assert value(other, "SELECT pggcl.renew(%s, 120)", lease) is True
+    assert value(connect(cast.manager.dsn), "SELECT pggcl.release(%s)", lease) is True
+    assert value(admin, "SELECT count(*) FROM pggcl.leases") == 0
+
+
+def test_the_role_that_took_a_ttl_lease_releases_it(cast: Cast, connect: Connect) -> None:
+    admin = connect(cast.admin.dsn)
+    admin.execute("SELECT pggcl.create_limit('t', 1)")
+    other = connect(cast.other.dsn)
+    lease = value(other, "SELECT lease_id FROM pggcl.try_acquire('{t}', ttl_seconds => 60)")
+    # Another connection of the same role (a TTL lease has no session to prove).
+    assert value(connect(cast.other.dsn), "SELECT pggcl.release(%s)", lease) is True
+
+
+def test_a_tenant_cannot_recheck_another_roles_waiter(
+    cast: Cast, connect: Connect, victim: Victim
+) -> None:
+    admin = connect(cast.admin.dsn)
+    before = victim_state(admin, victim.session.session_id)
+    _, error = attempt(
+        connect(cast.tenant.dsn),
+        "SELECT status FROM pggcl.recheck(%s, %s)",
+        victim.waiter_id,
+        victim.waiter_lease_id,
+    )
+    assert error is not None and error.sqlstate == "GC007", error
+    assert "another role" in str(error)
+    _assert_victim_intact(admin, victim, before, "recheck")
+    # A manager may (it serves the queue and says where the waiter stands).
+    status = value(
+        connect(cast.manager.dsn), "SELECT status FROM pggcl.recheck(%s)", victim.waiter_id
+    )
+    assert status == "queued"
+
+
+def test_a_tenant_cannot_resume_another_roles_session_even_with_its_token(
+    cast: Cast, connect: Connect, victim: Victim
+) -> None:
+    admin = connect(cast.admin.dsn)
+    sid, token = victim.session.session_id, victim.session.token
+    victim.session.conn.close()
+    admin.execute("SELECT pg_advisory_lock(1885824867, %s)", (sid,))  # its backend is gone
+    admin.execute("SELECT pg_advisory_unlock(1885824867, %s)", (sid,))
+    for role in (cast.tenant, cast.manager):
+        _, error = attempt(connect(role.dsn), "SELECT pggcl.resume_session(%s, %s)", sid, token)
+        assert error is not None and error.sqlstate == "GC007", (role, error)
+        assert "another role" in str(error)
+    assert value(connect(cast.other.dsn), "SELECT pggcl.resume_session(%s, %s)", sid, token)

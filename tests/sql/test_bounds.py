@@ -176,3 +176,31 @@ def test_many_large_requests_queued_ahead_are_summed_in_range(
     late = one(db, "SELECT * FROM pggcl.try_acquire('{r}', 1, 'rate_limit')")
     assert late["granted"] is False
     assert late["retry_after"] == pytest.approx(4 * MAX_SLOTS + 1, rel=1e-6)
+
+
+MAX_HOLDER = 1000  # characters (revision 0008)
+
+
+def test_holder_text_is_bounded(
+    db: psycopg.Connection[Any], tenant: psycopg.Connection[Any]
+) -> None:
+    db.execute("SELECT pggcl.create_limit('h', 5)")
+    tenant.execute("SELECT pggcl.open_session()")
+    for function in ("acquire", "try_acquire"):
+        error = _gc003(
+            tenant, f"SELECT * FROM pggcl.{function}('{{h}}', holder => %s)", "é" * (MAX_HOLDER + 1)
+        )
+        assert error.diag.column_name == "holder"
+        assert f"at most {MAX_HOLDER}" in str(error)
+    # take, the cheap try, says false (and acquire then says why).
+    sid = value(tenant, "SELECT session_id FROM pggcl.open_session()")
+    assert (
+        value(tenant, "SELECT pggcl.take('h', 1, %s, %s, gen_random_uuid())", sid, "x" * 1001)
+        is False
+    )
+    # The bound itself is accepted, everywhere.
+    got = one(tenant, "SELECT * FROM pggcl.acquire('{h}', holder => %s)", "é" * MAX_HOLDER)
+    assert got["granted"]
+    assert value(tenant, "SELECT pggcl.take('h', 1, %s, %s, gen_random_uuid())", sid, "x" * 1000)
+    assert value(db, "SELECT max(length(holder)) FROM pggcl.holders") == MAX_HOLDER
+    assert value(db, "SELECT count(*) FROM pggcl.leases") == 2
