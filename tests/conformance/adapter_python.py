@@ -3,7 +3,8 @@
 Reads one JSON command per line on stdin, writes one JSON event per line on stdout:
 
     {"cmd": "acquire", "tag": T, "names": [...], "occupy": 1, "mode": "concurrency",
-     "timeout": null}     -> {"event": "granted", "tag": T, "lease": ..., "elapsed": s}
+     "timeout": null, "max_retries": null}
+                           -> {"event": "granted", "tag": T, "lease": ..., "elapsed": s}
                            | {"event": "timeout" | "error", "tag": T, "class": ..., ...}
     {"cmd": "release", "tag": T}  -> {"event": "released", "tag": T}
     {"cmd": "quit"}
@@ -46,7 +47,8 @@ def main() -> None:
                 return
             done = releases.setdefault(tag, threading.Event())
             with client.concurrency(cmd["names"], occupy=cmd.get("occupy", 1),
-                                    timeout_seconds=cmd.get("timeout")) as grant:  # fmt: skip
+                                    timeout_seconds=cmd.get("timeout"),
+                                    max_retries=cmd.get("max_retries")) as grant:  # fmt: skip
                 lease = None if grant.lease_id is None else str(grant.lease_id)
                 emit(event="granted", tag=tag, lease=lease, elapsed=time.monotonic() - started)
                 done.wait()

@@ -140,19 +140,59 @@ def run_scenario(scenario: dict[str, Any], adapter: Sequence[str], dsn: str) -> 
     heartbeat = str(scenario.get("heartbeat", HEARTBEAT_SECONDS))
     actors = {n: Actor(n, [*adapter, dsn, grace, heartbeat]) for n in scenario["actors"]}
     kept: list[tuple[Any, ...]] = []
+    locks = RowLocks(dsn)
     try:
         with psycopg.connect(dsn, autocommit=True) as db:
             for actor in actors.values():
                 actor.expect({"event": "ready"}, 30)
             for number, step in enumerate(scenario["steps"], 1):
                 try:
-                    kept = _step(step, actors, db, kept)
+                    kept = _step(step, actors, db, kept, locks)
                 except AssertionError as exc:
                     where = f"{scenario['name']} step {number} {step}"
                     raise AssertionError(f"{where}: {exc}") from None
     finally:
+        locks.close()
         for actor in actors.values():
             actor.stop()
+
+
+class RowLocks:
+    """Transactions of their own that hold limits' row locks (``lock_limit``), so that every
+    acquire, take and release of such a limit waits until ``unlock``; ``kill_blocked``
+    terminates the calls that wait (their answer is lost mid-call)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.held: dict[str, psycopg.Connection[Any]] = {}
+
+    def lock(self, name: str) -> None:
+        conn = psycopg.connect(self.dsn)
+        conn.execute("SELECT 1 FROM pggcl.limit_state WHERE name = %s FOR UPDATE", (name,))
+        self.held[name] = conn
+
+    def unlock(self, name: str) -> None:
+        conn = self.held.pop(name)
+        conn.commit()
+        conn.close()
+
+    def kill_blocked(self, db: psycopg.Connection[Any], name: str, within: float) -> None:
+        holder = self.held[name].info.backend_pid
+        blocked = "SELECT pid FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+        deadline = time.monotonic() + within
+        while not (pids := [r[0] for r in db.execute(blocked, (holder,)).fetchall()]):
+            assert time.monotonic() < deadline, f"no call waited for the lock on {name}"
+            time.sleep(0.02)
+        db.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
+        gone = "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)"
+        while (row := db.execute(gone, (pids,)).fetchone()) is not None and row[0] > 0:
+            assert time.monotonic() < deadline, f"backends {pids} did not go"
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        for conn in self.held.values():
+            conn.close()
+        self.held.clear()
 
 
 _CLAIMS = (
@@ -166,7 +206,7 @@ _TERMINATE = "SELECT pg_terminate_backend(backend_pid) FROM pggcl.sessions WHERE
 
 def _step(
     step: dict[str, Any], actors: dict[str, Actor], db: psycopg.Connection[Any],
-    kept: list[tuple[Any, ...]],
+    kept: list[tuple[Any, ...]], locks: RowLocks,
 ) -> list[tuple[Any, ...]]:  # fmt: skip
     if "sql" in step:
         db.execute(step["sql"])
@@ -206,6 +246,12 @@ def _step(
         assert now == kept, f"before the drop {kept}, now {now}"
     elif "churn" in step:
         _churn([actors[n] for n in step["churn"]], step)
+    elif "lock_limit" in step:
+        locks.lock(step["lock_limit"])
+    elif "unlock" in step:
+        locks.unlock(step["unlock"])
+    elif "kill_blocked" in step:
+        locks.kill_blocked(db, step["kill_blocked"], step["within"])
     else:
         raise AssertionError(f"unknown step {step}")
     return kept

@@ -11,6 +11,7 @@ interface Command {
   occupy?: number;
   mode?: "concurrency" | "rate_limit";
   timeout?: number | null;
+  max_retries?: number | null;
 }
 
 const [dsn, grace, heartbeat] = process.argv.slice(2) as [string, string, string];
@@ -32,7 +33,7 @@ const releasing = (tag: string): Promise<void> => {
 async function acquire(cmd: Command): Promise<void> {
   const started = performance.now();
   const elapsed = (): number => (performance.now() - started) / 1000;
-  const opts = { occupy: cmd.occupy ?? 1, timeoutSeconds: cmd.timeout ?? null };
+  const opts = { occupy: cmd.occupy ?? 1, timeoutSeconds: cmd.timeout ?? null, maxRetries: cmd.max_retries ?? null };
   try {
     if (cmd.mode === "rate_limit") {
       await client.rateLimit(cmd.names, opts);
