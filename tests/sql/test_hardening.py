@@ -61,3 +61,69 @@ def test_the_check_finds_an_unqualified_body() -> None:
     assert _unqualified("SELECT x IS NOT DISTINCT FROM y") == ["DISTINCT FROM"]
     assert _unqualified("SELECT nullif(x, '')") == ["nullif("]
     assert _unqualified("SELECT a OPERATOR(pg_catalog.-) (b OPERATOR(pg_catalog.*) c)") == []
+
+
+# Issue #13 point 4, the argument for the PL/pgSQL helpers that pin no search_path (pinning
+# each would cost about 1.8 us per call, and stop nothing more): no role but the schema owner
+# may execute them, and everything another role may execute, directly or through a view, is
+# either pinned (SECURITY DEFINER, search_path = pg_catalog, pg_temp, which every function it
+# calls inherits) or an SQL helper that schema-qualifies every function and operator and calls
+# no pggcl function but such helpers. So a helper without a pinned search_path only ever runs
+# under a pinned caller's search_path (or when the owner or a superuser calls it directly,
+# who may run any code anyway).
+GRANTEES = """
+SELECT p.oid::regprocedure::text, l.lanname, p.prosecdef, coalesce(p.proconfig, '{}'), p.prosrc,
+       array(SELECT coalesce(r.rolname, 'PUBLIC') FROM aclexplode(p.proacl) a
+             LEFT JOIN pg_roles r ON r.oid = a.grantee
+             WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner)
+FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+WHERE p.pronamespace = 'pggcl'::regnamespace
+"""
+VIEW_FUNCTIONS = """
+SELECT DISTINCT v.relname, d.refobjid::regprocedure::text
+FROM pg_depend d JOIN pg_rewrite w ON w.oid = d.objid JOIN pg_class v ON v.oid = w.ev_class
+WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_proc'::regclass
+  AND v.relnamespace = 'pggcl'::regnamespace
+  AND d.refobjid IN (SELECT oid FROM pg_proc WHERE pronamespace = 'pggcl'::regnamespace)
+"""
+
+
+def test_no_unpinned_helper_is_reachable_but_through_pinned_functions(
+    db: psycopg.Connection[Any],
+) -> None:
+    functions = {
+        signature: (language, definer, PINNED in config, body, grantees)
+        for signature, language, definer, config, body, grantees in db.execute(GRANTEES)
+    }
+    by_name: dict[str, list[str]] = {}
+    for signature in functions:
+        by_name.setdefault(signature.split("(")[0], []).append(signature)
+
+    def safe(signature: str, seen: frozenset[str] = frozenset()) -> list[str]:
+        """Why running `signature` on a hostile search_path is unsafe ([] when it is safe)."""
+        language, definer, pinned, body, _ = functions[signature]
+        if pinned:
+            return [] if definer or language == "sql" else [f"{signature}: pinned, not DEFINER"]
+        if language != "sql":
+            return [f"{signature}: {language} without a pinned search_path"]
+        problems = [f"{signature}: unqualified {bad}" for bad in [_unqualified(body)] if bad]
+        for callee in re.findall(r"\bpggcl\.(\w+)\s*\(", body):
+            for target in by_name.get(f"pggcl.{callee}", []):
+                if target not in seen:
+                    problems += safe(target, seen | {signature})
+        return problems
+
+    problems = []
+    callable_by_others = [s for s, f in functions.items() if f[4]]
+    assert len(callable_by_others) > 15
+    for signature in callable_by_others:
+        problems += safe(signature)
+    views = db.execute(VIEW_FUNCTIONS).fetchall()
+    assert {v for v, _ in views} >= {"limits", "_sessions_seen"}
+    for view, signature in views:
+        problems += [f"view {view}: {p}" for p in safe(signature)]
+    # And the PL/pgSQL helpers are executable by the owner alone.
+    for signature, (language, _, pinned, _, grantees) in functions.items():
+        if language == "plpgsql" and not pinned and grantees:
+            problems.append(f"{signature}: executable by {grantees}")
+    assert problems == []
