@@ -225,3 +225,49 @@ def test_an_install_binds_nothing_planted_on_the_installers_path(
         assert conn.execute("SELECT to_regclass('public.pggcl_alembic_version')").fetchone() != (
             None,
         )
+
+
+def test_upgrading_to_0008_keeps_live_leases_and_waiters(empty_dsn: str) -> None:
+    """Revision 0008 on a database in use: a live session's lease, another's queued request and
+    a TTL lease taken before it survive the upgrade (their connections stay open throughout),
+    and the queue moves on as before."""
+    schema.upgrade(empty_dsn, "0007")
+    conns = [psycopg.connect(empty_dsn, autocommit=True) for _ in range(3)]
+    admin, holder, waiter = conns
+    try:
+        admin.execute("SELECT pggcl.create_limit('db', 1), pggcl.create_limit('r', 1)")
+        channels = []
+        for conn in (holder, waiter):
+            row = conn.execute("SELECT session_id, channel FROM pggcl.open_session(60)").fetchone()
+            assert row is not None
+            conn.execute(f'LISTEN "{row[1]}"')
+            channels.append(row[0])
+        got = holder.execute("SELECT granted, lease_id FROM pggcl.acquire('{db}')").fetchone()
+        assert got is not None and got[0]
+        lease = got[1]
+        queued = waiter.execute("SELECT granted, waiter_id FROM pggcl.acquire('{db}')").fetchone()
+        assert queued is not None and not queued[0]
+        ttl = admin.execute(
+            "SELECT lease_id FROM pggcl.try_acquire('{r}', ttl_seconds => 600)"
+        ).fetchone()
+        assert ttl is not None
+
+        schema.upgrade(empty_dsn)
+        assert schema.current(empty_dsn) == "0008"
+
+        held = admin.execute("SELECT lease_id FROM pggcl.holders ORDER BY name").fetchall()
+        assert [h[0] for h in held] == [lease, ttl[0]]
+        assert admin.execute("SELECT waiter_id FROM pggcl.queue").fetchall() == [(queued[1],)]
+        assert admin.execute("SELECT pggcl.reclaim()").fetchone() is not None
+        alive = "SELECT count(*) FROM pggcl.sessions WHERE dead_since IS NULL AND NOT reclaimed"
+        assert admin.execute(alive).fetchone() == (2,)  # both sessions live on
+        assert holder.execute("SELECT pggcl.release(%s)", (lease,)).fetchone() == (True,)
+        payloads = [n.payload for n in waiter.notifies(timeout=10, stop_after=1)]
+        assert payloads == [f"g:{queued[1]}"]
+        # A TTL lease from before 0008 has no recorded owner: anyone may act on it, as then.
+        assert waiter.execute("SELECT pggcl.release(%s)", (ttl[0],)).fetchone() == (True,)
+        assert waiter.execute("SELECT pggcl.release(%s)", (lease,)).fetchone() == (False,)
+        assert admin.execute("SELECT count(*) FROM pggcl.leases").fetchone() == (1,)
+    finally:
+        for conn in conns:
+            conn.close()
