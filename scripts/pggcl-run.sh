@@ -6,7 +6,8 @@
 #
 # Environment: PGGCL_DSN (required), PGGCL_TIMEOUT (seconds to wait; empty: no limit),
 # PGGCL_GRACE (grace_seconds of the session, default 5). Exit status: the command's; 75 when
-# the timeout passed; 69 when the request can never be granted or psql failed.
+# the timeout passed; 69 when the request can never be granted or psql failed; 78 when a
+# connection pooler shares psql's server session (PgBouncer in transaction or statement mode).
 set -euo pipefail
 
 names=${1:?usage: pggcl-run.sh NAME[,NAME...] [OCCUPY] -- COMMAND...}
@@ -44,8 +45,24 @@ q() {
 literal() { printf "'%s'" "${1//\'/\'\'}"; }
 array="ARRAY[$(IFS=,; for n in $names; do printf '%s,' "$(literal "$n")"; done | sed 's/,$//')]::text[]"
 
-q "SELECT session_id || '|' || channel FROM pggcl.open_session($grace);"
-IFS='|' read -r session channel <<<"${OUT[0]}"
+# The session must have a server session of its own (docs/protocol.md, section 1): the engine
+# keeps the session id in a per-connection setting, which must be empty before the open (else
+# a pooler handed us another client's server session) and ours after it (else the statements
+# landed on different server sessions).
+setting="coalesce(current_setting('pggcl.session_id', true), '')"
+pooled() {
+    echo "pggcl-run.sh: $1: a connection pooler (PgBouncer in transaction or statement mode?) is" \
+         "between psql and PostgreSQL; give PGGCL_DSN a direct connection, or use PgBouncer" \
+         "with pool_mode = session and server_reset_query = DISCARD ALL" >&2
+    exit 78
+}
+q "SELECT c.carried || '|' || coalesce(s.session_id::text, '') || '|' || coalesce(s.channel, '')
+   FROM (SELECT $setting AS carried OFFSET 0) c
+   LEFT JOIN LATERAL (SELECT * FROM pggcl.open_session($grace) WHERE c.carried = '') s ON true;"
+IFS='|' read -r carried session channel <<<"${OUT[0]}"
+[[ -z $carried ]] || pooled "the server session already carries pggcl session $carried"
+q "SELECT $setting;"
+[[ ${OUT[0]:-} == "$session" ]] || pooled "the server session changed between two statements"
 q "LISTEN \"${channel//\"/\"\"}\";"
 q "SELECT granted, coalesce(lease_id::text, ''), coalesce(waiter_id::text, '')
    FROM pggcl.acquire($array, $occupy, session_id => $session,
@@ -58,8 +75,12 @@ if [[ $granted != t ]]; then
     # take a g:<waiter> seen meanwhile as the grant.
     started=$SECONDS
     while true; do
-        q "SELECT status FROM pggcl.recheck($waiter, '$lease');"
-        status=${OUT[-1]}
+        q "SELECT 'status|' || status || '|' || $setting FROM pggcl.recheck($waiter, '$lease');"
+        status='' kept=''
+        for line in "${OUT[@]}"; do  # the row, and the notifications that came meanwhile
+            [[ $line == status\|* ]] && IFS='|' read -r _ status kept <<<"$line"
+        done
+        [[ $kept == "$session" ]] || pooled "the server session changed while waiting"
         for line in "${OUT[@]}"; do
             [[ $line == *"payload \"g:$waiter\""* ]] && status=granted
             [[ $line == *"payload \"e:$waiter:"* ]] && status=rejected

@@ -1,6 +1,7 @@
 """scripts/pggcl-run.sh, the psql-only recipe (docs/psql-recipe.md): it holds a slot while its
 command runs, shares the limit with Python clients both ways, passes the command's exit status
-on, gives up at its timeout leaving nothing queued, and a killed run's slot comes back."""
+on, gives up at its timeout leaving nothing queued, a killed run's slot comes back, and it
+refuses a transaction pooler at once."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import os
 import signal
 import subprocess
 import time
+import urllib.parse
 from pathlib import Path
 
 import psycopg
+import pytest
 
 import pggcl
-from pggcl.testing import find_client_binary
+from pggcl.testing import PgBouncerNotFound, TempPgBouncer, find_client_binary, find_pgbouncer
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "pggcl-run.sh"
 
@@ -89,3 +92,46 @@ def test_a_python_waiter_gets_the_slot_of_a_killed_run(pggcl_dsn: str) -> None:
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(run.pid, signal.SIGKILL)  # the orphaned `sleep 60`
+
+
+def test_refuses_a_transaction_pooler_at_once(pggcl_dsn: str, tmp_path: Path) -> None:
+    """Behind PgBouncer in transaction mode with one server connection, a second run meets the
+    first run's session in its server session: it refuses at once (78), naming the fix, and
+    runs nothing; the first run goes on."""
+    try:
+        find_pgbouncer()
+    except PgBouncerNotFound:
+        pytest.skip("pgbouncer is not installed (scripts/bootstrap.sh)")
+    with pggcl.Client(pggcl_dsn) as client:
+        client.create_limit("sh-pooler", limit=2)
+    port = urllib.parse.urlsplit(pggcl_dsn).port
+    assert port is not None
+    bouncer = TempPgBouncer(port, pool_mode="transaction", settings={"default_pool_size": "1"})
+    bouncer.start()
+    try:
+        through = bouncer.through(pggcl_dsn)
+        gate = tmp_path / "gate"
+        first = subprocess.Popen(
+            [str(SCRIPT), "sh-pooler", "--", "sh", "-c", f"touch {gate}.held; cat {gate}"],
+            env=_env(through),
+        )
+        os.mkfifo(gate)
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "gate.held").exists():
+            assert first.poll() is None, "the first run ended early"
+            assert time.monotonic() < deadline, "the first run never held its slot"
+            time.sleep(0.05)
+        second = subprocess.run(
+            [str(SCRIPT), "sh-pooler", "--", "touch", str(tmp_path / "ran")],
+            env=_env(through),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode == 78, second.stderr
+        assert "direct connection" in second.stderr and "pool_mode = session" in second.stderr
+        assert not (tmp_path / "ran").exists()
+        gate.write_text("")  # let the first run's command end
+        assert first.wait(20) == 0
+    finally:
+        bouncer.stop()
