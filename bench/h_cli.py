@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from bench import h_capacity, h_waiters
-from bench._common import progress, server, table
-from bench.run import _load, _machine
+from bench._common import progress, server
+from bench.run import _machine, report
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -58,17 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         machine = _machine(env.dsn)
         progress(f"machine: {machine['summary']}; {sizes}")
         figures = h_capacity.run(env, sizes)
-    machine["load_average_after"] = list(os.getloadavg())
-    elapsed = time.monotonic() - started
-    print(table(figures))
-    print(
-        f"\n{machine['summary']}; {elapsed:.0f} s; load average before/after: "
-        f"{_load(machine['load_average_before'])} / {_load(machine['load_average_after'])}"
-    )
-    if args.json is not None:
-        report = {"sizes": asdict(sizes), "seconds": round(elapsed, 1), "machine": machine,
-                  "figures": [asdict(f) for f in figures]}  # fmt: skip
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    report(figures, machine, started, args.json, {"sizes": asdict(sizes)})
     return 0
 
 

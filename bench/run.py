@@ -75,6 +75,20 @@ def main(argv: list[str] | None = None) -> int:
                 figures += module.run(env)
             finally:
                 env.cleanup()
+    command = shlex.join([Path(sys.executable).name, "-m", "bench", *(argv or sys.argv[1:])])
+    report(figures, machine, started, args.json, {"command": command, "quick": args.quick})
+    return 0
+
+
+def report(
+    figures: list[Figure],
+    machine: dict[str, Any],
+    started: float,
+    path: Path | None,
+    extra: dict[str, Any],
+) -> None:
+    """Print the table and the machine line (with the load average before and after); write
+    the JSON (``extra`` first) to ``path`` when given."""
     machine["load_average_after"] = list(os.getloadavg())
     elapsed = time.monotonic() - started
     print(table(figures))
@@ -82,19 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{machine['summary']}; {elapsed:.0f} s; load average before/after: "
         f"{_load(machine['load_average_before'])} / {_load(machine['load_average_after'])}"
     )
-    if args.json is not None:
-        report = {
-            "command": shlex.join(
-                [Path(sys.executable).name, "-m", "bench", *(argv or sys.argv[1:])]
-            ),
-            "quick": args.quick,
-            "seconds": round(elapsed, 1),
-            "machine": machine,
-            "figures": [asdict(f) for f in figures],
-        }
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
-        progress(f"wrote {args.json}")
-    return 0
+    if path is not None:
+        out = {**extra, "seconds": round(elapsed, 1), "machine": machine,
+               "figures": [asdict(f) for f in figures]}  # fmt: skip
+        path.write_text(json.dumps(out, indent=2, default=str) + "\n")
+        progress(f"wrote {path}")
 
 
 def _load(values: list[float]) -> str:
