@@ -225,16 +225,21 @@ class ReplicatedPair:
         checkpoint (what the standby has is what it has). It stays down."""
         self.primary.stop("immediate")
 
-    def kill_primary_host(self) -> None:
+    def kill_primary_host(self) -> float:
         """The primary's machine gone: SIGKILL to its postmaster and every child at once
-        (even one stopped by `pause_wal_sender`), no shutdown of any kind. It stays down."""
+        (even one stopped by `pause_wal_sender`), no shutdown of any kind; WAL senders first,
+        so that nothing more leaves. It stays down. Returns the time.monotonic() of the first
+        SIGKILL (the processes are listed before it)."""
         pid = postmaster_pid(self.primary)
-        pids = [pid, *children_of(pid)]
+        senders = self.wal_senders()
+        pids = [*senders, pid, *(p for p in children_of(pid) if p not in senders)]
+        killed_at = time.monotonic()
         for p in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
         wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), "it is gone")
         (self.primary.datadir / "postmaster.pid").unlink(missing_ok=True)
+        return killed_at
 
     def wal_senders(self) -> list[int]:
         pid = postmaster_pid(self.primary)
