@@ -27,6 +27,7 @@ PostgreSQL of its own with ``max_connections`` raised (it says so).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import math
 import os
 import random
@@ -46,6 +47,7 @@ from bench import h_waiters
 from bench._common import (
     Env,
     Figure,
+    connect,
     median,
     percentile,
     processes,
@@ -131,12 +133,23 @@ class ServerCpu:
     over a window is the server's CPU in it, whatever the clients cost on the same cores."""
 
     def __init__(self, env: Env) -> None:
-        (pid,) = env.sql("SELECT pg_backend_pid()")[0]
         self.tick = os.sysconf("SC_CLK_TCK")
-        try:
-            self.postmaster: int | None = int(self._stat(int(pid))[1])
-        except (OSError, IndexError, ValueError):
-            self.postmaster = None
+        self.postmaster: int | None = None
+        with connect(env.dsn) as conn:  # read while its backend lives
+            row = conn.execute("SELECT pg_backend_pid(), inet_server_addr()").fetchone()
+            assert row is not None
+            pid, address = int(row[0]), row[1]
+            if (
+                address is not None
+                and not ipaddress.ip_address(str(address).split("/")[0]).is_loopback
+            ):
+                return  # a server on another machine: its pid means nothing here
+            with (
+                contextlib.suppress(OSError, IndexError, ValueError),
+                open(f"/proc/{pid}/comm") as f,
+            ):
+                if f.read().strip() == "postgres":
+                    self.postmaster = int(self._stat(pid)[1])
 
     @staticmethod
     def _stat(pid: int) -> list[str]:
