@@ -286,7 +286,7 @@ export class Client {
 
   private async attempt(
     n: string[], mode: Mode, occupy: number, ttl: number | null, opts: AcquireOptions, sid: number,
-    deadline: number | null, timedOut: () => Error,
+    deadline: number | null, timedOut: (why?: string) => Error,
   ): Promise<string | null> {
     const requestId = randomUUID();
     const wait = deadline === null || deadline > now();
@@ -324,7 +324,7 @@ export class Client {
 
   private async waitForGrant(
     n: string[], mode: Mode, occupy: number, opts: AcquireOptions, row: AcquireRow, requestId: string,
-    epoch: number, deadline: number | null, timedOut: () => Error,
+    epoch: number, deadline: number | null, timedOut: (why?: string) => Error,
   ): Promise<string | null> {
     const leaseId = mode === "concurrency" ? row.lease_id : null;
     const waiterId = row.waiter_id!;
@@ -363,9 +363,10 @@ export class Client {
             () => this.query<typeof r>(q.RECHECK, [waiterId, leaseId]), deadline)) as [typeof r];
         } catch (err) {
           // Unreachable until the deadline, a busy pool, a failure: leave nothing behind.
-          await this.settle(waiterId, requestId, now()).catch(() => {});
-          if (err instanceof Unreachable) return await this.giveUp(waiterId, requestId, mode, timedOut);
-          throw err;
+          const status = await this.settle(waiterId, requestId, now()).catch(() => null);
+          if (!(err instanceof Unreachable)) throw err;
+          if (status === "gone" && mode === "rate_limit") return null;  // granted meanwhile: consumed
+          throw timedOut(`the database was unreachable (${err.message})`);
         }
         retryAfter = r.retry_after;
         if (r.status === "granted") return leaseId;
@@ -389,14 +390,44 @@ export class Client {
 
   /** Leave nothing queued or held for the attempt `requestId` (its lease id): cancel it, and
    * release it when it was granted. `waiterId` null: the engine finds it by the request id.
-   * Retried while unreachable, for `retrySeconds` at least. Returns cancel's answer. */
+   * Retried while unreachable, for `retrySeconds` at least; past that it is done in the
+   * background once the database answers (null). Returns cancel's answer. */
   private async settle(waiterId: string | null, requestId: string, until: number | null): Promise<string | null> {
     const retryUntil = Math.max(until ?? 0, now() + this.retrySeconds);
-    const [r] = await this.retrying(() => this.settling<{ status: string }>(q.CANCEL, [waiterId, requestId]), retryUntil);
-    if (r!.status === "granted") {
-      await this.retrying(() => this.settling(q.RELEASE, [requestId]), retryUntil);
+    let status: string;
+    try {
+      const [r] = await this.retrying(() => this.settling<{ status: string }>(q.CANCEL, [waiterId, requestId]), retryUntil);
+      status = r!.status;
+    } catch (err) {
+      if (!(err instanceof Unreachable)) throw err;
+      this.later(() => this.settle(waiterId, requestId, null));
+      return null;
     }
-    return r!.status;
+    if (status === "granted") await this.releaseOrLater(requestId, retryUntil);
+    return status;
+  }
+
+  /** release(leaseId), retried until `until`; past it, in the background. */
+  private async releaseOrLater(leaseId: string, until: number): Promise<boolean> {
+    try {
+      const [r] = await this.retrying(() => this.settling<{ ok: boolean }>(q.RELEASE, [leaseId]), until);
+      return r!.ok;
+    } catch (err) {
+      if (!(err instanceof Unreachable)) throw err;
+      this.later(() => this.releaseOrLater(leaseId, now() + this.retrySeconds));
+      process.emitWarning(`pggcl: could not release lease ${leaseId} (${err.message}): it is released as soon as the database answers`);
+      return true;
+    }
+  }
+
+  /** Run a clean-up in the background, again and again while the database is unreachable,
+   * until it has run or the client is closed (closing the session releases what it held). */
+  private later(cleanUp: () => Promise<unknown>): void {
+    const run = (): void => {
+      if (this.closed) return;
+      cleanUp().catch(() => setTimeout(run, 1000).unref());
+    };
+    setTimeout(run, 1000).unref();
   }
 
   /** A clean-up call: a busy pool is waited out (the call must run), not raised. */
@@ -418,8 +449,8 @@ export class Client {
       clearTimeout(timer);
       this.renewals.delete(leaseId);
     }
-    const [r] = await this.retrying(() => this.query<{ ok: boolean }>(q.RELEASE, [leaseId]), now() + this.retrySeconds);
-    return r!.ok;
+    if (this.closed) throw new ClientClosedError("the client is closed: make a new one");
+    return this.releaseOrLater(leaseId, now() + this.retrySeconds);
   }
 
   /** Renew `leaseId` to `ttl` seconds within FIRST_RENEWAL (that sets its TTL: the grant had

@@ -130,6 +130,26 @@ test("an answer lost after the server committed is settled by request id: grante
   }
 });
 
+test("a release that cannot reach the database within retrySeconds is done once it answers", async () => {
+  const proxy = await new LossyProxy(Number(new URL(dsn).port)).start();
+  try {
+    await admin.createLimit("f-later", 1);
+    const c = client({ sessionDsn: dsn, retrySeconds: 0.3 }, proxy.through(dsn));
+    const warnings: string[] = [];
+    const onWarning = (w: Error): void => void warnings.push(w.message);
+    process.on("warning", onWarning);
+    await c.concurrency("f-later", { timeoutSeconds: 10 }, () => proxy.goDown());
+    await until(() => warnings.some((w) => /released as soon as the database answers/.test(w)), "the client warned");
+    process.off("warning", onWarning);
+    assert.equal((await admin.holders("f-later")).length, 1, "still held while unreachable");
+    proxy.up();
+    await until(async () => (await admin.holders("f-later")).length === 0, "the release was done in the background");
+    await nothingHeldOrQueued("f-later");
+  } finally {
+    await proxy.stop().catch(() => {});
+  }
+});
+
 test("a pool connection killed mid-call (pg_terminate_backend): settled, started over, held once", async () => {
   await admin.createLimit("f-killed-call", 1);
   const c = client({ poolSize: 2 });

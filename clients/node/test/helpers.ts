@@ -154,12 +154,17 @@ export async function lockWaiters(dsn: string, fragment: string): Promise<number
 export class LossyProxy {
   private server: net.Server;
   private losing = false;
+  private down = false;
   private readonly live = new Set<net.Socket>();
   lost = 0;
   port = 0;
 
   constructor(private targetPort: number) {
     this.server = net.createServer((client) => {
+      if (this.down) {
+        client.destroy();
+        return;
+      }
       const upstream = net.connect(this.targetPort, "127.0.0.1");
       this.live.add(client).add(upstream);
       const cut = (): void => {
@@ -198,6 +203,16 @@ export class LossyProxy {
 
   loseNextAnswer(): void {
     this.losing = true;
+  }
+
+  /** Cut every connection and refuse new ones (the database "unreachable") until `up()`. */
+  goDown(): void {
+    this.down = true;
+    for (const socket of this.live) socket.destroy();
+  }
+
+  up(): void {
+    this.down = false;
   }
 
   /** Stop listening and cut every connection still open. */
