@@ -225,29 +225,37 @@ class AsyncClient:
                 ) from exc
             tracing.outcome(waited, "granted")
         assert grant.lease_id is not None
-        with tracing.hold_span(req.names, req.occupy, grant.lease_id) as held:
-            lease = self._hold(grant.lease_id, req.names, ttl, raise_on_loss)
-            self._held.count += 1
-            released = True
-            try:
-                yield grant
-            except BaseException as exc:
-                self._held.count -= 1
-                released = await self._let_go(lease)
-                # Cancelled by us alone (and not by someone else as well): say why.
-                ours = lease.interrupted and isinstance(exc, asyncio.CancelledError)
-                if ours and lease.task.uncancel() == 0:
-                    raise self._lost_error(lease) from exc
-                raise
-            else:
-                self._held.count -= 1
-                released = await self._let_go(lease)
-                if lease.interrupted and lease.task.uncancel() > 0:
-                    raise asyncio.CancelledError()  # someone else's cancellation as well
-            kept = lease.lost is None and released
-            if raise_on_loss and not kept:
-                raise self._lost_error(lease)
-            tracing.outcome(held, "released" if kept else "lost")
+        lease: _Lease | None = None
+        try:
+            with tracing.hold_span(req.names, req.occupy, grant.lease_id) as held:
+                lease = self._hold(grant.lease_id, req.names, ttl, raise_on_loss)
+                self._held.count += 1
+                released = True
+                try:
+                    yield grant
+                except BaseException as exc:
+                    self._held.count -= 1
+                    released = await self._let_go(lease)
+                    # Cancelled by us alone (and not by someone else as well): say why.
+                    ours = lease.interrupted and isinstance(exc, asyncio.CancelledError)
+                    if ours and lease.task.uncancel() == 0:
+                        raise self._lost_error(lease) from exc
+                    raise
+                else:
+                    self._held.count -= 1
+                    released = await self._let_go(lease)
+                    if lease.interrupted and lease.task.uncancel() > 0:
+                        raise asyncio.CancelledError()  # someone else's cancellation as well
+                kept = lease.lost is None and released
+                if raise_on_loss and not kept:
+                    raise self._lost_error(lease)
+                tracing.outcome(held, "released" if kept else "lost")
+        except BaseException:
+            # Interrupted (a Ctrl-C, in the sync world) between the grant and the block: the
+            # slots go back all the same.
+            if lease is None:
+                await shielded(self._release(grant.lease_id, req.names))
+            raise
 
     def _lost_error(self, lease: _Lease) -> SessionLostError:
         why = lease.lost or "it was gone when released (reclaimed)"

@@ -24,6 +24,7 @@ from pggcl.core.policy import (
     reconnect_warning,
     session_failure,
 )
+from pggcl.core.versions import check_server_version
 from pggcl.drivers.psycopg_driver import Connection, connect
 from pggcl.errors import ConfigurationError, DatabaseUnavailableError, PggclError, SessionLostError
 
@@ -161,6 +162,7 @@ class Session:
                 # No cached prepared statements: a pooler must be detected, not trip over them.
                 conn = connect(self._dsn, self._timeout, pooled=True)
                 self._stats.connects += 1
+                check_server_version(conn.server_version_num)
                 ((*_, setting),) = conn.execute(q.KEEPALIVES, ())
                 check_fresh_connection(setting)
                 session_id, channel = self._take_session(conn)

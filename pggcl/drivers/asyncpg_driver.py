@@ -16,6 +16,7 @@ import asyncpg
 
 from pggcl.core.failures import translate_error
 from pggcl.core.ops import Row
+from pggcl.core.versions import version_num
 from pggcl.drivers._aio import shielded
 from pggcl.errors import PggclError
 
@@ -60,6 +61,12 @@ class Connection:
     def usable(self) -> bool:
         """Open and idle, as far as the client can tell without a round trip."""
         return not self._conn.is_closed() and not self._conn.is_in_transaction()
+
+    @property
+    def server_version_num(self) -> int:
+        """The server's version as `server_version_num` (150018), known since connecting."""
+        major, minor, micro, *_ = self._conn.get_server_version()
+        return version_num(major, minor, micro)
 
     async def execute(self, sql: str, args: tuple[Any, ...]) -> list[Row]:
         """Run one statement; its rows as tuples."""

@@ -71,6 +71,11 @@ class Connection:
             return False
         return not select.select([conn.pgconn.socket], [], [], 0)[0]
 
+    @property
+    def server_version_num(self) -> int:
+        """The server's version as `server_version_num` (150018), known since connecting."""
+        return self._conn.info.server_version
+
     def execute(self, sql: str, args: tuple[Any, ...]) -> list[Row]:
         """Run one statement; its rows as tuples."""
         try:

@@ -23,6 +23,8 @@ from opentelemetry import trace as otel_trace
 
 import pggcl
 from pggcl import AsyncClient, tracing
+from pggcl.core.versions import MIN_SERVER_VERSION_NUM
+from pggcl.drivers.asyncpg_driver import connect
 from tests.client._acompat import (
     Call,
     Cancelled,
@@ -753,3 +755,14 @@ async def test_without_a_tracer_provider_nothing_is_traced(client: AsyncClient) 
     await client.create_limit("db", 1)
     assert tracing._tracer() is None  # OpenTelemetry may be loaded, but no provider is set
     assert await hold_once(client, "db") is not None
+
+
+async def test_the_session_connection_knows_the_server_version(pggcl_dsn: str) -> None:
+    # What the session worker checks at every connect (pggcl.core.versions): the number the
+    # driver has from the connection's start, without a round trip.
+    conn = await connect(pggcl_dsn, 10.0)
+    try:
+        ((shown,),) = await conn.execute("SELECT current_setting('server_version_num')", ())
+        assert conn.server_version_num == int(shown) >= MIN_SERVER_VERSION_NUM
+    finally:
+        await conn.close(10.0)

@@ -17,6 +17,8 @@ from opentelemetry import trace as otel_trace
 
 import pggcl
 from pggcl import Client, tracing
+from pggcl.core.versions import MIN_SERVER_VERSION_NUM
+from pggcl.drivers.psycopg_driver import connect
 from tests.client._behaviour import (
     BAD_VALUES,
     kill,
@@ -739,3 +741,14 @@ def test_without_a_tracer_provider_nothing_is_traced(client: Client) -> None:
     client.create_limit("db", 1)
     assert tracing._tracer() is None  # OpenTelemetry may be loaded, but no provider is set
     assert hold_once(client, "db") is not None
+
+
+def test_the_session_connection_knows_the_server_version(pggcl_dsn: str) -> None:
+    # What the session worker checks at every connect (pggcl.core.versions): the number the
+    # driver has from the connection's start, without a round trip.
+    conn = connect(pggcl_dsn, 10.0)
+    try:
+        ((shown,),) = conn.execute("SELECT current_setting('server_version_num')", ())
+        assert conn.server_version_num == int(shown) >= MIN_SERVER_VERSION_NUM
+    finally:
+        conn.close(10.0)
