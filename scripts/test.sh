@@ -3,6 +3,7 @@
 # Four worker processes (pytest-xdist), each with its own throwaway PostgreSQL: most tests wait
 # on the server, the network or a browser, so four fit on two cores. Each test file stays on
 # one worker (tests/conftest.py); PGGCL_TEST_WORKERS=0 runs everything in one process.
+# PGGCL_PG_BIN picks the PostgreSQL (a bin directory, or `embedded`); pytest's last lines name it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
