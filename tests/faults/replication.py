@@ -142,6 +142,7 @@ class ReplicatedPair:
         self.standby: TempPostgres | None = None
         self._backup_dir: Path | None = None
         self.promoted = False
+        self.paused = False
 
     # --- set-up -----------------------------------------------------------------------
 
@@ -177,9 +178,38 @@ class ReplicatedPair:
         shutil.rmtree(self._backup_dir, ignore_errors=True)
         self._backup_dir = None
         wait_for(lambda: self.replication_state() == "streaming", "the standby streams")
-        if self.synchronous:
-            self.primary.configure({"synchronous_standby_names": f"'{STANDBY_NAME}'"})
-            wait_for(lambda: self.sync_state() == "sync", "the primary counts the standby as sync")
+        self.set_synchronous(self.synchronous)
+
+    def set_synchronous(self, synchronous: bool) -> None:
+        """Name the standby in the primary's `synchronous_standby_names` (reloaded), or
+        name none; returns once the primary counts it as it says."""
+        self.synchronous = synchronous
+        names = f"'{STANDBY_NAME}'" if synchronous else "''"
+        self.primary.configure({"synchronous_standby_names": names})
+        want = "sync" if synchronous else "async"
+        wait_for(lambda: self.sync_state() == want, f"the primary counts the standby as {want}")
+
+    def rebuild(self) -> None:
+        """After a promotion: the promoted standby is the primary from now on, the old
+        primary is removed, and a new standby is made from a base backup of the new primary
+        (cheaper than a new pair: one server copy less)."""
+        assert self.promoted and self.standby is not None
+        old, self.primary, self.standby = self.primary, self.standby, None
+        old.stop()
+        self.promoted = False
+        self.start_standby()
+
+    @property
+    def healthy(self) -> bool:
+        """Both servers up, the standby streaming, nothing paused: fit for another test."""
+        if self.promoted or self.paused or self.standby is None:
+            return False
+        if not (self.primary.running and self.standby.running):
+            return False
+        try:
+            return self.replication_state() == "streaming"
+        except psycopg.Error:
+            return False
 
     def replication_state(self) -> str | None:
         rows = query(
@@ -239,6 +269,7 @@ class ReplicatedPair:
                 os.kill(p, signal.SIGKILL)
         wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), "it is gone")
         (self.primary.datadir / "postmaster.pid").unlink(missing_ok=True)
+        self.paused = False  # a stopped WAL sender died with the rest
         return killed_at
 
     def wal_senders(self) -> list[int]:
@@ -251,6 +282,7 @@ class ReplicatedPair:
         primary would stop committing)."""
         senders = self.wal_senders()
         assert senders, "no WAL sender on the primary"
+        self.paused = True
         for p in senders:
             os.kill(p, signal.SIGSTOP)
 
