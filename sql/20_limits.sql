@@ -37,6 +37,15 @@ $$;
 -- someone else took once the session died). `expired`: dead and past its grace, counted from
 -- when it was first seen dead (_dead_since: this read may be the first), or reclaimed.
 CREATE VIEW pggcl._sessions_seen AS
+WITH held AS MATERIALIZED (  -- who holds which session's lock: one read of pg_locks
+    SELECT k.objid, k.pid FROM pg_catalog.pg_locks k
+    WHERE k.locktype = 'advisory' AND k.classid = 1885824867::oid AND k.objsubid = 2 AND k.granted
+      AND k.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                        WHERE d.datname = pg_catalog.current_database())
+), started AS MATERIALIZED (  -- when each backend started, where the reader may see it
+    SELECT a.pid, a.backend_start FROM pg_catalog.pg_stat_get_activity(NULL) a
+    WHERE a.backend_start IS NOT NULL
+)
 SELECT s.id,
        a.alive,
        s.reclaimed OR CASE WHEN a.alive THEN false
@@ -46,13 +55,13 @@ SELECT s.id,
                                          OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp(), false) END
            AS expired
 FROM pggcl.sessions s,
-     LATERAL (SELECT NOT s.reclaimed AND (s.id::oid, s.backend_pid) IN (
-                  SELECT k.objid, k.pid FROM pg_catalog.pg_locks k
-                  WHERE k.locktype = 'advisory' AND k.classid = 1885824867::oid AND k.objsubid = 2
-                    AND k.granted
-                    AND k.database = (SELECT d.oid FROM pg_catalog.pg_database d
-                                      WHERE d.datname = pg_catalog.current_database()))
-                  AND pggcl._same_backend(s.backend_pid, s.backend_start) AS alive) a;
+     LATERAL (SELECT NOT s.reclaimed
+                     AND (s.id::oid, s.backend_pid) IN (SELECT h.objid, h.pid FROM held h)
+                     -- (a later backend with the session's pid is not the session)
+                     AND NOT (s.backend_start IS NOT NULL
+                              AND s.backend_pid IN (SELECT t.pid FROM started t)
+                              AND (s.backend_pid, s.backend_start) NOT IN (
+                                  SELECT t.pid, t.backend_start FROM started t)) AS alive) a;
 
 -- Every limit with its occupancy now (never a stale stored number). Waiters of dead sessions
 -- are not counted in `waiting`, nor the slots of dead sessions past their grace in

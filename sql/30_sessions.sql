@@ -159,12 +159,20 @@ $$;
 -- reclaims what died on the limits this session waits for and serves whoever that lets in.
 -- Returns seconds until the next known expiry there (call again by then), or NULL.
 -- Raises GC007 when the session no longer exists (it was closed or reclaimed).
+-- About one heartbeat in every `queued` on its limits (chosen at random) also looks for dead
+-- sessions whose lock someone else took (_mark_squatted, a read of pg_locks): so that read runs
+-- about once per heartbeat interval per limit, however many wait there.
 CREATE FUNCTION pggcl.heartbeat(session_id integer) RETURNS double precision
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ids bigint[];
 BEGIN
     PERFORM pggcl._require_session(heartbeat.session_id);
-    RETURN pggcl._reclaim(array(SELECT DISTINCT limit_id FROM pggcl.waiters w
-                                WHERE w.session_id = heartbeat.session_id));
+    ids := array(SELECT DISTINCT limit_id FROM pggcl.waiters w WHERE w.session_id = heartbeat.session_id);
+    IF random() * (SELECT greatest(1, sum(l.queued)) FROM pggcl.limit_state l WHERE l.id = ANY(ids)) < 1 THEN
+        PERFORM pggcl._mark_squatted(ids, clock_timestamp());
+    END IF;
+    RETURN pggcl._reclaim(ids);
 END
 $$;
 
@@ -172,10 +180,13 @@ $$;
 -- holders reclaimed even while nobody waits, e.g. every few seconds from pg_cron:
 --     SELECT cron.schedule('pggcl-reclaim', '5 seconds', 'SELECT pggcl.reclaim()');
 -- Nothing needs it for correctness. Returns seconds until the next known expiry, or NULL.
+-- Every call also looks for dead sessions whose lock someone else took (_mark_squatted).
 CREATE FUNCTION pggcl.reclaim() RETURNS double precision
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ids bigint[] := array(SELECT limit_id FROM pggcl.leases UNION SELECT limit_id FROM pggcl.waiters);
 BEGIN
-    RETURN pggcl._reclaim(array(SELECT limit_id FROM pggcl.leases
-                                UNION SELECT limit_id FROM pggcl.waiters));
+    PERFORM pggcl._mark_squatted(ids, clock_timestamp());
+    RETURN pggcl._reclaim(ids);
 END
 $$;

@@ -136,28 +136,6 @@ BEGIN
 END
 $$;
 
--- Reclaim what died on the given limits and serve whoever that lets in. Returns the seconds
--- until the next known expiry there, or NULL. When everyone there is alive and nothing has
--- expired (the usual heartbeat), no limit is locked, so a heartbeat never holds up a release.
-CREATE OR REPLACE FUNCTION pggcl._reclaim(ids bigint[]) RETURNS double precision
-LANGUAGE plpgsql VOLATILE AS $$
-DECLARE
-    at timestamptz := clock_timestamp();
-    next_at timestamptz;
-BEGIN
-    IF NOT pggcl._anything_to_reap(ids, at) THEN
-        RETURN pggcl._seconds_until((SELECT min(expires_at) FROM pggcl.leases WHERE limit_id = ANY(ids)), at);
-    END IF;
-    ids := pggcl._lock(ids);
-    IF cardinality(ids) = 0 THEN
-        RETURN NULL;
-    END IF;
-    next_at := pggcl._reap(ids, at);
-    PERFORM pggcl._grant(ids, at);
-    RETURN pggcl._seconds_until(next_at, at);
-END
-$$;
-
 -- Register this connection as a session (or return the one it already has). The connection
 -- holds the session's advisory lock from now until it closes; `grace_seconds` is how long its
 -- leases survive a lost connection, to let a client reconnect and resume_session: 0 to
@@ -261,6 +239,31 @@ BEGIN
         PERFORM set_config('pggcl.session_key', '', false);
     END IF;
     RETURN true;
+END
+$$;
+
+-- The safety net of a waiting client, meant to run every few seconds while it has waiters:
+-- reclaims what died on the limits this session waits for and serves whoever that lets in.
+-- Returns seconds until the next known expiry there (call again by then), or NULL.
+-- Raises GC007 when the session no longer exists (it was closed or reclaimed).
+CREATE OR REPLACE FUNCTION pggcl.heartbeat(session_id integer) RETURNS double precision
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM pggcl._require_session(heartbeat.session_id);
+    RETURN pggcl._reclaim(array(SELECT DISTINCT limit_id FROM pggcl.waiters w
+                                WHERE w.session_id = heartbeat.session_id));
+END
+$$;
+
+-- The same on every limit that anyone holds or waits for: for deployments that want dead
+-- holders reclaimed even while nobody waits, e.g. every few seconds from pg_cron:
+--     SELECT cron.schedule('pggcl-reclaim', '5 seconds', 'SELECT pggcl.reclaim()');
+-- Nothing needs it for correctness. Returns seconds until the next known expiry, or NULL.
+CREATE OR REPLACE FUNCTION pggcl.reclaim() RETURNS double precision
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN pggcl._reclaim(array(SELECT limit_id FROM pggcl.leases
+                                UNION SELECT limit_id FROM pggcl.waiters));
 END
 $$;
 
@@ -527,6 +530,7 @@ END
 $$;
 
 DROP FUNCTION pggcl._dead_since(integer);
+DROP FUNCTION pggcl._mark_squatted(bigint[], timestamptz);
 DROP FUNCTION pggcl._first_seen_dead(integer, integer);
 DROP FUNCTION pggcl._held_by_its_backend(integer);
 DROP FUNCTION pggcl._same_backend(integer, timestamptz);
