@@ -103,7 +103,8 @@ $$;
 -- but must not keep the session alive. This reads pg_locks, which copies the whole lock table
 -- (measured: about 70-120 us, against 0.2 us for the probe), so it runs only where a probe's
 -- "alive" is in doubt: for sessions already seen dead (_reap), in the views, and in one scan
--- per heartbeat or reclaim() (_reclaim), never on the grant path.
+-- for many sessions at once in reclaim() and some heartbeats (_mark_squatted), never on the
+-- acquire or grant paths.
 CREATE FUNCTION pggcl._held_by_its_backend(session_id integer) RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
 BEGIN

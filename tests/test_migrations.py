@@ -30,7 +30,7 @@ FROZEN = {
     "0006_secret_channels_ownership_downgrade.sql": "b70a802f23515031df9468ab17a3b4e4",
     "0007_dead_waiters_keep_their_place.sql": "b4fd41c2a0e38141a8e31d490e619d37",
     "0007_dead_waiters_keep_their_place_downgrade.sql": "49e603aa1d6c484ca5b0678013eca7f7",
-    "0008_liveness_by_backend_owned_leases.sql": "46cc0c8d3b1152739436fdf27c7d38b7",
+    "0008_liveness_by_backend_owned_leases.sql": "563f7c5c45f336f2265b2246a68698ae",
     "0008_liveness_by_backend_owned_leases_downgrade.sql": "04bdda0f4228673605ed70e8a2ab365e",
 }
 

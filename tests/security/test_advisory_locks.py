@@ -53,3 +53,31 @@ def test_an_outsider_cannot_keep_a_dead_session_alive(cast: Cast, connect: Conne
     time.sleep(0.3)
     admin.execute("SELECT pggcl.reclaim()")  # past the grace: reclaims
     assert holders(admin, "x") == [], rows(admin, "SELECT * FROM pggcl.sessions")
+
+
+def test_a_waiters_heartbeat_reclaims_a_squatted_dead_holder(cast: Cast, connect: Connect) -> None:
+    """No reclaim() needed: the heartbeat of the one waiter there (1 in `queued` heartbeats looks
+    for squatted locks: here every one) finds the lock held by another backend than the
+    holder's, and the holder is reclaimed after its grace."""
+    admin = connect(cast.admin.dsn)
+    admin.execute("SELECT pggcl.create_limit('x', 1)")
+    victim = RawSession(connect(cast.other.dsn), grace_seconds=0.1)
+    victim.hold("x")
+    waiter = RawSession(connect(cast.tenant.dsn))
+    waiter_id, _ = waiter.wait_for("x")
+    outsider = connect(cast.outsider.dsn)
+    victim.conn.close()
+    grabbed = False
+    deadline = time.monotonic() + 5
+    while not grabbed and time.monotonic() < deadline:
+        grabbed, _ = attempt(
+            outsider, "SELECT pg_try_advisory_lock(%s, %s)", LOCK_SPACE, victim.session_id
+        )
+        time.sleep(0.005)
+    assert grabbed
+    granted = False
+    deadline = time.monotonic() + 10
+    while not granted and time.monotonic() < deadline:
+        waiter.conn.execute("SELECT pggcl.heartbeat(%s)", (waiter.session_id,))
+        granted = f"g:{waiter_id}" in waiter.payloads(timeout=0.2)
+    assert granted, rows(admin, "SELECT * FROM pggcl.sessions")
