@@ -35,7 +35,14 @@ fi
 BIN_DIR=$("$PY" -c 'from pggcl.testing import find_server_binaries; print(find_server_binaries())')
 
 # --- A throwaway directory, free ports, and clean-up on every exit ---------------------------
-WORK=$(mktemp -d /tmp/pggcl-patroni-XXXXXX)
+# PGGCL_PATRONI_WORK: the directory to use (made here, must not exist; removed at the end), so
+# that a caller can clean up even after this script was SIGKILLed (tests/faults/test_patroni.py).
+if [ -n "${PGGCL_PATRONI_WORK:-}" ]; then
+    WORK=$PGGCL_PATRONI_WORK
+    mkdir "$WORK"
+else
+    WORK=$(mktemp -d /tmp/pggcl-patroni-XXXXXX)
+fi
 chmod 755 "$WORK"
 RUN_AS=()
 if [ "$(id -u)" -eq 0 ]; then
@@ -93,8 +100,9 @@ etcd --name etcd0 --data-dir "$WORK/etcd" \
     --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" \
     --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
     --initial-cluster "etcd0=http://127.0.0.1:$ETCD_PEER" \
-    --listen-metrics-urls "" >"$WORK/etcd.log" 2>&1 &
+    >"$WORK/etcd.log" 2>&1 &
 PIDS+=($!)
+echo $! >"$WORK/etcd.pid"
 
 wait_for() {  # wait_for SECONDS WHAT COMMAND...
     local seconds=$1 what=$2

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -21,10 +24,33 @@ RUN = Path(__file__).resolve().parents[2] / "examples" / "patroni" / "run.sh"
 TIMEOUT = 240
 
 
+def _sweep(work: Path) -> None:
+    """What run.sh leaves only when it was itself SIGKILLed (its trap removes the directory
+    otherwise): Patroni starts PostgreSQL in a session of its own, so stop each node's server
+    and kill every process named in a pid file."""
+    if not work.exists():
+        return
+    for pidfile in work.glob("*.pid"):
+        with contextlib.suppress(ValueError, ProcessLookupError, OSError):
+            os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+    for postmaster in work.glob("*/data/postmaster.pid"):
+        with contextlib.suppress(ValueError, ProcessLookupError, OSError, IndexError):
+            os.kill(int(postmaster.read_text().split()[0]), signal.SIGKILL)
+    shutil.rmtree(work, ignore_errors=True)
+
+
 @pytest.mark.timeout(TIMEOUT + 60)
 def test_patroni_failover_example() -> None:
-    env = {**os.environ, "PGGCL_PYTHON": sys.executable}
+    work = Path(tempfile.gettempdir()) / f"pggcl-patroni-{uuid.uuid4().hex[:12]}"
+    env = {**os.environ, "PGGCL_PYTHON": sys.executable, "PGGCL_PATRONI_WORK": str(work)}
     env.pop("PGGCL_DSN", None)
+    try:
+        _run(env)
+    finally:
+        _sweep(work)
+
+
+def _run(env: dict[str, str]) -> None:
     proc = subprocess.Popen(
         ["bash", str(RUN)],
         env=env,
@@ -51,5 +77,7 @@ def test_patroni_failover_example() -> None:
     text = out.decode(errors="replace")
     if proc.returncode == 77:
         pytest.skip(text.strip().splitlines()[-1])
-    assert proc.returncode == 0, text[-6000:]
-    assert "check: OK" in text, text[-6000:]
+    steps = [line for line in text.splitlines() if line.startswith(("run.sh:", "check:"))]
+    report = "\n".join(steps) + "\n--- the last of its output:\n" + text[-3000:]
+    assert proc.returncode == 0, report
+    assert "check: OK" in text, report
