@@ -10,9 +10,10 @@ leader node is lost (its Patroni and its PostgreSQL SIGKILLed, as when its machi
 holder leaves its block at once (while no node takes writes), and Patroni promotes the
 replica. What must hold: both waiters are granted, one after the other (in either order: a
 waiter still reconnecting when the slot frees is passed over, keeping its place for the next
-slot), no exception reaches any client's code (``pggcl run`` exits with COMMAND's 0), no two processes are ever inside their blocks at
-once (``time.monotonic()`` intervals, comparable across processes on one machine), and nothing
-is left held or queued. Exits 0 when all of that holds, 1 otherwise (saying what failed).
+slot), no exception reaches any client's code (``pggcl run`` exits with COMMAND's 0), no two
+processes are ever inside their blocks at once (``time.monotonic()`` intervals, comparable
+across processes on one machine), and nothing is left held or queued. Exits 0 when all of
+that holds, 1 otherwise (saying what failed).
 
 ``python check.py child ...`` is one of those client processes (used by the above).
 """

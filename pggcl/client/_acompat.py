@@ -27,6 +27,11 @@ def Lock() -> contextlib.AbstractContextManager[None]:
     return contextlib.nullcontext()
 
 
+def Turn() -> asyncio.Lock:
+    """One at a time across awaits: the statements of a connection that tasks take turns on."""
+    return asyncio.Lock()
+
+
 class Event:
     """A flag that can be awaited with a timeout."""
 

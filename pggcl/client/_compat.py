@@ -13,6 +13,7 @@ from pggcl.core.notifications import Event as Notice
 T = TypeVar("T")
 Worker = threading.Thread
 Lock = threading.RLock
+Turn = threading.Lock
 Event = threading.Event
 
 

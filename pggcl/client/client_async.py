@@ -77,7 +77,7 @@ class AsyncClient:
     waiters. The async client serves the tasks of one event loop; the sync client serves
     threads and may be shared between them. Both start afresh in a child after ``fork()``.
 
-    Durations are in seconds; see :class:`pggcl._base.Options` for the keyword options.
+    Durations are in seconds; see :class:`pggcl.core.options.Options` for the keyword options.
     """
 
     def __init__(

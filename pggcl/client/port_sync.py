@@ -39,15 +39,23 @@ class SyncPort:
             on_session_lost=on_session_lost,
         )
         self._closed = False
+        self._shared = options.pool_size == 0  # the calls take turns on the session connection
 
     @property
     def epoch(self) -> int:
         return self.session.epoch
 
     def call(self, sql: str, args: tuple[Any, ...]) -> list[Row]:
-        """Run one statement on a pool connection."""
+        """Run one statement on a pool connection (or, without a pool, the session's)."""
         if self._closed:
             raise ClientClosedError("this pggcl client is closed: make a new one")
+        if self._shared:
+            try:
+                return self.session.call(sql, args)
+            except DatabaseUnavailableError as exc:
+                raise self._first_contact(exc) from exc
+            finally:
+                self.stats.calls += 1
         try:
             conn = self._pool.get()
         except DatabaseUnavailableError as exc:

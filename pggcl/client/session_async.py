@@ -14,12 +14,13 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
+from typing import Any
 
-from pggcl.client._acompat import Event, Lock, Mailbox, Signal, Worker, cancel, join, spawn
+from pggcl.client._acompat import Event, Lock, Mailbox, Signal, Turn, Worker, cancel, join, spawn
 from pggcl.core import queries as q
 from pggcl.core.notifications import CLOSED, LOST, RECHECK, Dispatcher, parse_payload
 from pggcl.core.notifications import Event as Notice
-from pggcl.core.ops import Call
+from pggcl.core.ops import Call, Row
 from pggcl.core.policy import (
     Backoff,
     Stats,
@@ -83,6 +84,10 @@ class Session:
         # from when the worker (which looks at most once a tick while idle) noticed.
         self._waiting_since = 0.0
         self._deferred: list[Call] = []  # clean-ups a flow could not wait for (see defer)
+        # The connection while it listens, for calls that share it (a client without a pool),
+        # which take turns with the worker's own statements.
+        self._conn: Connection | None = None
+        self._turn = Turn()
 
     @property
     def epoch(self) -> int:
@@ -116,6 +121,28 @@ class Session:
         soon as the database answers, in order."""
         with self._lock:
             self._deferred.extend(calls)
+
+    async def call(self, sql: str, args: tuple[Any, ...]) -> list[Row]:
+        """Run one statement on the session connection, in turn with the worker's own (a
+        client without a pool). While the worker reconnects, waits for it at most the connect
+        timeout, then raises DatabaseUnavailableError (the caller's retry policy decides)."""
+        conn = self._conn
+        if conn is None:
+            await self.session_id()
+            await self._changed.wait_for(
+                lambda: self._conn is not None or self._fatal is not None, self._timeout
+            )
+            if self._fatal is not None:
+                raise self._fatal
+            conn = self._conn
+            if conn is None:
+                raise session_failure(self._last_error)
+        return await self._in_turn(conn, sql, args)
+
+    async def _in_turn(self, conn: Connection, sql: str, args: tuple[Any, ...]) -> list[Row]:
+        """A statement on the session connection, in turn with any other there."""
+        async with self._turn:
+            return await conn.execute(sql, args)
 
     # --- The session ------------------------------------------------------------------------
 
@@ -181,6 +208,7 @@ class Session:
                 check_session_kept(session_id, kept)
                 await conn.listen(channel)
                 attempt = 0
+                self._conn = conn
                 self._listening()
                 await self._serve(conn)
             except Exception as exc:
@@ -202,6 +230,7 @@ class Session:
                 await self._stopping.wait(backoff.delay(attempt))
                 attempt += 1
             finally:
+                self._conn = None
                 if conn is not None:
                     await self._finish(conn)
 
@@ -212,15 +241,16 @@ class Session:
             session, self._session = self._session, None
         if session is not None and conn.usable:
             with suppress(PggclError):
-                await conn.execute(q.CLOSE_SESSION_OF, (session[0], session[1]))
+                await self._in_turn(conn, q.CLOSE_SESSION_OF, (session[0], session[1]))
 
     async def _finish(self, conn: Connection) -> None:
-        if self._stopping.is_set() and conn.usable:
-            with suppress(PggclError):
-                await conn.execute(q.CLOSE_SESSION, ())
-            with self._lock:
-                self._session = None
-        await conn.close(self._timeout)
+        async with self._turn:  # a shared call still running ends first
+            if self._stopping.is_set() and conn.usable:
+                with suppress(PggclError):
+                    await conn.execute(q.CLOSE_SESSION, ())
+                with self._lock:
+                    self._session = None
+            await conn.close(self._timeout)
 
     async def _take_session(self, conn: Connection) -> tuple[int, str]:
         """Resume our session on a new connection, or open one; its id and channel."""
@@ -286,7 +316,7 @@ class Session:
         while self._deferred:
             call = self._deferred[0]
             try:
-                await conn.execute(call.sql, call.args)
+                await self._in_turn(conn, call.sql, call.args)
             except DatabaseUnavailableError:
                 raise  # kept: run again after the reconnect
             except PggclError as exc:
@@ -298,7 +328,7 @@ class Session:
         """Run the heartbeat; the seconds until the next expiry it knows of."""
         assert self._session is not None
         try:
-            ((expiry_in, setting),) = await conn.execute(q.HEARTBEAT, (self._session[0],))
+            ((expiry_in, setting),) = await self._in_turn(conn, q.HEARTBEAT, (self._session[0],))
         except SessionLostError as exc:
             self._lose_session(str(exc))
             raise  # reconnect and open a new session

@@ -7,7 +7,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from pggcl.errors import ConfigurationError
+from pggcl.errors import ConfigurationError, ValidationError
 
 log = logging.getLogger("pggcl")
 
@@ -20,6 +20,8 @@ class Options:
     """Client options. All durations in seconds.
 
     ``pool_size``: connections for acquire/release/management (the session connection is extra).
+    0: no pool; the calls take turns on the session connection, so the client uses one
+    connection in all (for a process that makes one call at a time: a single-threaded holder).
     ``grace_seconds``: how long this client's leases survive a lost session connection.
     ``heartbeat_seconds``: safety-net interval while this process has waiters.
     ``connect_timeout``: how long to wait for a connection, or for the first session.
@@ -39,6 +41,22 @@ class Options:
     pool_timeout: float = 30.0
     retry_seconds: float = 30.0
     session_dsn: str | None = None
+
+    def __post_init__(self) -> None:
+        size = self.pool_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValidationError(
+                f"invalid pool_size: {size!r}; it must be a whole number of connections, 0 or "
+                "more (0: the calls share the session connection)",
+                field="pool_size",
+            )
+        if size == 0 and self.session_dsn is not None:
+            raise ValidationError(
+                "invalid pool_size: 0 runs the calls on the session connection, but with "
+                "session_dsn they go through the pooler at the client's DSN: give pool_size 1 "
+                "or more",
+                field="pool_size",
+            )
 
 
 def env_dsn() -> str:

@@ -6,6 +6,8 @@ psycopg must be >= 3.2.10: earlier releases lose or leak notifications.
 from __future__ import annotations
 
 import select
+import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,6 +62,8 @@ class Connection:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
         self._cursor: psycopg.RawCursor[Any] = psycopg.RawCursor(conn)
+        self._payloads: deque[str] = deque()
+        self._listening = False
 
     @property
     def usable(self) -> bool:
@@ -86,19 +90,51 @@ class Connection:
 
     def listen(self, channel: str) -> None:
         """Receive the notifications of ``channel`` (read them with :meth:`notifications`)."""
+        if not self._listening:
+            # Notifications that arrive while another thread runs a statement here (calls may
+            # share the session connection) are read by psycopg: it hands them over.
+            self._conn.add_notify_handler(self._on_notify)
+            self._listening = True
         try:
             self._conn.execute(listen(channel))
         except psycopg.Error as exc:
             raise _error(exc, self._conn) from exc
 
+    def _on_notify(self, notify: psycopg.Notify) -> None:
+        self._payloads.append(notify.payload)
+
     def notifications(self, timeout: float) -> Iterator[str]:
         """The payloads that arrive within ``timeout`` seconds (and any that already have).
-        Raises DatabaseUnavailableError when the connection is lost."""
-        try:
-            for notify in self._conn.notifies(timeout=timeout):
-                yield notify.payload
-        except psycopg.Error as exc:
-            raise _error(exc, self._conn) from exc
+        Raises DatabaseUnavailableError when the connection is lost. Waits without holding
+        the connection (psycopg's notifies() would hold its lock throughout), so that other
+        threads may run statements on it meanwhile."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while self._payloads:
+                yield self._payloads.popleft()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                if select.select([self._conn.fileno()], [], [], remaining)[0]:
+                    self._read()
+            except psycopg.Error as exc:
+                raise translate_error(exc.sqlstate, str(exc), True) from exc
+            except (OSError, ValueError) as exc:  # closed under us
+                lost = translate_error(None, f"the session connection was closed: {exc}", True)
+                raise lost from exc
+
+    def _read(self) -> None:
+        """Take in what the server sent: the notifications among it (nothing else arrives on
+        an idle connection but an error that ends it)."""
+        with self._conn.lock:
+            pgconn = self._conn.pgconn
+            pgconn.consume_input()
+            encoding = self._conn.info.encoding
+            while notify := pgconn.notifies():
+                self._payloads.append(notify.extra.decode(encoding))
+            if pgconn.status != psycopg.pq.ConnStatus.OK:
+                raise translate_error(None, "the session connection was closed", True)
 
     def close(self, timeout: float) -> None:
         """Close the connection (``timeout`` is for the async twin: closing here does not wait)."""

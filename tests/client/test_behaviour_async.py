@@ -766,3 +766,60 @@ async def test_the_session_connection_knows_the_server_version(pggcl_dsn: str) -
         assert conn.server_version_num == int(shown) >= MIN_SERVER_VERSION_NUM
     finally:
         await conn.close(10.0)
+
+
+# --- One connection: pool_size=0 ---------------------------------------------------------------
+
+
+def connections_named(dsn: str, name: str) -> int:
+    rows = sql(dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", name)
+    (count,) = rows[0]
+    assert isinstance(count, int)
+    return count
+
+
+async def test_without_a_pool_one_connection_carries_everything(
+    pggcl_dsn: str, other: AsyncClient
+) -> None:
+    solo_dsn = pggcl_dsn + ("&" if "?" in pggcl_dsn else "?") + "application_name=pggcl-solo"
+    async with AsyncClient(solo_dsn, pool_size=0) as solo:
+        await solo.create_limit("db", 1)
+        async with solo.concurrency("db"):  # the fast path: one call
+            assert await run_blocking(connections_named, pggcl_dsn, "pggcl-solo") == 1
+        async with other.concurrency("db"):
+            waiter = spawn(lambda: hold_once(solo, "db"))  # queues, is woken, releases
+            await until(lambda: queued(other, "db", 1), "the waiter is queued")
+            assert await run_blocking(connections_named, pggcl_dsn, "pggcl-solo") == 1
+        assert await waiter.result() is not None
+        assert [lim.name for lim in await solo.list_limits()] == ["db"]
+        assert await solo.holders() == [] and await solo.queue() == []
+        assert solo.stats.connects == 1  # the session connection, and nothing else
+        assert await run_blocking(connections_named, pggcl_dsn, "pggcl-solo") == 1
+
+
+async def test_without_a_pool_a_lost_connection_is_remade_and_the_lease_released(
+    pggcl_dsn: str, other: AsyncClient
+) -> None:
+    async with AsyncClient(pggcl_dsn, pool_size=0) as solo:
+        await solo.create_limit("db", 1)
+        async with solo.concurrency("db") as grant:
+            generation = await solo._wait_listening(0)
+            session_id = await solo._session_id()
+            await run_blocking(terminate_session_connection, pggcl_dsn, session_id)
+            await solo._wait_listening(generation)
+            assert [h.lease_id for h in await other.holders("db")] == [grant.lease_id]
+        assert await other.holders("db") == []  # released on the remade connection
+        assert (solo.stats.reconnects, solo.stats.sessions_opened) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"pool_size": -1}, {"pool_size": 1.5}, {"pool_size": 0, "session_dsn": "postgresql://x"}],
+    ids=["negative", "fraction", "with-session-dsn"],
+)
+async def test_a_bad_pool_size_is_a_validation_error(
+    pggcl_dsn: str, options: dict[str, Any]
+) -> None:
+    with pytest.raises(pggcl.ValidationError) as raised:
+        AsyncClient(pggcl_dsn, **options)
+    assert raised.value.field == "pool_size"
