@@ -17,7 +17,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_report_header() -> str:
-    # Which PostgreSQL this run tests (PGGCL_PG_BIN picks it: scripts/test.sh runs a version matrix).
+    # Which PostgreSQL this run tests (PGGCL_PG_BIN picks it; scripts/test.sh runs a matrix).
     from pggcl.testing import describe_server
 
     return f"pggcl: {describe_server()}"
