@@ -51,7 +51,25 @@ CREATE TABLE pggcl.limit_state (
     level double precision NOT NULL DEFAULT 0,
     level_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     created timestamptz NOT NULL DEFAULT clock_timestamp(),
-    updated timestamptz NOT NULL DEFAULT clock_timestamp()
+    updated timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- Counters (the limits view shows them; docs/protocol.md says what each counts). Each is
+    -- kept by the statement that makes the change it counts, in the UPDATE of this row that
+    -- the change needs anyway: counting takes no other row, no other lock. They only grow.
+    grants bigint NOT NULL DEFAULT 0,           -- requests granted, at once or after queuing
+    enqueued bigint NOT NULL DEFAULT 0,         -- requests that had to queue
+    denied bigint NOT NULL DEFAULT 0,           -- try_acquire refused (on the limits in the way)
+    gave_up bigint NOT NULL DEFAULT 0,          -- waiters gone without a grant (cancel, timeout,
+                                                -- their session closed or died)
+    rejected bigint NOT NULL DEFAULT 0,         -- waiters told 'e:' (can never be granted)
+    reclaimed_slots bigint NOT NULL DEFAULT 0,  -- slots of dead holders and expired TTLs
+    -- Wait time (enqueued to granted) of the requests granted after queuing, and hold time
+    -- (granted to released or reclaimed) of the lease rows that ended, in seconds: the sums,
+    -- and per bucket of _bucket the number that fell in it (not cumulative: one element is
+    -- incremented per event). Last in the row: an UPDATE that leaves them alone logs less.
+    wait_seconds_sum double precision NOT NULL DEFAULT 0,
+    hold_seconds_sum double precision NOT NULL DEFAULT 0,
+    wait_buckets bigint[] NOT NULL DEFAULT '{0,0,0,0,0,0,0,0,0,0,0,0}',
+    hold_buckets bigint[] NOT NULL DEFAULT '{0,0,0,0,0,0,0,0,0,0,0,0}'
 );
 
 -- A session is one client connection that registered itself. It holds the session-level

@@ -91,6 +91,44 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT pggcl._fits(l.active, l."limit", l.held, l.level, l.slot_decay_per_second, l.level_at, occupy, at)
 $$;
 
+-- The histogram bucket (1 to 12) of a wait or hold of `seconds`: the first upper bound it does
+-- not exceed among 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 600 s, and 12 (+Inf) above
+-- them (Prometheus's `le`: a bound is inclusive). pggcl/ui/metrics.py has the same bounds.
+CREATE FUNCTION pggcl._bucket(seconds double precision) RETURNS integer
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN seconds OPERATOR(pg_catalog.<=) 0.001::double precision THEN 1
+                WHEN seconds OPERATOR(pg_catalog.<=) 0.005::double precision THEN 2
+                WHEN seconds OPERATOR(pg_catalog.<=) 0.01::double precision THEN 3
+                WHEN seconds OPERATOR(pg_catalog.<=) 0.05::double precision THEN 4
+                WHEN seconds OPERATOR(pg_catalog.<=) 0.1::double precision THEN 5
+                WHEN seconds OPERATOR(pg_catalog.<=) 0.5::double precision THEN 6
+                WHEN seconds OPERATOR(pg_catalog.<=) 1::double precision THEN 7
+                WHEN seconds OPERATOR(pg_catalog.<=) 5::double precision THEN 8
+                WHEN seconds OPERATOR(pg_catalog.<=) 10::double precision THEN 9
+                WHEN seconds OPERATOR(pg_catalog.<=) 60::double precision THEN 10
+                WHEN seconds OPERATOR(pg_catalog.<=) 600::double precision THEN 11
+                ELSE 12 END
+$$;
+
+-- Seconds between two moments, as a double (the wait and hold times counted).
+CREATE FUNCTION pggcl._seconds(since timestamptz, at timestamptz) RETURNS double precision
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT pg_catalog.date_part('epoch', at OPERATOR(pg_catalog.-) since)
+$$;
+
+-- `counts` with one more in each bucket of `buckets` (one element per event).
+CREATE FUNCTION pggcl._counted(counts bigint[], buckets integer[]) RETURNS bigint[]
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    b integer;
+BEGIN
+    FOREACH b IN ARRAY coalesce(buckets, '{}') LOOP
+        counts[b] := counts[b] + 1;
+    END LOOP;
+    RETURN counts;
+END
+$$;
+
 -- Seconds from `at` until `later` (0 when it has passed), NULL when `later` is NULL.
 CREATE FUNCTION pggcl._seconds_until(later timestamptz, at timestamptz) RETURNS double precision STRICT
 LANGUAGE sql IMMUTABLE AS $$

@@ -1,5 +1,6 @@
 -- Internal: locking limits, and the changes made on locked limits. Each function here keeps
--- the counters of limit_state (`held`, `queued`) equal to the rows they count (leases, waiters).
+-- the counters of limit_state (`held`, `queued`) equal to the rows they count (leases, waiters),
+-- and counts what it did (grants, enqueued, gave_up, ...: see 00_schema.sql) in that same UPDATE.
 -- (Helpers whose body is a query are PL/pgSQL, whose plans are cached; SQL functions that
 -- cannot be inlined are planned anew at every call.)
 --
@@ -55,8 +56,9 @@ END
 $$;
 
 -- Give slots to a request: the lease rows (concurrency mode) or the bucket level (rate-limit
--- mode). Slots are taken on the active limits only. The caller has checked room and holds the
--- locks. A lease without a session is its role's (owner_role).
+-- mode). Slots are taken on the active limits only; the grant is counted on every limit of the
+-- request (inactive ones too). The caller has checked room and holds the locks. A lease without
+-- a session is its role's (owner_role).
 CREATE FUNCTION pggcl._take(ids bigint[], active_ids bigint[], occupy integer, mode text,
                             lease_id uuid, session_id integer, holder text,
                             ttl_seconds double precision, at timestamptz)
@@ -69,27 +71,48 @@ BEGIN
         SELECT lease_id, x, CASE WHEN x = ANY(active_ids) THEN occupy ELSE 0 END, session_id, holder,
                at, at + make_interval(secs => ttl_seconds), CASE WHEN session_id IS NULL THEN session_user END
         FROM unnest(ids) x;
-        IF cardinality(active_ids) > 0 THEN
-            UPDATE pggcl.limit_state SET held = held + occupy WHERE id = ANY(active_ids);
-        END IF;
-    ELSIF cardinality(active_ids) > 0 THEN
         UPDATE pggcl.limit_state l
-        SET level = pggcl._decayed(l.level, l.slot_decay_per_second, l.level_at, at) + occupy, level_at = at
-        WHERE l.id = ANY(active_ids);
+        SET held = l.held + CASE WHEN l.id = ANY(active_ids) THEN occupy ELSE 0 END, grants = l.grants + 1
+        WHERE l.id = ANY(ids);
+    ELSE
+        UPDATE pggcl.limit_state l
+        SET level = CASE WHEN l.id = ANY(active_ids)
+                         THEN pggcl._decayed(l.level, l.slot_decay_per_second, l.level_at, at) + occupy
+                         ELSE l.level END,
+            level_at = CASE WHEN l.id = ANY(active_ids) THEN at ELSE l.level_at END,
+            grants = l.grants + 1
+        WHERE l.id = ANY(ids);
     END IF;
 END
 $$;
 
--- Give back the slots of deleted lease rows, summed per limit.
-CREATE FUNCTION pggcl._give_back(freed_limit_ids bigint[], freed_slots integer[]) RETURNS void
+-- Give back the slots of deleted lease rows (one array element per row: its limit, slots and
+-- when it was granted), summed per limit, and count their hold times up to `at`; `reclaimed`:
+-- they were taken from dead holders or expired, and their slots count as reclaimed_slots.
+CREATE FUNCTION pggcl._give_back(freed_limit_ids bigint[], freed_slots integer[], held_since timestamptz[],
+                                 at timestamptz, reclaimed boolean) RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    held_for double precision;
 BEGIN
     IF cardinality(freed_limit_ids) = 1 THEN
-        UPDATE pggcl.limit_state SET held = held - freed_slots[1] WHERE id = freed_limit_ids[1];
+        held_for := pggcl._seconds(held_since[1], at);
+        UPDATE pggcl.limit_state
+        SET held = held - freed_slots[1],
+            reclaimed_slots = reclaimed_slots + CASE WHEN reclaimed THEN freed_slots[1] ELSE 0 END,
+            hold_seconds_sum = hold_seconds_sum + held_for,
+            hold_buckets[pggcl._bucket(held_for)] = hold_buckets[pggcl._bucket(held_for)] + 1
+        WHERE id = freed_limit_ids[1];
     ELSIF cardinality(freed_limit_ids) > 1 THEN
-        UPDATE pggcl.limit_state l SET held = l.held - f.slots
-        FROM (SELECT limit_id, sum(slots)::integer AS slots
-              FROM unnest(freed_limit_ids, freed_slots) AS u(limit_id, slots) GROUP BY limit_id) f
+        UPDATE pggcl.limit_state l
+        SET held = l.held - f.slots,
+            reclaimed_slots = l.reclaimed_slots + CASE WHEN reclaimed THEN f.slots ELSE 0 END,
+            hold_seconds_sum = l.hold_seconds_sum + f.seconds,
+            hold_buckets = pggcl._counted(l.hold_buckets, f.buckets)
+        FROM (SELECT u.limit_id, sum(u.slots)::integer AS slots, sum(pggcl._seconds(u.since, at)) AS seconds,
+                     array_agg(pggcl._bucket(pggcl._seconds(u.since, at))) AS buckets
+              FROM unnest(freed_limit_ids, freed_slots, held_since) AS u(limit_id, slots, since)
+              GROUP BY u.limit_id) f
         WHERE l.id = f.limit_id;
     END IF;
 END
@@ -97,32 +120,37 @@ $$;
 
 -- Drop the lease rows on the locked limits `ids` that belong to the session `of_session` or
 -- that expired by `expired_by` (callers give one of the two, the other NULL matches nothing),
--- and give their slots back. Rows locked by someone else are skipped (see above).
-CREATE FUNCTION pggcl._drop_leases(ids bigint[], of_session integer, expired_by timestamptz)
+-- and give their slots back, their hold ending `at` (`reclaimed`: see _give_back). Rows locked
+-- by someone else are skipped (see above).
+CREATE FUNCTION pggcl._drop_leases(ids bigint[], of_session integer, expired_by timestamptz,
+                                   at timestamptz, reclaimed boolean)
 RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     freed_limits bigint[];
     freed_slots integer[];
+    held_since timestamptz[];
 BEGIN
     WITH gone AS (
         DELETE FROM pggcl.leases WHERE (id, limit_id) IN (
             SELECT x.id, x.limit_id FROM pggcl.leases x
             WHERE x.limit_id = ANY(ids) AND (x.session_id = of_session OR x.expires_at <= expired_by)
             FOR UPDATE SKIP LOCKED)
-        RETURNING limit_id, occupy
+        RETURNING limit_id, occupy, acquired_at
     )
-    SELECT array_agg(limit_id), array_agg(occupy) INTO freed_limits, freed_slots FROM gone;
-    PERFORM pggcl._give_back(freed_limits, freed_slots);
+    SELECT array_agg(limit_id), array_agg(occupy), array_agg(acquired_at)
+      INTO freed_limits, freed_slots, held_since FROM gone;
+    PERFORM pggcl._give_back(freed_limits, freed_slots, held_since, at, reclaimed);
 END
 $$;
 
--- Count waiter rows removed from the given (locked) limits, one array element per row.
+-- Count waiter rows removed from the given (locked) limits without a grant (their session
+-- closed or died: they gave up), one array element per row.
 CREATE FUNCTION pggcl._dequeued(limit_ids bigint[]) RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     IF limit_ids IS NOT NULL THEN
-        UPDATE pggcl.limit_state l SET queued = l.queued - c.n
+        UPDATE pggcl.limit_state l SET queued = l.queued - c.n, gave_up = l.gave_up + c.n
         FROM (SELECT x AS id, count(*)::integer AS n FROM unnest(limit_ids) x GROUP BY x) c
         WHERE l.id = c.id;
     END IF;
@@ -143,30 +171,49 @@ BEGIN
                                ttl_seconds, enqueued_at)
     SELECT waiter_id, x, ids, session_id, lease_id, occupy, mode, holder, ttl_seconds, at
     FROM unnest(ids) x;
-    UPDATE pggcl.limit_state SET queued = queued + 1 WHERE id = ANY(ids);
+    UPDATE pggcl.limit_state SET queued = queued + 1, enqueued = enqueued + 1 WHERE id = ANY(ids);
     RETURN waiter_id;
 END
 $$;
 
 -- Remove a waiter from every queue it is in; its limits are locked. False when it was in none.
-CREATE FUNCTION pggcl._dequeue_waiter(waiter_id bigint) RETURNS boolean
+-- `outcome` is counted: 'granted' (its wait, enqueued to `at`; the grant itself is _take's),
+-- 'gave_up' or 'rejected'.
+CREATE FUNCTION pggcl._dequeue_waiter(waiter_id bigint, outcome text, at timestamptz) RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
-    WITH gone AS (DELETE FROM pggcl.waiters w WHERE w.id = waiter_id RETURNING w.limit_id)
-    UPDATE pggcl.limit_state l SET queued = l.queued - 1 FROM gone WHERE l.id = gone.limit_id;
+    IF outcome = 'granted' THEN
+        WITH gone AS (
+            DELETE FROM pggcl.waiters w WHERE w.id = waiter_id
+            RETURNING w.limit_id, pggcl._seconds(w.enqueued_at, at) AS waited
+        )
+        UPDATE pggcl.limit_state l
+        SET queued = l.queued - 1, wait_seconds_sum = l.wait_seconds_sum + gone.waited,
+            wait_buckets[pggcl._bucket(gone.waited)] = l.wait_buckets[pggcl._bucket(gone.waited)] + 1
+        FROM gone WHERE l.id = gone.limit_id;
+    ELSE
+        WITH gone AS (DELETE FROM pggcl.waiters w WHERE w.id = waiter_id RETURNING w.limit_id)
+        UPDATE pggcl.limit_state l
+        SET queued = l.queued - 1,
+            gave_up = l.gave_up + CASE WHEN outcome = 'gave_up' THEN 1 ELSE 0 END,
+            rejected = l.rejected + CASE WHEN outcome = 'rejected' THEN 1 ELSE 0 END
+        FROM gone WHERE l.id = gone.limit_id;
+    END IF;
     RETURN FOUND;
 END
 $$;
 
 -- Drop what a session holds and waits for on the locked limits `ids` (a dead, reclaimed or
 -- orphaned session, or one being closed), and forget a reclaimed session once nothing of it
--- is left. Its claims on other limits go when those limits are reaped in turn.
-CREATE FUNCTION pggcl._drop_session_claims(dead_session integer, ids bigint[]) RETURNS void
+-- is left. Its claims on other limits go when those limits are reaped in turn. `reclaimed`:
+-- its slots count as reclaimed (not when it is closed).
+CREATE FUNCTION pggcl._drop_session_claims(dead_session integer, ids bigint[], at timestamptz,
+                                           reclaimed boolean) RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     dequeued bigint[];
 BEGIN
-    PERFORM pggcl._drop_leases(ids, dead_session, NULL);
+    PERFORM pggcl._drop_leases(ids, dead_session, NULL, at, reclaimed);
 
     WITH gone AS (
         DELETE FROM pggcl.waiters WHERE session_id = dead_session AND limit_id = ANY(ids)

@@ -27,7 +27,7 @@ DECLARE
     s pggcl.sessions;
     since timestamptz;
 BEGIN
-    PERFORM pggcl._drop_leases(ids, NULL, at);
+    PERFORM pggcl._drop_leases(ids, NULL, at, at, true);
 
     SELECT min(expires_at) INTO next_at FROM pggcl.leases WHERE limit_id = ANY(ids);
 
@@ -41,7 +41,7 @@ BEGIN
             alive := pggcl._held_by_its_backend(s.id);
         END IF;
         IF NOT FOUND OR s.reclaimed THEN
-            PERFORM pggcl._drop_session_claims(owner.session_id, ids);
+            PERFORM pggcl._drop_session_claims(owner.session_id, ids, at, true);
         ELSIF alive THEN
             IF s.dead_since IS NOT NULL THEN
                 UPDATE pggcl.sessions SET dead_since = NULL WHERE id = s.id;
@@ -55,7 +55,7 @@ BEGIN
             IF since + make_interval(secs => s.grace_seconds) <= at THEN
                 UPDATE pggcl.sessions SET reclaimed = true WHERE id = s.id AND backend_pid = s.backend_pid;
                 IF FOUND THEN
-                    PERFORM pggcl._drop_session_claims(s.id, ids);
+                    PERFORM pggcl._drop_session_claims(s.id, ids, at, true);
                 END IF;
             ELSE
                 next_at := least(next_at, since + make_interval(secs => s.grace_seconds));

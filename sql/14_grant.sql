@@ -59,6 +59,7 @@ DECLARE
     dropped boolean := false;
     passed boolean := false;  -- a waiter was passed over: queue_from must stay below it
     general boolean := NOT lim.active;
+    waited double precision;
 BEGIN
     IF lim.active THEN
         -- (No LIMIT: dead waiters are skipped; the loop ends when the head does not fit.)
@@ -74,6 +75,7 @@ BEGIN
                 IF pggcl._dead_past_grace(w.session_id, at) THEN
                     DELETE FROM pggcl.waiters x WHERE x.limit_id = lim.id AND x.id = w.id;
                     lim.queued := lim.queued - 1;
+                    lim.gave_up := lim.gave_up + 1;
                     IF NOT passed THEN
                         lim.queue_from := w.id;
                     END IF;
@@ -99,6 +101,10 @@ BEGIN
                 lim.level_at := at;
             END IF;
             lim.queued := lim.queued - 1;
+            lim.grants := lim.grants + 1;
+            waited := pggcl._seconds(w.enqueued_at, at);
+            lim.wait_seconds_sum := lim.wait_seconds_sum + waited;
+            lim.wait_buckets[pggcl._bucket(waited)] := lim.wait_buckets[pggcl._bucket(waited)] + 1;
             IF NOT passed THEN
                 lim.queue_from := w.id;  -- it was the head: every waiter before it here is gone
             END IF;
@@ -107,7 +113,8 @@ BEGIN
         IF cardinality(granted) > 0 OR dropped THEN
             UPDATE pggcl.limit_state
             SET held = lim.held, queued = lim.queued, level = lim.level, level_at = lim.level_at,
-                queue_from = lim.queue_from
+                queue_from = lim.queue_from, grants = lim.grants, gave_up = lim.gave_up,
+                wait_seconds_sum = lim.wait_seconds_sum, wait_buckets = lim.wait_buckets
             WHERE id = lim.id;
         END IF;
     END IF;
@@ -147,20 +154,20 @@ BEGIN
         ELSE
             why := pggcl._impossible(w.limit_ids, w.occupy, w.mode);
             IF why IS NOT NULL THEN
-                PERFORM pggcl._dequeue_waiter(w.id);
+                PERFORM pggcl._dequeue_waiter(w.id, 'rejected', at);
                 PERFORM pggcl._notify(w.session_id, 'e', w.id, why);
             ELSIF (SELECT bool_and(pggcl._fits(l.active, l."limit", l.held, l.level, l.slot_decay_per_second,
                                                l.level_at, w.occupy, at))
                    FROM pggcl.limit_state l WHERE l.id = ANY(w.limit_ids)) THEN
                 IF NOT pggcl._session_alive(w.session_id) THEN  -- never served (see _serve)
                     IF pggcl._dead_past_grace(w.session_id, at) THEN
-                        PERFORM pggcl._dequeue_waiter(w.id);
+                        PERFORM pggcl._dequeue_waiter(w.id, 'gave_up', at);
                     END IF;
                     CONTINUE;
                 END IF;
                 PERFORM pggcl._take(w.limit_ids, pggcl._intersect(w.limit_ids, active_ids), w.occupy,
                                     w.mode, w.lease_id, w.session_id, w.holder, w.ttl_seconds, at);
-                PERFORM pggcl._dequeue_waiter(w.id);
+                PERFORM pggcl._dequeue_waiter(w.id, 'granted', at);
                 PERFORM pggcl._notify(w.session_id, 'g', w.id);
                 granted := granted || w.id;
             ELSE

@@ -68,6 +68,13 @@ FROM pggcl.sessions s,
 -- `held_slots` (whether or not anyone reclaimed them yet: see _dead_since): they are gone the
 -- moment anyone next locks the limit.
 -- active_slots = held_slots + decaying_slots.
+-- Then the counters, which only grow (docs/protocol.md says what each counts): grants,
+-- enqueued, denied, gave_up, rejected, reclaimed_slots; the wait time of every grant (0 s for
+-- one granted at once) and the hold time of every lease row that ended, in seconds, each as a
+-- count, a sum and cumulative buckets: element i counts those of at most the i-th bound of
+-- 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 600 s and +Inf (the 12th equals the count),
+-- as Prometheus histograms have them. They are read from the limit's row as it stands, without
+-- a lock: reading never holds up an acquire.
 CREATE VIEW pggcl.limits AS
 WITH dead AS MATERIALIZED (SELECT d.id, d.expired FROM pggcl._sessions_seen d WHERE NOT d.alive)
 SELECT l.name,
@@ -79,10 +86,31 @@ SELECT l.name,
        l.created,
        l.updated,
        l.held - c.dead_held AS held_slots,
-       r.decaying AS decaying_slots
+       r.decaying AS decaying_slots,
+       l.grants,
+       l.enqueued,
+       l.denied,
+       l.gave_up,
+       l.rejected,
+       l.reclaimed_slots,
+       l.grants AS wait_seconds_count,
+       l.wait_seconds_sum,
+       h.wait_seconds_buckets,
+       h.hold_seconds_count,
+       l.hold_seconds_sum,
+       h.hold_seconds_buckets
 FROM pggcl.limit_state l,
      LATERAL (SELECT pggcl._decayed(l.level, l.slot_decay_per_second, l.level_at, clock_timestamp())
                      AS decaying) r,
+     -- The stored buckets count one event each and, for waits, only the grants that queued:
+     -- made cumulative here, the grants at once (0 s) added to every bucket.
+     LATERAL (SELECT (SELECT array_agg(x.n ORDER BY x.i) FROM (
+                          SELECT b.i, (l.grants - sum(b.n) OVER () + sum(b.n) OVER (ORDER BY b.i))::bigint AS n
+                          FROM unnest(l.wait_buckets) WITH ORDINALITY b(n, i)) x) AS wait_seconds_buckets,
+                     (SELECT array_agg(x.n ORDER BY x.i) FROM (
+                          SELECT b.i, (sum(b.n) OVER (ORDER BY b.i))::bigint AS n
+                          FROM unnest(l.hold_buckets) WITH ORDINALITY b(n, i)) x) AS hold_seconds_buckets,
+                     (SELECT sum(b)::bigint FROM unnest(l.hold_buckets) b) AS hold_seconds_count) h,
      LATERAL (SELECT CASE WHEN l.queued = 0 THEN 0 ELSE (
                          SELECT count(*) FROM pggcl.waiters w
                          WHERE w.limit_id = l.id AND w.session_id IN (SELECT d.id FROM dead d))::integer

@@ -142,7 +142,7 @@ BEGIN
     ids := pggcl._lock(array(
         SELECT limit_id FROM pggcl.leases WHERE leases.session_id = target
         UNION SELECT limit_id FROM pggcl.waiters WHERE waiters.session_id = target));
-    PERFORM pggcl._drop_session_claims(target, ids);
+    PERFORM pggcl._drop_session_claims(target, ids, at, false);
     PERFORM pggcl._grant(ids, at);
     DELETE FROM pggcl.sessions x WHERE x.id = target;
     DELETE FROM pggcl.sightings x WHERE x.session_id = target;

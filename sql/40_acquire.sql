@@ -13,7 +13,7 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     taken_id bigint;
 BEGIN
-    UPDATE pggcl.limit_state s SET held = s.held + occupy
+    UPDATE pggcl.limit_state s SET held = s.held + occupy, grants = s.grants + 1
     WHERE s.name = _take_one.name AND s.active AND s.queued = 0
       AND s.held + occupy <= s."limit" + 1e-9 - pggcl._decayed(s.level, s.slot_decay_per_second, s.level_at, at)
     RETURNING s.id INTO taken_id;
@@ -40,7 +40,8 @@ CREATE FUNCTION pggcl._take_one_rate(name text, occupy integer, at timestamptz) 
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     UPDATE pggcl.limit_state s
-    SET level = pggcl._decayed(s.level, s.slot_decay_per_second, s.level_at, at) + occupy, level_at = at
+    SET level = pggcl._decayed(s.level, s.slot_decay_per_second, s.level_at, at) + occupy, level_at = at,
+        grants = s.grants + 1
     WHERE s.name = _take_one_rate.name AND s.active AND s.queued = 0 AND s.slot_decay_per_second > 0
       AND pggcl._fits(true, s."limit", s.held, s.level, s.slot_decay_per_second, s.level_at, occupy, at);
     RETURN FOUND;
@@ -185,13 +186,20 @@ BEGIN
         RETURN;
     END IF;
 
-    -- 8. Refused: say when to look again, and queue when asked to. (A rate-limit waiter has no
-    -- lease; its row keeps the request id, so that cancel can find it by that.)
+    -- 8. Refused: say when to look again, and queue when asked to (counted in `enqueued`), or
+    -- count the refusal (`denied`) on the limits that stood in the way: full, or queued on.
+    -- (A rate-limit waiter has no lease; its row keeps the request id, so that cancel can find
+    -- it by that.)
     retry_after := pggcl._retry_after(ids, occupy, NULL, at, next_at);
     IF wait THEN
         lease_id := CASE WHEN mode = 'concurrency' THEN coalesce(request_id, gen_random_uuid()) END;
         waiter_id := pggcl._enqueue(ids, occupy, mode, coalesce(lease_id, request_id, gen_random_uuid()),
                                     session_id, holder, ttl_seconds, at);
+    ELSE
+        UPDATE pggcl.limit_state l SET denied = l.denied + 1
+        WHERE l.id = ANY(active_ids)
+          AND (l.queued > 0 OR NOT pggcl._fits(true, l."limit", l.held, l.level, l.slot_decay_per_second,
+                                               l.level_at, occupy, at));
     END IF;
 END
 $$;

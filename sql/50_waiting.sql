@@ -63,7 +63,7 @@ BEGIN
                                  AND pggcl._may_act_for(x.session_id)) THEN 'granted' ELSE 'gone' END;
     END IF;
     ids := pggcl._lock(array(SELECT limit_id FROM pggcl.waiters x WHERE x.id = cancel.waiter_id));
-    IF pggcl._dequeue_waiter(cancel.waiter_id) THEN
+    IF pggcl._dequeue_waiter(cancel.waiter_id, 'gave_up', at) THEN
         PERFORM pggcl._grant(ids, at);
         RETURN 'cancelled';
     END IF;

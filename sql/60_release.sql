@@ -9,6 +9,8 @@ DECLARE
     at timestamptz := clock_timestamp();
     freed_limits bigint[];
     freed_slots integer[];
+    held_since timestamptz[];
+    held_for double precision;
     lim pggcl.limit_state;
 BEGIN
     -- The lease rows go first; everyone who deletes lease rows under a limit lock skips rows
@@ -16,21 +18,27 @@ BEGIN
     WITH gone AS (
         DELETE FROM pggcl.leases x
         WHERE x.id = release.lease_id AND pggcl._may_act_on(x.session_id, x.owner_role)
-        RETURNING x.limit_id, x.occupy
+        RETURNING x.limit_id, x.occupy, x.acquired_at
     )
-    SELECT array_agg(gone.limit_id), array_agg(gone.occupy) INTO freed_limits, freed_slots FROM gone;
+    SELECT array_agg(gone.limit_id), array_agg(gone.occupy), array_agg(gone.acquired_at)
+      INTO freed_limits, freed_slots, held_since FROM gone;
     IF freed_limits IS NULL THEN
         RETURN false;
     ELSIF cardinality(freed_limits) = 1 THEN
-        -- The usual case: one limit. Its slots go straight to the head of its queue.
-        UPDATE pggcl.limit_state SET held = held - freed_slots[1] WHERE id = freed_limits[1]
+        -- The usual case: one limit. Its slots go straight to the head of its queue; the hold
+        -- is counted in the same UPDATE (as _give_back does).
+        held_for := pggcl._seconds(held_since[1], at);
+        UPDATE pggcl.limit_state
+        SET held = held - freed_slots[1], hold_seconds_sum = hold_seconds_sum + held_for,
+            hold_buckets[pggcl._bucket(held_for)] = hold_buckets[pggcl._bucket(held_for)] + 1
+        WHERE id = freed_limits[1]
         RETURNING * INTO lim;
         IF lim.queued > 0 THEN
             PERFORM pggcl._serve(lim, at);
         END IF;
     ELSE
         PERFORM pggcl._lock(freed_limits);
-        PERFORM pggcl._give_back(freed_limits, freed_slots);
+        PERFORM pggcl._give_back(freed_limits, freed_slots, held_since, at, false);
         PERFORM pggcl._grant(freed_limits, at);
     END IF;
     RETURN true;

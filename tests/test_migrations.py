@@ -32,6 +32,8 @@ FROZEN = {
     "0007_dead_waiters_keep_their_place_downgrade.sql": "49e603aa1d6c484ca5b0678013eca7f7",
     "0008_liveness_by_backend_owned_leases.sql": "563f7c5c45f336f2265b2246a68698ae",
     "0008_liveness_by_backend_owned_leases_downgrade.sql": "04bdda0f4228673605ed70e8a2ab365e",
+    "0009_counters.sql": "25cd1e6cd8424f86f3e19e4607d07053",
+    "0009_counters_downgrade.sql": "3a17a8b2416c9aae74614513c4a63ca5",
 }
 
 
@@ -252,7 +254,7 @@ def test_upgrading_to_0008_keeps_live_leases_and_waiters(empty_dsn: str) -> None
         ).fetchone()
         assert ttl is not None
 
-        schema.upgrade(empty_dsn)
+        schema.upgrade(empty_dsn, "0008")
         assert schema.current(empty_dsn) == "0008"
 
         held = admin.execute("SELECT lease_id FROM pggcl.holders ORDER BY name").fetchall()
@@ -268,6 +270,38 @@ def test_upgrading_to_0008_keeps_live_leases_and_waiters(empty_dsn: str) -> None
         assert waiter.execute("SELECT pggcl.release(%s)", (ttl[0],)).fetchone() == (True,)
         assert waiter.execute("SELECT pggcl.release(%s)", (lease,)).fetchone() == (False,)
         assert admin.execute("SELECT count(*) FROM pggcl.leases").fetchone() == (1,)
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def test_upgrading_to_0009_keeps_leases_and_waiters_and_counts_from_there(empty_dsn: str) -> None:
+    """Revision 0009 on a database in use: a lease and a queued request from before it survive,
+    and the counters start at 0 and count what happens after it."""
+    schema.upgrade(empty_dsn, "0008")
+    conns = [psycopg.connect(empty_dsn, autocommit=True) for _ in range(3)]
+    admin, holder, waiter = conns
+    try:
+        admin.execute("SELECT pggcl.create_limit('db', 1)")
+        for conn in (holder, waiter):
+            row = conn.execute("SELECT channel FROM pggcl.open_session(60)").fetchone()
+            assert row is not None
+            conn.execute(f'LISTEN "{row[0]}"')
+        got = holder.execute("SELECT lease_id FROM pggcl.acquire('{db}')").fetchone()
+        queued = waiter.execute("SELECT waiter_id FROM pggcl.acquire('{db}')").fetchone()
+        assert got is not None and queued is not None and queued[0] is not None
+
+        schema.upgrade(empty_dsn)
+        assert schema.current(empty_dsn) == "0009"
+
+        counted = (
+            "SELECT grants, enqueued, wait_seconds_count, hold_seconds_count FROM pggcl.limits"
+        )
+        assert admin.execute(counted).fetchone() == (0, 0, 0, 0)
+        assert holder.execute("SELECT pggcl.release(%s)", (got[0],)).fetchone() == (True,)
+        payloads = [n.payload for n in waiter.notifies(timeout=10, stop_after=1)]
+        assert payloads == [f"g:{queued[0]}"]
+        assert admin.execute(counted).fetchone() == (1, 0, 1, 1)
     finally:
         for conn in conns:
             conn.close()
