@@ -14,7 +14,8 @@ Every error pggcl raises derives from :class:`PggclError`::
     ├── AcquireConcurrencySlotTimeoutError   timeout_seconds passed (also a TimeoutError)
     ├── SessionLostError                     the client's session was reclaimed (GC007/GC008)
     ├── SchemaNotInstalledError              the database has no pggcl schema, or an older
-    │                                        one (3F000, 42883, 42P01): run `pggcl db upgrade`
+    │                                        one (3F000, 42883, 42P01, 42703): run
+    │                                        `pggcl db upgrade`
     ├── PermissionDeniedError                the DSN's role lacks a grant (42501)
     ├── DatabaseUnavailableError             the database cannot be reached (08xxx, 57xxx)
     ├── PoolTimeoutError                     every pool connection stayed busy for

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Final
+
+#: The upper bounds, in seconds, of the buckets of the wait and hold histograms of
+#: :class:`ConcurrencyLimit` (Prometheus's ``le``: a bound is inclusive), the last +Inf. The
+#: engine's ``pggcl._bucket`` uses the same.
+HISTOGRAM_BOUNDS: Final[tuple[float, ...]] = (
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 600.0, math.inf,
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,6 +23,26 @@ class ConcurrencyLimit:
     ``active_slots`` is the occupancy at the moment of reading, in slots: ``held_slots``
     (held by leases) plus ``decaying_slots`` (the rate-limit bucket, which decays at
     ``slot_decay_per_second``). ``waiting`` counts queued requests.
+
+    The counters, kept by the engine with each change they count, since the limit was created
+    (or its database upgraded to revision 0009); they only grow:
+
+    - ``grants``: requests granted, at once or after queuing;
+    - ``enqueued``: requests that had to queue;
+    - ``denied``: ``try_acquire`` refusals (a timeout of 0) on this limit, when it was full or
+      had a queue (Prefect's ``denied_slots``, counted in requests);
+    - ``gave_up``: queued requests that left without a grant (cancelled, timed out,
+      interrupted, or their session was closed or died);
+    - ``rejected``: queued requests told they can never be granted (the limit was lowered
+      below them);
+    - ``reclaimed_slots``: slots taken back from dead holders and expired TTL leases.
+
+    Wait time (queued to granted, 0 s for a grant at once) of every grant, and hold time
+    (granted to released or reclaimed) of every lease that ended, in seconds: a count, a sum
+    and cumulative buckets, one per bound of :data:`HISTOGRAM_BOUNDS` (element i counts those
+    of at most ``HISTOGRAM_BOUNDS[i]``; the last equals the count). The mean hold,
+    ``hold_seconds_sum / hold_seconds_count``, is Prefect's ``avg_slot_occupancy_seconds``.
+    Rate limits hold nothing: their hold counts stay 0.
     """
 
     name: str
@@ -26,6 +55,18 @@ class ConcurrencyLimit:
     updated: datetime
     held_slots: int
     decaying_slots: float
+    grants: int = 0
+    enqueued: int = 0
+    denied: int = 0
+    gave_up: int = 0
+    rejected: int = 0
+    reclaimed_slots: int = 0
+    wait_seconds_count: int = 0
+    wait_seconds_sum: float = 0.0
+    wait_seconds_buckets: tuple[int, ...] = ()
+    hold_seconds_count: int = 0
+    hold_seconds_sum: float = 0.0
+    hold_seconds_buckets: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

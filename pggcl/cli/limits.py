@@ -20,6 +20,7 @@ from pggcl.cli._output import (
     yes_no,
 )
 from pggcl.formatting import moment, per_second, slots
+from pggcl.models import ConcurrencyLimit
 
 # Negative numbers are the engine's to refuse (exit 1, naming the value), not click's (exit 2).
 _limit_option = click.option("--limit", "-l", type=int, help="Maximum number of slots (0 or more).")
@@ -128,6 +129,7 @@ def inspect(ctx: click.Context, name: str, output: str | None, file_path: str | 
         ("waiting", str(limit.waiting)),
         ("created", moment(limit.created)),
         ("updated", moment(limit.updated)),
+        *_counted(limit),
     ]
     width = max(len(label) for label, _ in fields) + 1
     for label, value in fields:
@@ -236,6 +238,26 @@ def delete(ctx: click.Context, name: str, yes: bool) -> None:
         if not client.delete_limit(name):
             raise click.ClickException(f"global concurrency limit {name!r} not found")
     click.echo(f"Deleted global concurrency limit with name {name!r}.")
+
+
+def _counted(limit: ConcurrencyLimit) -> list[tuple[str, str]]:
+    """The counters, as `inspect` shows them (`--output json` has every bucket)."""
+    return [
+        ("grants", str(limit.grants)),
+        ("queued (had to wait)", str(limit.enqueued)),
+        ("denied (try, no wait)", str(limit.denied)),
+        ("gave up (waiting)", str(limit.gave_up)),
+        ("rejected (waiting)", str(limit.rejected)),
+        ("reclaimed slots", str(limit.reclaimed_slots)),
+        ("wait", _seconds(limit.wait_seconds_count, limit.wait_seconds_sum, "grant")),
+        ("hold", _seconds(limit.hold_seconds_count, limit.hold_seconds_sum, "lease")),
+    ]
+
+
+def _seconds(count: int, total: float, of: str) -> str:
+    if count == 0:
+        return f"no {of} yet"
+    return f"mean {total / count:.3f} s over {count} {of}{'s' if count != 1 else ''}"
 
 
 def _indent(text: str) -> str:

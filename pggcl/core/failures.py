@@ -24,10 +24,11 @@ from pggcl.errors import (
 # intervention (admin shutdown, crash shutdown, cannot connect now).
 _LOST_CLASSES: Final = ("08", "57")
 
-# Invalid schema name, undefined function, undefined table. pggcl's clients only ever name
-# pggcl's own objects, so any of these means the schema is missing or older than the client
-# (a function added by a later revision): `pggcl db upgrade` is the answer to both.
-_NOT_INSTALLED: Final = frozenset({"3F000", "42883", "42P01"})
+# Invalid schema name, undefined function, undefined table, undefined column. pggcl's clients
+# only ever name pggcl's own objects, so any of these means the schema is missing or older than
+# the client (a function or a view's column added by a later revision): `pggcl db upgrade` is
+# the answer to both.
+_NOT_INSTALLED: Final = frozenset({"3F000", "42883", "42P01", "42703"})
 
 _INSUFFICIENT_PRIVILEGE: Final = "42501"
 # A named prepared statement that is missing, or already there: a transaction pooler moved the

@@ -28,10 +28,14 @@ Clock = Callable[[], float]
 
 
 def _limit(row: Row) -> ConcurrencyLimit:
-    name, limit, active, active_slots, decay, waiting, created, updated, held, decaying = row
+    name, limit, active, active_slots, decay, waiting, created, updated, held, decaying = row[:10]
+    grants, enqueued, denied, gave_up, rejected, reclaimed = row[10:16]
+    wait_count, wait_sum, wait_buckets, hold_count, hold_sum, hold_buckets = row[16:]
     return ConcurrencyLimit(
         name, limit, active, float(active_slots), float(decay), waiting, _utc(created),
-        _utc(updated), held, float(decaying),
+        _utc(updated), held, float(decaying), grants, enqueued, denied, gave_up, rejected,
+        reclaimed, wait_count, float(wait_sum), tuple(wait_buckets), hold_count,
+        float(hold_sum), tuple(hold_buckets),
     )  # fmt: skip
 
 

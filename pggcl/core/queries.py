@@ -65,7 +65,9 @@ def listen(channel: str) -> str:
 # Management.
 _LIMIT_COLUMNS: Final = (
     'name, "limit", active, active_slots, slot_decay_per_second, waiting, created, updated,'
-    " held_slots, decaying_slots"
+    " held_slots, decaying_slots, grants, enqueued, denied, gave_up, rejected, reclaimed_slots,"
+    " wait_seconds_count, wait_seconds_sum, wait_seconds_buckets, hold_seconds_count,"
+    " hold_seconds_sum, hold_seconds_buckets"
 )
 CREATE_LIMIT: Final = (
     f"SELECT {_LIMIT_COLUMNS} FROM pggcl.create_limit("

@@ -73,6 +73,7 @@ def test_a_lost_connection_wins_over_what_the_statement_was() -> None:
         ("3F000", 'schema "pggcl" does not exist'),
         ("42883", "function pggcl.take(text, integer, uuid, text, uuid) does not exist"),
         ("42P01", 'relation "pggcl.limits" does not exist'),
+        ("42703", 'column "grants" does not exist'),  # a schema older than the client
     ],
 )
 def test_a_missing_schema_is_schema_not_installed(sqlstate: str, message: str) -> None:
