@@ -5,7 +5,8 @@
 Each tree (a checkout, e.g. ``git worktree add /tmp/old <commit>``; NEW_TREE defaults to this
 one) installs its own engine in its own database of one throwaway server, and runs in its own
 worker process (``PYTHONPATH=<tree>``). The workers take turns, OLD then NEW then OLD ..., each
-turn a burst of uncontended ``with client.concurrency(name)`` cycles (sync, then async), so both
+turn a burst of uncontended ``with client.concurrency(name)`` cycles (sync and async, by one
+caller, then by 8 threads or tasks of one client on 8 limits), so both
 see the same machine, minute by minute. Printed: per workload, the median over rounds of the
 NEW/OLD ratio of cycles per second, its spread, and the load average. On a noisy machine a
 same-run ratio of alternating bursts is the only figure worth quoting; absolute rates are not.
@@ -24,11 +25,13 @@ from pathlib import Path
 from pggcl.testing import TempPostgres, create_database, with_database
 
 HERE = Path(__file__).resolve().parent.parent
+#: sync/async: one client, one limit; sync8/async8: 8 threads or tasks of one client, 8 limits.
+KINDS = ("sync", "async", "sync8", "async8")
 
 # Runs inside a worker, with the tree's pggcl first on the path. It reads one command per line
 # ("sync SECONDS" / "async SECONDS" / "quit") and answers with the cycles per second.
 WORKER = r"""
-import asyncio, sys, time
+import asyncio, sys, threading, time
 import pggcl
 dsn = sys.argv[1]
 client = pggcl.Client(dsn)
@@ -61,6 +64,47 @@ async def async_burst(seconds):
         n += 50
     return n / (time.perf_counter() - start)
 
+many = pggcl.Client(dsn, pool_size=8)
+amany = None
+for i in range(8):
+    try:
+        client.create_limit(f"cmp{i}", 1_000_000)
+    except Exception:
+        pass
+
+def sync8_burst(seconds):
+    counts = [0] * 8
+    end = time.perf_counter() + seconds
+    def worker(i):
+        while time.perf_counter() < end:
+            for _ in range(20):
+                with many.concurrency(f"cmp{i}"):
+                    pass
+            counts[i] += 20
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - start)
+
+async def async8_burst(seconds):
+    global amany
+    if amany is None:
+        amany = pggcl.AsyncClient(dsn, pool_size=8)
+    counts = [0] * 8
+    end = time.perf_counter() + seconds
+    async def worker(i):
+        while time.perf_counter() < end:
+            for _ in range(20):
+                async with amany.concurrency(f"cmp{i}"):
+                    pass
+            counts[i] += 20
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(8)))
+    return sum(counts) / (time.perf_counter() - start)
+
 loop = asyncio.new_event_loop()
 print("ready", flush=True)
 for line in sys.stdin:
@@ -69,11 +113,17 @@ for line in sys.stdin:
         break
     if kind == "sync":
         print(sync_burst(float(arg)), flush=True)
+    elif kind == "sync8":
+        print(sync8_burst(float(arg)), flush=True)
+    elif kind == "async8":
+        print(loop.run_until_complete(async8_burst(float(arg))), flush=True)
     else:
         print(loop.run_until_complete(async_burst(float(arg))), flush=True)
 client.close()
-if aclient is not None:
-    loop.run_until_complete(aclient.close())
+many.close()
+for c in (aclient, amany):
+    if c is not None:
+        loop.run_until_complete(c.close())
 """
 
 
@@ -115,8 +165,8 @@ def main(argv: list[str] | None = None) -> None:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
             workers[label] = proc
         load_before = Path("/proc/loadavg").read_text().split()[:3]
-        results: dict[str, dict[str, list[float]]] = {"sync": {}, "async": {}}
-        for kind in ("sync", "async"):
+        results: dict[str, dict[str, list[float]]] = {k: {} for k in KINDS}
+        for kind in KINDS:
             for label in trees:
                 results[kind][label] = []
             for r in range(args.rounds):
@@ -146,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
             "ratio_quartiles": [q[0], q[2]],
         }
         print(
-            f"{kind:5}  old {summary[kind]['old_median']:7.0f}/s  "
+            f"{kind:6}  old {summary[kind]['old_median']:7.0f}/s  "
             f"new {summary[kind]['new_median']:7.0f}/s  "
             f"new/old median {summary[kind]['ratio_median']:.3f} "
             f"(quartiles {q[0]:.3f}..{q[2]:.3f}, {len(ratios)} rounds)"
