@@ -206,7 +206,7 @@ class Session:
                 session_id, channel = await self._take_session(conn)
                 ((kept,),) = await conn.execute(q.SESSION_SETTING, ())
                 check_session_kept(session_id, kept)
-                await conn.listen(channel)
+                await conn.listen(channel, self._deliver)
                 attempt = 0
                 self._conn = conn
                 self._listening()
@@ -307,10 +307,7 @@ class Session:
             elif now >= next_beat:
                 next_beat = next_heartbeat(now, self._heartbeat, await self._beat(conn))
             tick = _IDLE_TICK if next_beat is None else min(_IDLE_TICK, max(0.0, next_beat - now))
-            async for payload in conn.notifications(tick):
-                self._deliver(payload)
-                if self._stopping.is_set():
-                    return
+            await conn.pump(tick)  # what arrives meanwhile goes to _deliver at once
 
     async def _run_deferred(self, conn: Connection) -> None:
         while self._deferred:

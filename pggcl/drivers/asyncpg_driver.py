@@ -8,8 +8,7 @@ Connections are made with ``asyncpg.connect``, never taken from asyncpg's pool: 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -29,6 +28,10 @@ _CONNECTION_ERRORS = (
     TimeoutError,
 )
 _ERRORS = (asyncpg.PostgresError, *_CONNECTION_ERRORS)
+
+
+def _ignore(payload: str) -> None:
+    pass
 
 
 def _error(exc: BaseException) -> PggclError:
@@ -53,7 +56,7 @@ class Connection:
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
-        self._payloads: deque[str] = deque()
+        self._deliver: Callable[[str], None] = _ignore
         self._arrived = asyncio.Event()
         self._lost = False
 
@@ -94,33 +97,31 @@ class Connection:
 
         await shielded(settled())
 
-    async def listen(self, channel: str) -> None:
-        """Receive the notifications of ``channel`` (read them with :meth:`notifications`)."""
+    async def listen(self, channel: str, deliver: Callable[[str], None]) -> None:
+        """Receive the notifications of ``channel``: each payload goes to ``deliver`` as it
+        arrives, from asyncpg's callback (no hop through another task). :meth:`pump` waits."""
+        self._deliver = deliver
         self._conn.add_termination_listener(self._on_lost)
         try:
             await self._conn.add_listener(channel, self._on_notify)
         except _ERRORS as exc:
             raise _error(exc) from exc
 
-    async def notifications(self, timeout: float) -> AsyncIterator[str]:
-        """The payloads that arrive within ``timeout`` seconds (and any that already have).
+    async def pump(self, timeout: float) -> None:
+        """Wait until a notification has been delivered or ``timeout`` seconds have passed.
         Raises DatabaseUnavailableError when the connection is lost."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            while self._payloads:
-                yield self._payloads.popleft()
-            if self._lost or self._conn.is_closed():
-                raise translate_error(None, "the session connection was closed", True)
+        if not self._lost and not self._conn.is_closed():
             self._arrived.clear()
             try:
-                async with asyncio.timeout_at(deadline):
+                async with asyncio.timeout(timeout):
                     await self._arrived.wait()
             except TimeoutError:
                 return
+        if self._lost or self._conn.is_closed():
+            raise translate_error(None, "the session connection was closed", True)
 
     def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        self._payloads.append(str(payload))
+        self._deliver(str(payload))
         self._arrived.set()
 
     def _on_lost(self, conn: object) -> None:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import select
 import time
-from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -55,6 +54,10 @@ def connect(dsn: str, timeout: float, pooled: bool = False) -> Connection:
     return Connection(conn)
 
 
+def _ignore(payload: str) -> None:
+    pass
+
+
 class Connection:
     """One psycopg connection and its one cursor: a cursor made per statement costs about as
     much client time as the rest of the call (measured by bench/, workload A)."""
@@ -62,7 +65,7 @@ class Connection:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
         self._cursor: psycopg.RawCursor[Any] = psycopg.RawCursor(conn)
-        self._payloads: deque[str] = deque()
+        self._deliver: Callable[[str], None] = _ignore
         self._listening = False
 
     @property
@@ -88,11 +91,12 @@ class Connection:
         except psycopg.Error as exc:
             raise _error(exc, self._conn) from exc
 
-    def listen(self, channel: str) -> None:
-        """Receive the notifications of ``channel`` (read them with :meth:`notifications`)."""
+    def listen(self, channel: str, deliver: Callable[[str], None]) -> None:
+        """Receive the notifications of ``channel``: each payload goes to ``deliver`` as it is
+        read, by :meth:`pump` or, while another thread runs a statement here (calls may share
+        the session connection), by psycopg in that thread."""
+        self._deliver = deliver
         if not self._listening:
-            # Notifications that arrive while another thread runs a statement here (calls may
-            # share the session connection) are read by psycopg: it hands them over.
             self._conn.add_notify_handler(self._on_notify)
             self._listening = True
         try:
@@ -101,40 +105,42 @@ class Connection:
             raise _error(exc, self._conn) from exc
 
     def _on_notify(self, notify: psycopg.Notify) -> None:
-        self._payloads.append(notify.payload)
+        self._deliver(notify.payload)
 
-    def notifications(self, timeout: float) -> Iterator[str]:
-        """The payloads that arrive within ``timeout`` seconds (and any that already have).
-        Raises DatabaseUnavailableError when the connection is lost. Waits without holding
-        the connection (psycopg's notifies() would hold its lock throughout), so that other
-        threads may run statements on it meanwhile."""
+    def pump(self, timeout: float) -> None:
+        """Read and deliver what arrives until a notification has been delivered or ``timeout``
+        seconds have passed. Raises DatabaseUnavailableError when the connection is lost.
+        Waits without holding the connection (psycopg's notifies() would hold its lock
+        throughout), so that other threads may run statements on it meanwhile."""
         deadline = time.monotonic() + timeout
         while True:
-            while self._payloads:
-                yield self._payloads.popleft()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
             try:
-                if select.select([self._conn.fileno()], [], [], remaining)[0]:
-                    self._read()
+                if select.select([self._conn.fileno()], [], [], remaining)[0] and self._read():
+                    return
             except psycopg.Error as exc:
                 raise translate_error(exc.sqlstate, str(exc), True) from exc
             except (OSError, ValueError) as exc:  # closed under us
                 lost = translate_error(None, f"the session connection was closed: {exc}", True)
                 raise lost from exc
 
-    def _read(self) -> None:
-        """Take in what the server sent: the notifications among it (nothing else arrives on
-        an idle connection but an error that ends it)."""
+    def _read(self) -> bool:
+        """Take in what the server sent and deliver the notifications among it (nothing else
+        arrives on an idle connection but an error that ends it); whether there were any."""
         with self._conn.lock:
             pgconn = self._conn.pgconn
             pgconn.consume_input()
             encoding = self._conn.info.encoding
+            payloads = []
             while notify := pgconn.notifies():
-                self._payloads.append(notify.extra.decode(encoding))
+                payloads.append(notify.extra.decode(encoding))
             if pgconn.status != psycopg.pq.ConnStatus.OK:
                 raise translate_error(None, "the session connection was closed", True)
+        for payload in payloads:
+            self._deliver(payload)
+        return bool(payloads)
 
     def close(self, timeout: float) -> None:
         """Close the connection (``timeout`` is for the async twin: closing here does not wait)."""
