@@ -60,6 +60,7 @@ DECLARE
     passed boolean := false;  -- a waiter was passed over: queue_from must stay below it
     general boolean := NOT lim.active;
     waited double precision;
+    bucket integer;
 BEGIN
     IF lim.active THEN
         -- (No LIMIT: dead waiters are skipped; the loop ends when the head does not fit.)
@@ -103,8 +104,9 @@ BEGIN
             lim.queued := lim.queued - 1;
             lim.grants := lim.grants + 1;
             waited := pggcl._seconds(w.enqueued_at, at);
+            bucket := pggcl._bucket(waited);
             lim.wait_seconds_sum := lim.wait_seconds_sum + waited;
-            lim.wait_buckets[pggcl._bucket(waited)] := lim.wait_buckets[pggcl._bucket(waited)] + 1;
+            lim.wait_buckets[bucket] := lim.wait_buckets[bucket] + 1;
             IF NOT passed THEN
                 lim.queue_from := w.id;  -- it was the head: every waiter before it here is gone
             END IF;

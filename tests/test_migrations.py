@@ -32,7 +32,7 @@ FROZEN = {
     "0007_dead_waiters_keep_their_place_downgrade.sql": "49e603aa1d6c484ca5b0678013eca7f7",
     "0008_liveness_by_backend_owned_leases.sql": "563f7c5c45f336f2265b2246a68698ae",
     "0008_liveness_by_backend_owned_leases_downgrade.sql": "04bdda0f4228673605ed70e8a2ab365e",
-    "0009_counters.sql": "25cd1e6cd8424f86f3e19e4607d07053",
+    "0009_counters.sql": "d99b8f682b171018658677192076243e",
     "0009_counters_downgrade.sql": "3a17a8b2416c9aae74614513c4a63ca5",
 }
 
