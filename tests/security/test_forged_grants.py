@@ -104,8 +104,8 @@ def test_a_forged_notification_does_not_reach_a_raw_protocol_session(
 ) -> None:
     """A client following the README protocol by hand (psql, another language) LISTENs on the
     channel open_session returns. Nothing sent to the guessable `pggcl_<session_id>` channel
-    may arrive there: with a channel derived from the session's secret, no other role can
-    reach it (design.md, "A notification is a hint, never a credential")."""
+    may arrive there: the channel carries a secret that open_session returns to its caller
+    alone, so no other role can reach it (README, "Sessions and waiting")."""
     admin = connect(cast.admin.dsn)
     admin.execute("SELECT pggcl.create_limit('solo', 1)")
     admin.execute("SELECT pggcl.try_acquire('{solo}', ttl_seconds => 600)")
@@ -135,3 +135,37 @@ def test_nobody_else_hears_a_sessions_notifications(cast: Cast, connect: Connect
     told = [n.payload for n in victim.conn.notifies(timeout=5.0, stop_after=1)]
     assert len(told) == 1, "the victim was not told"
     assert [n.payload for n in spy.notifies(timeout=0.3)] == []
+
+
+def test_no_other_role_learns_a_sessions_channel(cast: Cast, connect: Connect) -> None:
+    """The secret channel is the only thing that keeps a forger out (a `g:` on it is trusted),
+    so no other role may learn it: not from pg_stat_activity (whose query column shows the
+    owner's `LISTEN "<channel>"`), nor from the views. What the README says others may still
+    see is checked too: the same role and a superuser do see it in pg_stat_activity."""
+    admin = connect(cast.admin.dsn)
+    admin.execute("SELECT pggcl.create_limit('solo', 1)")
+    admin.execute("SELECT pggcl.try_acquire('{solo}', ttl_seconds => 600)")
+    victim = RawSession(connect(cast.other.dsn))
+    victim.wait_for("solo")
+    victim.conn.execute(
+        psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(victim.channel))
+    )  # its last statement: what pg_stat_activity shows of its connection
+    secret = victim.channel.rsplit("_", 1)[1]
+    assert len(secret) == 32, victim.channel
+
+    def shown_to(conn: psycopg.Connection[Any]) -> str:
+        found = [
+            rows(conn, "SELECT to_jsonb(a)::text AS row FROM pg_stat_activity a"),
+            rows(conn, "SELECT pg_listening_channels() AS channel"),
+        ]
+        if conn.info.user != cast.outsider.name:  # the outsider reads no view
+            found += [
+                rows(conn, f"SELECT to_jsonb(v)::text AS row FROM {view} v")
+                for view in ("pggcl.limits", "pggcl.holders", "pggcl.queue")
+            ]
+        return str(found)
+
+    for attacker in (cast.tenant, cast.outsider):
+        assert secret not in shown_to(connect(attacker.dsn)), f"{attacker.name} sees the channel"
+    assert secret in shown_to(connect(cast.other.dsn)), "the same role sees it (README)"
+    assert secret in shown_to(admin), "a superuser sees it (README)"
