@@ -380,3 +380,28 @@ def test_a_tenant_cannot_resume_another_roles_session_even_with_its_token(
         assert error is not None and error.sqlstate == "GC007", (role, error)
         assert "another role" in str(error)
     assert value(connect(cast.other.dsn), "SELECT pggcl.resume_session(%s, %s)", sid, token)
+
+
+def test_clients_that_share_a_role_are_not_isolated(
+    cast: Cast, connect: Connect, victim: Victim
+) -> None:
+    """What the README says ownership is not: per session. Another connection of the victim's
+    own role acts on its session, lease and waiter; only resume and close by id need the
+    token."""
+    admin = connect(cast.admin.dsn)
+    same = connect(cast.other.dsn)
+    p = _params(victim)
+    for refused in ("close-session-wrong-token", "resume-session-wrong-token"):
+        before = victim_state(admin, victim.session.session_id)
+        refused_or_harmless(same, ATTACKS[refused], p)
+        _assert_victim_intact(admin, victim, before, refused)
+    assert value(same, "SELECT pggcl.heartbeat(%s)", victim.session.session_id) is not None
+    assert value(same, ATTACKS["take-for-victim"], p) is True
+    assert value(same, "SELECT pggcl.renew(%(lease)s, 60)", p) is True
+    assert value(same, "SELECT pggcl.cancel(%(waiter)s)", p) == "cancelled"
+    assert value(same, ATTACKS["release"], p) is True
+    granted = "SELECT granted FROM pggcl.acquire('{x}', session_id => %(sid)s)"
+    assert value(same, granted, p) is True
+    held = rows(admin, "SELECT name FROM pggcl.holders WHERE session_id = %s", p["sid"])
+    assert sorted(h["name"] for h in held) == ["x", "z"]  # both under the victim's session
+    assert_bookkeeping(admin)
