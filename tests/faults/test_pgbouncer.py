@@ -7,12 +7,15 @@ inherit its session (issue #12)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
+import psycopg
 import pytest
 
+import pggcl
 from pggcl.testing import PgBouncerNotFound, PoolMode, TempPgBouncer, TempPostgres, find_pgbouncer
 from tests.faults.conftest import (
     Problems,
@@ -223,3 +226,41 @@ def test_session_mode_reclaims_a_killed_holder(
     seen.check(overlap <= 1, f"{overlap} holders at once on a limit of 1")
     seen.nothing_held_or_queued(dsn)
     seen.assert_none()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_session_mode_without_a_reset_refuses_to_inherit_a_session(
+    kind: str, dsn: str, bouncer: MakeBouncer
+) -> None:
+    """What docs/reliability.md promises until the killed-holder case above works: a client
+    whose session connection reaches a server session still carrying a gone client's pggcl
+    session (session mode, `server_reset_query = ''`, one server connection) is refused at once
+    with ConfigurationError naming the fix; it never takes that session over."""
+    through = bouncer(
+        "session", server_reset_query="", settings={"default_pool_size": "1"}
+    ).through(dsn)
+    with psycopg.connect(through, autocommit=True) as gone:  # a client that went away
+        [(left,)] = gone.execute("SELECT session_id FROM pggcl.open_session(60)").fetchall()
+
+    sql(dsn, "SELECT pggcl.create_limit('db', 1)")
+
+    async def async_first_contact() -> None:
+        async with (
+            pggcl.AsyncClient(through, grace_seconds=GRACE) as client,
+            client.concurrency("db", timeout_seconds=5),
+        ):
+            pass
+
+    with pytest.raises(pggcl.ConfigurationError) as refused:
+        if kind == "sync":
+            with (
+                pggcl.Client(through, grace_seconds=GRACE) as client,
+                client.concurrency("db", timeout_seconds=5),
+            ):
+                pass
+        else:
+            asyncio.run(async_first_contact())
+    assert names_the_fix(str(refused.value)), str(refused.value)
+    assert f"session {left}" in str(refused.value), str(refused.value)
+    # Nothing was held through the inherited session.
+    assert sql(dsn, "SELECT count(*) FROM pggcl.holders") == [(0,)]
