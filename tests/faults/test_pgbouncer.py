@@ -1,5 +1,6 @@
-"""Behind a real PgBouncer (Debian package): in transaction mode pggcl either works (the
-session connection on a direct DSN, `session_dsn`, the calls through the pooler) or refuses
+"""Behind a real PgBouncer (Debian package): in transaction or statement mode pggcl either
+works (the session connection on a direct DSN, `session_dsn`, the calls through the pooler) or
+refuses
 at once with ConfigurationError naming the fix; it never shares a session between processes
 nor puts more holders than the limit at once. Session mode works, also with
 ``server_reset_query = ''``: a SIGKILLed holder is reclaimed and a new process does not
@@ -128,10 +129,11 @@ def run_crowd(
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
 def test_transaction_mode_with_a_direct_session_dsn_works(
-    kind: str, dsn: str, workers: Workers, bouncer: MakeBouncer
+    mode: PoolMode, kind: str, dsn: str, workers: Workers, bouncer: MakeBouncer
 ) -> None:
-    through = bouncer("transaction").through(dsn)
+    through = bouncer(mode).through(dsn)
     seen, crowd = run_crowd(kind, dsn, through, workers, {"session_dsn": dsn})
     for worker in crowd:
         seen.found += worker.problems()
@@ -146,12 +148,13 @@ def test_transaction_mode_with_a_direct_session_dsn_works(
         "cli",
     ],
 )
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
 def test_transaction_mode_alone_works_or_refuses_at_once(
-    kind: str, dsn: str, workers: Workers, bouncer: MakeBouncer
+    mode: PoolMode, kind: str, dsn: str, workers: Workers, bouncer: MakeBouncer
 ) -> None:
     # One server connection for all: every process's session statements meet on it, so
     # that no lucky spread over server sessions hides what the client does behind a pooler.
-    through = bouncer("transaction", settings={"default_pool_size": "1"}).through(dsn)
+    through = bouncer(mode, settings={"default_pool_size": "1"}).through(dsn)
     seen, crowd = run_crowd(kind, dsn, through, workers, {})
     for worker in crowd:
         problems = worker.problems()
