@@ -148,3 +148,14 @@ CREATE TABLE pggcl.sightings (
     seen_at timestamptz NOT NULL
 );
 CREATE INDEX sightings_session_idx ON pggcl.sightings (session_id);
+
+-- Rate-limit grants made to queued waiters, which leave no lease (revision 0010): once the
+-- waiter row is gone, recheck and cancel answer 'granted' from here, never from the absence
+-- of a row (a waiter reclaimed with its session, dropped or rejected is gone too). Kept an
+-- hour; _record_rate_grant removes older rows.
+CREATE TABLE pggcl.rate_grants (
+    waiter_id bigint PRIMARY KEY,
+    session_id integer NOT NULL,
+    granted_at timestamptz NOT NULL
+);
+CREATE INDEX rate_grants_granted_at_idx ON pggcl.rate_grants (granted_at);

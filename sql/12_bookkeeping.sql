@@ -176,6 +176,22 @@ BEGIN
 END
 $$;
 
+-- Remember that the queued rate-limit waiter `waiter_id` was granted (see pggcl.rate_grants),
+-- and forget the grants older than an hour: a client asks about its waiter within seconds,
+-- and only while its session lives.
+CREATE FUNCTION pggcl._record_rate_grant(waiter_id bigint, session_id integer, at timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    DELETE FROM pggcl.rate_grants g
+    WHERE g.granted_at OPERATOR(pg_catalog.<)
+          (_record_rate_grant.at OPERATOR(pg_catalog.-) '1 hour'::pg_catalog.interval);
+    INSERT INTO pggcl.rate_grants (waiter_id, session_id, granted_at)
+    VALUES (_record_rate_grant.waiter_id, _record_rate_grant.session_id, _record_rate_grant.at)
+    ON CONFLICT DO NOTHING;
+END
+$$;
+
 -- Remove a waiter from every queue it is in; its limits are locked. False when it was in none.
 -- `outcome` is counted: 'granted' (its wait, enqueued to `at`; the grant itself is _take's),
 -- 'gave_up' or 'rejected'.

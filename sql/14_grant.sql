@@ -100,6 +100,7 @@ BEGIN
             ELSE
                 lim.level := pggcl._level(lim, at) + w.occupy;
                 lim.level_at := at;
+                PERFORM pggcl._record_rate_grant(w.id, w.session_id, at);
             END IF;
             lim.queued := lim.queued - 1;
             lim.grants := lim.grants + 1;
@@ -170,6 +171,9 @@ BEGIN
                 PERFORM pggcl._take(w.limit_ids, pggcl._intersect(w.limit_ids, active_ids), w.occupy,
                                     w.mode, w.lease_id, w.session_id, w.holder, w.ttl_seconds, at);
                 PERFORM pggcl._dequeue_waiter(w.id, 'granted', at);
+                IF w.mode = 'rate_limit' THEN
+                    PERFORM pggcl._record_rate_grant(w.id, w.session_id, at);
+                END IF;
                 PERFORM pggcl._notify(w.session_id, 'g', w.id);
                 granted := granted || w.id;
             ELSE

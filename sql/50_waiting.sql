@@ -1,5 +1,20 @@
 -- Waiting: where a queued request stands, and giving up on it. (Hot path: see 80_hot_path.sql.)
 
+-- Whether the request of a waiter that is no longer queued was granted, as far as the caller
+-- may know: its lease `lease_id` is held (concurrency), or its rate-limit grant is recorded
+-- (pggcl.rate_grants), by a session of the caller's role (a manager's: any). Anything else
+-- (reclaimed with its session, dropped, rejected, cancelled, released, unknown) is not.
+CREATE FUNCTION pggcl._was_granted(waiter_id bigint, lease_id uuid) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN EXISTS (SELECT FROM pggcl.leases x WHERE x.id OPERATOR(pg_catalog.=) _was_granted.lease_id
+                   AND pggcl._may_act_on(x.session_id, x.owner_role))
+        OR EXISTS (SELECT FROM pggcl.rate_grants g
+                   WHERE g.waiter_id OPERATOR(pg_catalog.=) _was_granted.waiter_id
+                   AND pggcl._may_act_for(g.session_id));
+END
+$$;
+
 -- Where a waiter stands: 'granted', 'queued', 'rejected' (can never be granted) or 'gone'
 -- (cancelled, reclaimed, or a rate-limit grant already delivered). Also serves whoever can be
 -- served on its limits, so it is what a client calls on an 'r:' notification or at retry_after.
@@ -35,8 +50,7 @@ BEGIN
             RETURN;
         END IF;
     END IF;
-    RETURN QUERY SELECT CASE WHEN EXISTS (SELECT FROM pggcl.leases x WHERE x.id = recheck.lease_id
-                                          AND pggcl._may_act_on(x.session_id, x.owner_role))
+    RETURN QUERY SELECT CASE WHEN pggcl._was_granted(recheck.waiter_id, recheck.lease_id)
                              THEN 'granted' ELSE 'gone' END, NULL::double precision;
 END
 $$;
@@ -59,14 +73,15 @@ BEGIN
     -- Only the caller's role's waiters (or any, for a manager): another's is as good as gone.
     IF NOT EXISTS (SELECT FROM pggcl.waiters x WHERE x.id = cancel.waiter_id
                    AND pggcl._may_act_for(x.session_id)) THEN
-        RETURN CASE WHEN EXISTS (SELECT FROM pggcl.leases x WHERE x.id = cancel.lease_id
-                                 AND pggcl._may_act_for(x.session_id)) THEN 'granted' ELSE 'gone' END;
+        RETURN CASE WHEN pggcl._was_granted(cancel.waiter_id, cancel.lease_id)
+                    THEN 'granted' ELSE 'gone' END;
     END IF;
     ids := pggcl._lock(array(SELECT limit_id FROM pggcl.waiters x WHERE x.id = cancel.waiter_id));
     IF pggcl._dequeue_waiter(cancel.waiter_id, 'gave_up', at) THEN
         PERFORM pggcl._grant(ids, at);
         RETURN 'cancelled';
     END IF;
-    RETURN CASE WHEN EXISTS (SELECT FROM pggcl.leases x WHERE x.id = cancel.lease_id) THEN 'granted' ELSE 'gone' END;
+    RETURN CASE WHEN pggcl._was_granted(cancel.waiter_id, cancel.lease_id)
+                THEN 'granted' ELSE 'gone' END;
 END
 $$;

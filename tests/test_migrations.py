@@ -34,6 +34,8 @@ FROZEN = {
     "0008_liveness_by_backend_owned_leases_downgrade.sql": "04bdda0f4228673605ed70e8a2ab365e",
     "0009_counters.sql": "d99b8f682b171018658677192076243e",
     "0009_counters_downgrade.sql": "3a17a8b2416c9aae74614513c4a63ca5",
+    "0010_rate_grants_recorded.sql": "87e6ca25545fada860f5b68ee83a03f2",
+    "0010_rate_grants_recorded_downgrade.sql": "9936182b19a806ba94fcba1ee068f56a",
 }
 
 
@@ -291,7 +293,7 @@ def test_upgrading_to_0009_keeps_leases_and_waiters_and_counts_from_there(empty_
         queued = waiter.execute("SELECT waiter_id FROM pggcl.acquire('{db}')").fetchone()
         assert got is not None and queued is not None and queued[0] is not None
 
-        schema.upgrade(empty_dsn)
+        schema.upgrade(empty_dsn, "0009")
         assert schema.current(empty_dsn) == "0009"
 
         counted = (

@@ -245,8 +245,8 @@ def _wait_for_grant(
                 f"cannot acquire {_describe(req)}: a limit was lowered below the request"
             )
         if status == "gone":
-            if req.mode == "rate_limit":
-                return True  # a rate-limit grant leaves no trace: it was delivered
+            # Not granted (a grant says 'granted', in rate mode too, since revision 0010):
+            # reclaimed with its session, dropped, or rejected while the 'e:' was missed.
             log.warning("the request vanished (session reclaimed): queueing again for %s",
                         _describe(req))  # fmt: skip
             raise _StartOver()
@@ -255,8 +255,9 @@ def _wait_for_grant(
 def _give_up(req: Request, waiter_id: int, request_id: uuid.UUID, clock: Clock) -> Flow[bool]:
     """The deadline passed: settle. True when a grant raced the timeout after all."""
     status = yield from _settle(waiter_id, request_id, clock(), clock)
-    # A rate-limit grant that raced the timeout was consumed: it counts as acquired.
-    return bool(status == "gone" and req.mode == "rate_limit")
+    # A rate-limit grant that raced the timeout was consumed: it counts as acquired. (A
+    # concurrency grant that raced it was released by the settling.)
+    return bool(status == "granted" and req.mode == "rate_limit")
 
 
 def release_flow(lease_id: uuid.UUID, until: float, clock: Clock, quiet: bool) -> Flow[bool]:

@@ -261,3 +261,29 @@ def test_a_release_hands_a_rate_limit_waiter_its_slots(db: Conn, connect: Any) -
     state = limit(db, "db")
     assert state["held_slots"] == 0 and state["decaying_slots"] == pytest.approx(1, abs=0.01)
     assert state["waiting"] == 0
+
+
+def recheck(conn: Conn, waiter_id: int) -> str:
+    return str(value(conn, "SELECT status FROM pggcl.recheck(%s)", waiter_id))
+
+
+def test_a_rate_limit_grant_from_the_queue_rechecks_granted_and_gone_means_not(
+    db: Conn, connect: Any
+) -> None:
+    """Revision 0010: a rate grant leaves no lease, so it is recorded; 'gone' never means
+    granted (a rate-limit client reading 'gone' as granted could go ahead without a slot)."""
+    db.execute("SELECT pggcl.create_limit('db', 1, 0.001)")
+    held = try_acquire(db, ["db"])["lease_id"]
+    conn = connect()
+    open_session(conn)
+    granted = acquire(conn, ["db"], 1, "rate_limit")
+    release(db, held)
+    assert notifications(conn, 1) == [f"g:{granted['waiter_id']}"]
+    assert recheck(conn, granted["waiter_id"]) == "granted"
+    assert value(conn, "SELECT pggcl.cancel(%s)", granted["waiter_id"]) == "granted"
+
+    # Not granted: the bucket is full, the waiter gives up, and its id then rechecks 'gone'.
+    given_up = acquire(conn, ["db"], 1, "rate_limit")
+    assert value(conn, "SELECT pggcl.cancel(%s)", given_up["waiter_id"]) == "cancelled"
+    assert recheck(conn, given_up["waiter_id"]) == "gone"
+    assert value(conn, "SELECT pggcl.cancel(%s)", given_up["waiter_id"]) == "gone"

@@ -365,16 +365,15 @@ export class Client {
           // Unreachable until the deadline, a busy pool, a failure: leave nothing behind.
           const status = await this.settle(waiterId, requestId, now()).catch(() => null);
           if (!(err instanceof Unreachable)) throw err;
-          if (status === "gone" && mode === "rate_limit") return null;  // granted meanwhile: consumed
+          if (status === "granted" && mode === "rate_limit") return null;  // granted meanwhile: consumed
           throw timedOut(`the database was unreachable (${err.message})`);
         }
         retryAfter = r.retry_after;
         if (r.status === "granted") return leaseId;
         if (r.status === "rejected") throw new ConcurrencySlotAcquisitionError(`cannot acquire ${describe(n, occupy)}: a limit was lowered below the request`);
-        if (r.status === "gone") {
-          if (mode === "rate_limit") return null;  // a rate-limit grant leaves no trace
-          throw new StartOver();
-        }
+        // Not granted (since revision 0010 a rate grant says 'granted' too): reclaimed with its
+        // session, dropped, or rejected while the 'e:' was missed. Queue again.
+        if (r.status === "gone") throw new StartOver();
       }
     } finally {
       opts.signal?.removeEventListener("abort", onAbort);
@@ -384,7 +383,7 @@ export class Client {
 
   private async giveUp(waiterId: string, requestId: string, mode: Mode, timedOut: () => Error): Promise<null> {
     const status = await this.settle(waiterId, requestId, now());
-    if (status === "gone" && mode === "rate_limit") return null;  // raced the timeout: consumed
+    if (status === "granted" && mode === "rate_limit") return null;  // raced the timeout: consumed
     throw timedOut();
   }
 
