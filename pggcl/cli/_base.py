@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -11,6 +12,16 @@ import click
 
 import pggcl
 from pggcl.errors import LimitExistsError, LimitNotFoundError, PggclError
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) only listens on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def require_dsn(ctx: click.Context) -> str:

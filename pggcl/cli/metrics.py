@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import ipaddress
 import socket
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,21 +19,11 @@ from typing import Any
 import click
 
 import pggcl
-from pggcl.cli._base import require_dsn
+from pggcl.cli._base import is_loopback, require_dsn
 from pggcl.errors import PggclError
 from pggcl.prometheus import CONTENT_TYPE, exposition, unavailable
 
 _LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an address or a name) only listens on this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class MetricsServer(ThreadingHTTPServer):

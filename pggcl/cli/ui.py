@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pggcl.cli._base import require_dsn
+from pggcl.cli._base import is_loopback, require_dsn
 
 
 @click.command()
@@ -29,7 +29,7 @@ def ui(ctx: click.Context, host: str, port: int, token: str | None) -> None:
     dsn = require_dsn(ctx)
     try:
         from pggcl.ui import create_app
-        from pggcl.ui.server import is_loopback, make_server
+        from pggcl.ui.server import make_server
     except ImportError as exc:
         raise click.ClickException(
             f"the web UI needs the ui extra: pip install 'pggcl[ui]' ({exc})"

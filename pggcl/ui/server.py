@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 
 import uvicorn
 from starlette.applications import Starlette
 
 from pggcl.ui.state import UiState
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an address or a name) only listens on this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class UiServer(uvicorn.Server):
