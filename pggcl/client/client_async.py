@@ -91,11 +91,12 @@ class AsyncClient:
         pool_timeout: float = 30.0,
         retry_seconds: float = 30.0,
         session_dsn: str | None = None,
+        idle_session_timeout_seconds: float = 30.0,
     ) -> None:
         self.dsn = dsn
         self._options = Options(
             pool_size, grace_seconds, heartbeat_seconds, connect_timeout, pool_timeout,
-            retry_seconds, session_dsn,
+            retry_seconds, session_dsn, idle_session_timeout_seconds,
         )  # fmt: skip
         self._held = HeldLeases()
         self._contention = requests.Contention()

@@ -38,6 +38,7 @@ class AsyncPort:
             options.session_dsn or dsn,
             grace_seconds=options.grace_seconds,
             heartbeat_seconds=options.heartbeat_seconds,
+            idle_timeout=options.idle_session_timeout_seconds,
             connect_timeout=options.connect_timeout,
             stats=self.stats,
             on_session_lost=on_session_lost,

@@ -50,12 +50,15 @@ class Session:
         *,
         grace_seconds: float,
         heartbeat_seconds: float,
+        idle_timeout: float,
         connect_timeout: float,
         stats: Stats,
         on_session_lost: Callable[[str], None],
     ) -> None:
         self._dsn = dsn
         self._grace, self._heartbeat = (grace_seconds, heartbeat_seconds)
+        self._idle_timeout = idle_timeout
+        self._last_statement = 0.0  # monotonic: the worker's or a shared call's last statement
         self._timeout = connect_timeout
         self._stats = stats
         self._on_session_lost = on_session_lost
@@ -131,6 +134,7 @@ class Session:
     def _in_turn(self, conn: Connection, sql: str, args: tuple[Any, ...]) -> list[Row]:
         """A statement on the session connection, in turn with any other there."""
         with self._turn:
+            self._last_statement = time.monotonic()
             return conn.execute(sql, args)
 
     # --- The session ------------------------------------------------------------------------
@@ -190,12 +194,14 @@ class Session:
                 conn = connect(self._dsn, self._timeout, pooled=True)
                 self._stats.connects += 1
                 check_server_version(conn.server_version_num)
-                ((*_, setting),) = conn.execute(q.KEEPALIVES, ())
+                idle_ms = str(round(self._idle_timeout * 1000))
+                ((*_, setting),) = conn.execute(q.KEEPALIVES, (idle_ms,))
                 check_fresh_connection(setting)
                 session_id, channel = self._take_session(conn)
                 ((kept,),) = conn.execute(q.SESSION_SETTING, ())
                 check_session_kept(session_id, kept)
                 conn.listen(channel, self._deliver)
+                self._last_statement = time.monotonic()
                 attempt = 0
                 self._conn = conn
                 self._listening()
@@ -293,6 +299,8 @@ class Session:
                 next_beat = min(now, self._waiting_since) + self._heartbeat
             elif now >= next_beat:
                 next_beat = next_heartbeat(now, self._heartbeat, self._beat(conn))
+            if now - self._last_statement >= self._idle_timeout / 3:
+                self._keepalive(conn)
             tick = _IDLE_TICK if next_beat is None else min(_IDLE_TICK, max(0.0, next_beat - now))
             conn.pump(tick)  # what arrives meanwhile goes to _deliver at once
 
@@ -319,6 +327,14 @@ class Session:
         check_session_kept(self._session[0], setting)
         self._stats.heartbeats += 1
         return None if expiry_in is None else float(expiry_in)
+
+    def _keepalive(self, conn: Connection) -> None:
+        """A statement on a quiet session connection, before the server's idle timeout ends
+        it; it also checks that the server session is still ours."""
+        assert self._session is not None
+        ((setting,),) = self._in_turn(conn, q.SESSION_SETTING, ())
+        check_session_kept(self._session[0], setting)
+        self._stats.keepalives += 1
 
     def _deliver(self, payload: str) -> None:
         self._stats.notifications += 1

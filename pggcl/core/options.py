@@ -15,6 +15,12 @@ DSN_ENV = "PGGCL_DSN"
 SESSION_DSN_ENV = "PGGCL_SESSION_DSN"
 
 
+# Bounds of idle_session_timeout_seconds: the keepalive runs every third of it, on the worker's
+# one-second tick; and it must fit PostgreSQL's setting (milliseconds in an int4).
+MIN_IDLE_SESSION_TIMEOUT = 3.0
+MAX_IDLE_SESSION_TIMEOUT = 86400.0
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
     """Client options. All durations in seconds.
@@ -29,6 +35,11 @@ class Options:
     PoolTimeoutError.
     ``retry_seconds``: how long a release, or a read of limits, holders and queues, keeps
     retrying while the database is unreachable (an acquire retries until its own timeout).
+    ``idle_session_timeout_seconds``: the server ends the session connection after this long
+    without a statement from the client (PostgreSQL's ``idle_session_timeout``, set on that
+    connection only), and the client sends a cheap statement every third of it while idle. A
+    client that vanished while its server session stays open (behind PgBouncer in session
+    mode without a reset query) is thus seen gone after this plus its grace.
     ``session_dsn``: a direct connection for the session connection, when the calls go
     through a transaction pooler (PgBouncer) at the client's DSN; the pool then uses no named
     prepared statements.
@@ -41,6 +52,7 @@ class Options:
     pool_timeout: float = 30.0
     retry_seconds: float = 30.0
     session_dsn: str | None = None
+    idle_session_timeout_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         size = self.pool_size
@@ -56,6 +68,17 @@ class Options:
                 "session_dsn they go through the pooler at the client's DSN: give pool_size 1 "
                 "or more",
                 field="pool_size",
+            )
+        idle = self.idle_session_timeout_seconds
+        if (
+            isinstance(idle, bool)
+            or not isinstance(idle, int | float)
+            or not MIN_IDLE_SESSION_TIMEOUT <= idle <= MAX_IDLE_SESSION_TIMEOUT
+        ):
+            raise ValidationError(
+                f"invalid idle_session_timeout_seconds: {idle!r}; it must be a number of "
+                f"seconds from {MIN_IDLE_SESSION_TIMEOUT:g} to {MAX_IDLE_SESSION_TIMEOUT:g}",
+                field="idle_session_timeout_seconds",
             )
 
 

@@ -33,6 +33,7 @@ class Stats:
     calls: int = 0
     notifications: int = 0
     heartbeats: int = 0
+    keepalives: int = 0
     connects: int = 0
     reconnects: int = 0
     sessions_opened: int = 0

@@ -27,10 +27,12 @@ RENEW_MANY: Final = (
 
 
 # The session connection.
-# Server-side keepalives, and the session already on this server connection (there should be
-# none: see pggcl.core.policy.check_fresh_connection).
+# Server-side keepalives, the idle timeout of this connection ($1: milliseconds; see
+# Options.idle_session_timeout_seconds), and the session already on this server connection
+# (there should be none: see pggcl.core.policy.check_fresh_connection).
 KEEPALIVES: Final = (
-    "SELECT set_config('tcp_keepalives_idle', '5', false),"
+    "SELECT set_config('idle_session_timeout', $1::text, false),"
+    " set_config('tcp_keepalives_idle', '5', false),"
     " set_config('tcp_keepalives_interval', '2', false),"
     " set_config('tcp_keepalives_count', '3', false),"
     " current_setting('pggcl.session_id', true)"
@@ -49,7 +51,8 @@ CLOSE_SESSION: Final = "SELECT pggcl.close_session()"
 CLOSE_SESSION_OF: Final = "SELECT pggcl.close_session($1::integer, $2::uuid)"
 # With the session's per-connection setting: a pooler that moved us shows there.
 HEARTBEAT: Final = "SELECT pggcl.heartbeat($1::integer), current_setting('pggcl.session_id', true)"
-# The engine keeps the session id in a per-connection setting; see _core.check_session_kept.
+# The engine keeps the session id in a per-connection setting; see policy.check_session_kept.
+# Also the keepalive of an idle session connection.
 SESSION_SETTING: Final = "SELECT current_setting('pggcl.session_id', true)"
 NOTIFY: Final = "SELECT pg_notify($1::text, $2::text)"
 

@@ -805,3 +805,31 @@ def test_a_bad_pool_size_is_a_validation_error(pggcl_dsn: str, options: dict[str
     with pytest.raises(pggcl.ValidationError) as raised:
         Client(pggcl_dsn, **options)
     assert raised.value.field == "pool_size"
+
+
+# --- The session connection's idle timeout -------------------------------------------------------
+
+
+def test_an_idle_session_connection_is_kept_alive_past_its_idle_timeout(
+    pggcl_dsn: str, other: Client
+) -> None:
+    # The server ends a session connection quiet for 3 s (idle_session_timeout, set by the
+    # client on that connection; tests/faults/test_pgbouncer.py shows it ending a dead
+    # client's); the keepalives keep a live one from being ended while it holds a slot and has
+    # nothing else to say.
+    with Client(pggcl_dsn, idle_session_timeout_seconds=3) as idle:
+        idle.create_limit("db", 1)
+        with idle.concurrency("db") as grant:
+            session_id = idle._session_id()
+            until(lambda: idle.stats.keepalives >= 3, "three keepalives were sent")
+            assert (idle.stats.connects, idle.stats.reconnects) == (1, 0)
+            assert idle._session_id() == session_id
+            assert [h.lease_id for h in other.holders("db")] == [grant.lease_id]
+
+
+@pytest.mark.parametrize("value", [0, 2.9, 86401, float("nan"), float("inf"), "30", True])
+def test_a_bad_idle_session_timeout_is_a_validation_error(pggcl_dsn: str, value: Any) -> None:
+    with pytest.raises(pggcl.ValidationError) as raised:
+        Client(pggcl_dsn, idle_session_timeout_seconds=value)
+    assert raised.value.field == "idle_session_timeout_seconds"
+    assert "idle_session_timeout_seconds" in str(raised.value)

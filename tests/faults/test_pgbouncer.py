@@ -34,6 +34,9 @@ TIMEOUT = 5.0  # of each acquisition in a crowd: ample for 4 short holds on 2 sl
 GRACE = 1.0  # of the sync and async holders killed in session mode
 CLI_GRACE = 5.0  # pggcl run's: the client default
 HEARTBEAT = 2.0  # the client default: how often a waiter's process reclaims the dead
+# Of the sync and async clients in session mode: without a reset query, PostgreSQL ends a
+# killed holder's server session (kept open by PgBouncer) this long after its last statement.
+IDLE_TIMEOUT = 3.0
 
 
 def _pgbouncer_installed() -> bool:
@@ -171,13 +174,6 @@ def test_transaction_mode_alone_works_or_refuses_at_once(
     seen.assert_none()
 
 
-NO_RESET_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="issue #12: with server_reset_query='' the killed holder's session lock lives on in "
-    "the pooled server connection: never reclaimed, the waiter times out",
-)
-
-
 @pytest.mark.parametrize(
     ("kind", "reset"),
     [
@@ -186,8 +182,8 @@ NO_RESET_XFAIL = pytest.mark.xfail(
         pytest.param("cli", "DISCARD ALL", id="cli-discard-all"),
         # pggcl run is the sync client with a fixed 5 s grace: its no-reset run would only
         # repeat the sync one, 10 s later.
-        pytest.param("sync", "", id="sync-no-reset-query", marks=NO_RESET_XFAIL),
-        pytest.param("async", "", id="async-no-reset-query", marks=NO_RESET_XFAIL),
+        pytest.param("sync", "", id="sync-no-reset-query"),
+        pytest.param("async", "", id="async-no-reset-query"),
     ],
 )
 def test_session_mode_reclaims_a_killed_holder(
@@ -195,19 +191,24 @@ def test_session_mode_reclaims_a_killed_holder(
 ) -> None:
     through = bouncer("session", server_reset_query=reset).through(dsn)
     sql(dsn, "SELECT pggcl.create_limit('db', 1)")
+    # Without a reset the killed holder's server session stays open until PostgreSQL's idle
+    # timeout ends it; only then does the server see the holder gone and its grace start.
     grace = CLI_GRACE if kind == "cli" else GRACE
+    seen_gone = IDLE_TIMEOUT if reset == "" else 0.0
     options: dict[str, Any] = {"admin_dsn": dsn}
     if kind != "cli":
         options["grace"] = GRACE
+        options["client_options"] = {"idle_session_timeout_seconds": IDLE_TIMEOUT}
     seen = Problems()
 
     killed = workers.start(kind, "killed", through, **options)
     killed.wait("entered")
-    waiter = workers.start(kind, "waiter", through, timeout=grace + HEARTBEAT + 3, **options)
+    budget = seen_gone + grace + HEARTBEAT
+    waiter = workers.start(kind, "waiter", through, timeout=budget + 3, **options)
     wait_until(lambda: queued_count(dsn) == 1, "the waiter is queued")
     killed.kill_group()  # SIGKILL (for pggcl run, COMMAND too)
 
-    seen.expect(lambda: waiter.wait("entered", timeout=grace + HEARTBEAT + 10))
+    seen.expect(lambda: waiter.wait("entered", timeout=budget + 10))
     if waiter.events("entered"):
         newcomer = workers.start(kind, "newcomer", through, timeout=30, **options)
         wait_until(lambda: queued_count(dsn) == 1, "the newcomer is queued")
@@ -235,10 +236,11 @@ def test_session_mode_reclaims_a_killed_holder(
 def test_session_mode_without_a_reset_refuses_to_inherit_a_session(
     kind: str, dsn: str, bouncer: MakeBouncer
 ) -> None:
-    """What docs/reliability.md promises until the killed-holder case above works: a client
-    whose session connection reaches a server session still carrying a gone client's pggcl
-    session (session mode, `server_reset_query = ''`, one server connection) is refused at once
-    with ConfigurationError naming the fix; it never takes that session over."""
+    """What docs/reliability.md promises for the time until PostgreSQL ends a dead client's
+    server session (its idle timeout, above): a client whose session connection reaches a
+    server session still carrying a gone client's pggcl session (session mode,
+    `server_reset_query = ''`, one server connection) is refused at once with
+    ConfigurationError naming the fix; it never takes that session over."""
     through = bouncer(
         "session", server_reset_query="", settings={"default_pool_size": "1"}
     ).through(dsn)
