@@ -91,7 +91,7 @@ class AsyncClient:
         pool_timeout: float = 30.0,
         retry_seconds: float = 30.0,
         session_dsn: str | None = None,
-        idle_session_timeout_seconds: float = 30.0,
+        idle_session_timeout_seconds: float | None = None,
     ) -> None:
         self.dsn = dsn
         self._options = Options(

@@ -85,7 +85,7 @@ class Client:
         pool_timeout: float = 30.0,
         retry_seconds: float = 30.0,
         session_dsn: str | None = None,
-        idle_session_timeout_seconds: float = 30.0,
+        idle_session_timeout_seconds: float | None = None,
     ) -> None:
         self.dsn = dsn
         self._options = Options(pool_size, grace_seconds, heartbeat_seconds, connect_timeout, pool_timeout, retry_seconds, session_dsn, idle_session_timeout_seconds)  # fmt: skip

@@ -21,6 +21,7 @@ from pggcl.core.policy import (
     Stats,
     check_fresh_connection,
     check_session_kept,
+    keepalive_interval,
     next_heartbeat,
     reconnect_warning,
     session_failure,
@@ -50,14 +51,15 @@ class Session:
         *,
         grace_seconds: float,
         heartbeat_seconds: float,
-        idle_timeout: float,
+        idle_timeout: float | None,
         connect_timeout: float,
         stats: Stats,
         on_session_lost: Callable[[str], None],
     ) -> None:
         self._dsn = dsn
         self._grace, self._heartbeat = (grace_seconds, heartbeat_seconds)
-        self._idle_timeout = idle_timeout
+        self._idle_timeout = idle_timeout  # to set on the connection; None: the server's
+        self._keepalive_every: float | None = None  # a third of the idle timeout in effect
         self._last_statement = 0.0  # monotonic: the worker's or a shared call's last statement
         self._timeout = connect_timeout
         self._stats = stats
@@ -194,8 +196,11 @@ class Session:
                 conn = connect(self._dsn, self._timeout, pooled=True)
                 self._stats.connects += 1
                 check_server_version(conn.server_version_num)
-                idle_ms = str(round(self._idle_timeout * 1000))
-                ((*_, setting),) = conn.execute(q.KEEPALIVES, (idle_ms,))
+                idle_ms = (
+                    None if self._idle_timeout is None else str(round(self._idle_timeout * 1000.0))
+                )
+                ((idle, *_, setting),) = conn.execute(q.KEEPALIVES, (idle_ms,))
+                self._keepalive_every = keepalive_interval(float(idle))
                 check_fresh_connection(setting)
                 session_id, channel = self._take_session(conn)
                 ((kept,),) = conn.execute(q.SESSION_SETTING, ())
@@ -299,9 +304,13 @@ class Session:
                 next_beat = min(now, self._waiting_since) + self._heartbeat
             elif now >= next_beat:
                 next_beat = next_heartbeat(now, self._heartbeat, self._beat(conn))
-            if now - self._last_statement >= self._idle_timeout / 3:
-                self._keepalive(conn)
             tick = _IDLE_TICK if next_beat is None else min(_IDLE_TICK, max(0.0, next_beat - now))
+            if self._keepalive_every is not None:
+                keepalive_in = self._last_statement + self._keepalive_every - now
+                if keepalive_in <= 0:
+                    self._keepalive(conn)
+                    keepalive_in = self._keepalive_every
+                tick = min(tick, keepalive_in)
             conn.pump(tick)  # what arrives meanwhile goes to _deliver at once
 
     def _run_deferred(self, conn: Connection) -> None:

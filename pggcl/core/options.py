@@ -35,11 +35,14 @@ class Options:
     PoolTimeoutError.
     ``retry_seconds``: how long a release, or a read of limits, holders and queues, keeps
     retrying while the database is unreachable (an acquire retries until its own timeout).
-    ``idle_session_timeout_seconds``: the server ends the session connection after this long
-    without a statement from the client (PostgreSQL's ``idle_session_timeout``, set on that
-    connection only), and the client sends a cheap statement every third of it while idle. A
-    client that vanished while its server session stays open (behind PgBouncer in session
-    mode without a reset query) is thus seen gone after this plus its grace.
+    ``idle_session_timeout_seconds``: set PostgreSQL's ``idle_session_timeout`` on the session
+    connection: the server ends it after this long without a statement from the client. A
+    client that vanished while its server session stays open (behind PgBouncer in session mode
+    without a reset query) is then seen gone after this plus its grace. None (the default):
+    the server's own setting applies. Either way the client sends a cheap statement every third
+    of the timeout in effect while it has nothing else to say, so a live client's connection is
+    never ended for idling; but a process frozen longer than it (stopped, or an event loop
+    blocked) loses its session connection, and its leases after the grace.
     ``session_dsn``: a direct connection for the session connection, when the calls go
     through a transaction pooler (PgBouncer) at the client's DSN; the pool then uses no named
     prepared statements.
@@ -52,7 +55,7 @@ class Options:
     pool_timeout: float = 30.0
     retry_seconds: float = 30.0
     session_dsn: str | None = None
-    idle_session_timeout_seconds: float = 30.0
+    idle_session_timeout_seconds: float | None = None
 
     def __post_init__(self) -> None:
         size = self.pool_size
@@ -70,14 +73,15 @@ class Options:
                 field="pool_size",
             )
         idle = self.idle_session_timeout_seconds
-        if (
+        if idle is not None and (
             isinstance(idle, bool)
             or not isinstance(idle, int | float)
             or not MIN_IDLE_SESSION_TIMEOUT <= idle <= MAX_IDLE_SESSION_TIMEOUT
         ):
             raise ValidationError(
                 f"invalid idle_session_timeout_seconds: {idle!r}; it must be a number of "
-                f"seconds from {MIN_IDLE_SESSION_TIMEOUT:g} to {MAX_IDLE_SESSION_TIMEOUT:g}",
+                f"seconds from {MIN_IDLE_SESSION_TIMEOUT:g} to {MAX_IDLE_SESSION_TIMEOUT:g}, or "
+                "None (the server's setting)",
                 field="idle_session_timeout_seconds",
             )
 

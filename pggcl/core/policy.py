@@ -50,6 +50,13 @@ def next_heartbeat(now: float, interval: float, expiry_in: float | None) -> floa
     return now + min(interval, expiry_in + 0.01)
 
 
+def keepalive_interval(idle_session_timeout: float) -> float | None:
+    """How often a quiet session connection sends a statement, given the server's
+    ``idle_session_timeout`` in effect on it (seconds, 0: none): a third of it, so that a live
+    client's connection is never ended for idling."""
+    return idle_session_timeout / 3 if idle_session_timeout > 0 else None
+
+
 def session_failure(last_error: PggclError | None) -> PggclError:
     """The error for a caller who needs a session that could not be opened: the same kind as
     the last failure (unreachable, schema missing, ...), saying what could not be done."""

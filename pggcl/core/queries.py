@@ -27,11 +27,14 @@ RENEW_MANY: Final = (
 
 
 # The session connection.
-# Server-side keepalives, the idle timeout of this connection ($1: milliseconds; see
-# Options.idle_session_timeout_seconds), and the session already on this server connection
-# (there should be none: see pggcl.core.policy.check_fresh_connection).
+# The idle timeout in effect on this connection, in seconds, after setting it ($1:
+# milliseconds, NULL: keep the server's; see Options.idle_session_timeout_seconds);
+# server-side TCP keepalives; and the session already on this server connection (there should
+# be none: see pggcl.core.policy.check_fresh_connection).
 KEEPALIVES: Final = (
-    "SELECT set_config('idle_session_timeout', $1::text, false),"
+    "SELECT extract(epoch FROM (CASE WHEN $1::text IS NULL"
+    " THEN current_setting('idle_session_timeout')"
+    " ELSE set_config('idle_session_timeout', $1::text, false) END)::interval)::float8,"
     " set_config('tcp_keepalives_idle', '5', false),"
     " set_config('tcp_keepalives_interval', '2', false),"
     " set_config('tcp_keepalives_count', '3', false),"

@@ -828,14 +828,21 @@ async def test_a_bad_pool_size_is_a_validation_error(
 # --- The session connection's idle timeout -------------------------------------------------------
 
 
+@pytest.mark.parametrize("set_by", ["client", "server"])
 async def test_an_idle_session_connection_is_kept_alive_past_its_idle_timeout(
-    pggcl_dsn: str, other: AsyncClient
+    pggcl_dsn: str, other: AsyncClient, set_by: str
 ) -> None:
-    # The server ends a session connection quiet for 3 s (idle_session_timeout, set by the
-    # client on that connection; tests/faults/test_pgbouncer.py shows it ending a dead
-    # client's); the keepalives keep a live one from being ended while it holds a slot and has
-    # nothing else to say.
-    async with AsyncClient(pggcl_dsn, idle_session_timeout_seconds=3) as idle:
+    # The server ends a session connection quiet for 3 s: idle_session_timeout, set by the
+    # client on that connection (tests/faults/test_pgbouncer.py shows it ending a dead
+    # client's), or in the server's settings (here the connection's startup options). The
+    # keepalives keep a live one from being ended while it holds a slot and has nothing else
+    # to say.
+    if set_by == "client":
+        idle = AsyncClient(pggcl_dsn, idle_session_timeout_seconds=3)
+    else:
+        joiner = "&" if "?" in pggcl_dsn else "?"
+        idle = AsyncClient(pggcl_dsn + joiner + "options=-c%20idle_session_timeout%3D3s")
+    async with idle:
         await idle.create_limit("db", 1)
         async with idle.concurrency("db") as grant:
             session_id = await idle._session_id()

@@ -810,14 +810,21 @@ def test_a_bad_pool_size_is_a_validation_error(pggcl_dsn: str, options: dict[str
 # --- The session connection's idle timeout -------------------------------------------------------
 
 
+@pytest.mark.parametrize("set_by", ["client", "server"])
 def test_an_idle_session_connection_is_kept_alive_past_its_idle_timeout(
-    pggcl_dsn: str, other: Client
+    pggcl_dsn: str, other: Client, set_by: str
 ) -> None:
-    # The server ends a session connection quiet for 3 s (idle_session_timeout, set by the
-    # client on that connection; tests/faults/test_pgbouncer.py shows it ending a dead
-    # client's); the keepalives keep a live one from being ended while it holds a slot and has
-    # nothing else to say.
-    with Client(pggcl_dsn, idle_session_timeout_seconds=3) as idle:
+    # The server ends a session connection quiet for 3 s: idle_session_timeout, set by the
+    # client on that connection (tests/faults/test_pgbouncer.py shows it ending a dead
+    # client's), or in the server's settings (here the connection's startup options). The
+    # keepalives keep a live one from being ended while it holds a slot and has nothing else
+    # to say.
+    if set_by == "client":
+        idle = Client(pggcl_dsn, idle_session_timeout_seconds=3)
+    else:
+        joiner = "&" if "?" in pggcl_dsn else "?"
+        idle = Client(pggcl_dsn + joiner + "options=-c%20idle_session_timeout%3D3s")
+    with idle:
         idle.create_limit("db", 1)
         with idle.concurrency("db") as grant:
             session_id = idle._session_id()
