@@ -3,9 +3,13 @@ import { spawn } from "node:child_process";
 import { resolve } from "node:path";
 import { after, before, test } from "node:test";
 
+import pg from "pg";
+
 import {
-  AcquireConcurrencySlotTimeoutError, Client, ConcurrencySlotAcquisitionError, Dispatcher,
-  LimitExistsError, LimitNotFoundError, PoolTimeoutError, ValidationError, parsePayload,
+  AcquireConcurrencySlotTimeoutError, Client, ConcurrencySlotAcquisitionError, ConfigurationError,
+  DatabaseUnavailableError, Dispatcher, LimitExistsError, LimitNotFoundError, PermissionDeniedError,
+  PggclError, PoolTimeoutError, SchemaNotInstalledError, ValidationError, isUnavailable, parsePayload,
+  translateError,
 } from "../src/index.js";
 import { Lines, exited, here, lockLimit, lockWaiters, python, sleep, stopServer, testDsn, until } from "./helpers.js";
 
@@ -46,6 +50,60 @@ test("an event that comes before its waiter registers is kept for it", async () 
   d.deliver("5", { kind: "g", detail: "" });  // late duplicate: dropped
   d.register("5", { push: (e: { kind: string }) => got.push(e.kind) } as never, d.epoch);
   assert.deepEqual(got, ["g"]);
+});
+
+// Real errors of a real server, each through translateError: the classes of the Python
+// clients' translate_error (pggcl/core/failures.py), SQLSTATE by SQLSTATE.
+test("server errors map to the classes the Python clients map them to", async () => {
+  const conn = new pg.Client({ connectionString: dsn });
+  await conn.connect();
+  const victim = new pg.Client({ connectionString: dsn });
+  victim.on("error", () => {});
+  await victim.connect();
+  try {
+    const failure = async (sql: string, on: pg.Client = conn): Promise<unknown> => {
+      const err = await on.query(sql).then(() => null, (e: unknown) => e);
+      assert.ok(err !== null, `${sql} did not fail`);
+      return translateError(err);
+    };
+    const cases: Array<[string, string, new (...a: never[]) => PggclError]> = [
+      // An older schema (a view without the column a newer client reads): upgrade.
+      ["SELECT no_such_column FROM pggcl.limits", "42703", SchemaNotInstalledError],
+      ["SELECT * FROM pggcl.no_such_view", "42P01", SchemaNotInstalledError],
+      ["SELECT pggcl.no_such_function()", "42883", SchemaNotInstalledError],
+      ["SELECT pggcl_no_such_schema.f()", "3F000", SchemaNotInstalledError],
+      ["SELECT 3000000000::integer", "22003", ValidationError],
+      ["EXECUTE pggcl_no_such_statement", "26000", ConfigurationError],
+      ["SELECT 'not a uuid'::uuid", "22P02", PggclError],
+      ["SET ROLE pggcl_user; SELECT * FROM pggcl.create_limit('n-denied', 1)", "42501", PermissionDeniedError],
+    ];
+    for (const [sql, sqlstate, cls] of cases) {
+      const e = await failure(sql);
+      await conn.query("RESET ROLE");
+      assert.ok(e instanceof cls, `${sql}: ${String(e)} is not a ${cls.name}`);
+      assert.equal((e as PggclError).sqlstate, sqlstate, sql);
+      if (cls === PggclError) assert.equal((e as PggclError).constructor, PggclError, `${sql}: a plain PggclError`);
+    }
+    await conn.query("PREPARE pggcl_twice AS SELECT 1");
+    const twice = await failure("PREPARE pggcl_twice AS SELECT 1");
+    assert.ok(twice instanceof ConfigurationError && twice.sqlstate === "42P05", String(twice));
+    // 57014, query_canceled (a statement_timeout, a cancel request): class 57 is "unavailable",
+    // as in Python (retried as such), not a plain PggclError.
+    await conn.query("SET statement_timeout = 50");
+    const cancelled = await failure("SELECT pg_sleep(5)");
+    await conn.query("RESET statement_timeout");
+    assert.ok(cancelled instanceof DatabaseUnavailableError, String(cancelled));
+    assert.equal(cancelled.sqlstate, "57014");
+    assert.ok(isUnavailable(cancelled));
+    // 57P01: the server ended the connection (admin shutdown).
+    const pid = (victim as unknown as { processID: number }).processID;
+    await conn.query("SELECT pg_terminate_backend($1)", [pid]);
+    const gone = await failure("SELECT 1", victim);
+    assert.ok(gone instanceof DatabaseUnavailableError, String(gone));
+  } finally {
+    await conn.end();
+    await victim.end().catch(() => {});
+  }
 });
 
 test("managing limits, with the Python clients' error classes", async () => {
