@@ -42,6 +42,13 @@ export interface ClientOptions {
   retrySeconds?: number;
   /** application_name of every connection (pg_stat_activity shows it). */
   applicationName?: string;
+  /** Set PostgreSQL's idle_session_timeout on the session connection (seconds, 3 to 86400):
+   * the server ends it after this long without a statement, so a client that vanished while
+   * its server session stays open (PgBouncer in session mode without a reset query) is seen
+   * gone after this plus its grace. null (the default): the server's setting applies. Either
+   * way the session connection sends a cheap statement every third of the timeout in effect
+   * while it has nothing else to say (as the Python clients' idle_session_timeout_seconds). */
+  idleSessionTimeoutSeconds?: number | null;
 }
 
 export interface AcquireOptions {
@@ -166,7 +173,9 @@ type AcquireRow = {
 
 export class Client {
   readonly dsn: string;
-  readonly stats: Stats = { calls: 0, takes: 0, startOvers: 0, connects: 0, sessionsOpened: 0, sessionsLost: 0, heartbeats: 0 };
+  readonly stats: Stats = {
+    calls: 0, takes: 0, startOvers: 0, connects: 0, sessionsOpened: 0, sessionsLost: 0, heartbeats: 0, keepalives: 0,
+  };
   readonly dispatcher = new Dispatcher();
   private readonly pool: Pool;
   private readonly session: Session;
@@ -179,12 +188,20 @@ export class Client {
     if (dsn === undefined || dsn === "") throw new ConfigurationError("no DSN: give one or set PGGCL_DSN");
     this.dsn = dsn;
     const connectTimeout = opts.connectTimeout ?? 10;
+    const idle = opts.idleSessionTimeoutSeconds ?? null;
+    if (idle !== null && !(idle >= 3 && idle <= 86_400)) {
+      throw new ValidationError(`invalid idleSessionTimeoutSeconds: ${idle}; it must be null or seconds from 3 to 86400`,
+        { field: "idle_session_timeout_seconds" });
+    }
     this.retrySeconds = opts.retrySeconds ?? 30;
     this.pool = new Pool(dsn, opts.poolSize ?? 10, opts.poolTimeout ?? 30, connectTimeout, opts.applicationName);
     const sessionDsn = opts.sessionDsn ?? process.env.PGGCL_SESSION_DSN ?? dsn;
     this.session = new Session(
       sessionDsn,
-      { grace: opts.graceSeconds ?? 5, heartbeatSeconds: opts.heartbeatSeconds ?? 2, connectTimeout, applicationName: opts.applicationName },
+      {
+        grace: opts.graceSeconds ?? 5, heartbeatSeconds: opts.heartbeatSeconds ?? 2, connectTimeout,
+        applicationName: opts.applicationName, idleSessionTimeout: idle,
+      },
       this.dispatcher, this.stats, () => this.leasesLost());
   }
 

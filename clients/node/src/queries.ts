@@ -13,9 +13,14 @@ export const CANCEL = "SELECT pggcl.cancel($1::bigint, $2::uuid) AS status";
 export const RELEASE = "SELECT pggcl.release($1::uuid) AS ok";
 export const RENEW = "SELECT pggcl.renew($1::uuid, $2::double precision) AS ok";
 
-// The session connection. Server-side keepalives, and the pggcl session the server session
-// already carries (there must be none: a pooler handed us someone else's server session).
-export const KEEPALIVES = "SELECT set_config('tcp_keepalives_idle', '5', false),"
+// The session connection. The idle timeout in effect on it, in seconds, after setting it ($1:
+// milliseconds as text, NULL: keep the server's, whoever set it: postgresql.conf, the role,
+// the connection's startup options); server-side TCP keepalives; and the pggcl session the
+// server session already carries (there must be none: a pooler handed us someone else's).
+export const KEEPALIVES = "SELECT extract(epoch FROM (CASE WHEN $1::text IS NULL"
+  + " THEN current_setting('idle_session_timeout')"
+  + " ELSE set_config('idle_session_timeout', $1::text, false) END)::interval)::float8 AS idle,"
+  + " set_config('tcp_keepalives_idle', '5', false),"
   + " set_config('tcp_keepalives_interval', '2', false),"
   + " set_config('tcp_keepalives_count', '3', false),"
   + " current_setting('pggcl.session_id', true) AS carried";
@@ -26,6 +31,7 @@ export const OPEN_SESSION = "SELECT c.carried, s.session_id, s.token, s.channel"
   + " LEFT JOIN LATERAL (SELECT * FROM pggcl.open_session($1::double precision)"
   + " WHERE coalesce(c.carried, '') = '') s ON true";
 export const RESUME_SESSION = "SELECT pggcl.resume_session($1::integer, $2::uuid) AS ok";
+// Also the keepalive of a quiet session connection.
 export const SESSION_SETTING = "SELECT current_setting('pggcl.session_id', true) AS setting";
 export const HEARTBEAT = "SELECT pggcl.heartbeat($1::integer) AS next,"
   + " current_setting('pggcl.session_id', true) AS setting";

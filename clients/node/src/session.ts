@@ -26,6 +26,15 @@ export interface Stats {
   sessionsOpened: number;
   sessionsLost: number;
   heartbeats: number;
+  /** Statements sent on a quiet session connection so that the server's idle_session_timeout
+   * does not end it (every third of the timeout in effect on it). */
+  keepalives: number;
+}
+
+/** How often a quiet session connection sends a statement, given the idle_session_timeout in
+ * effect on it (seconds, 0: none): a third of it (pggcl/core/policy.py keepalive_interval). */
+export function keepaliveInterval(idleSessionTimeout: number): number | null {
+  return idleSessionTimeout > 0 ? idleSessionTimeout / 3 : null;
 }
 
 const POOLER_FIX = "give pggcl a direct connection for its session (the sessionDsn option, or PGGCL_SESSION_DSN)"
@@ -69,12 +78,21 @@ export class Session {
   private channel: string | null = null;
   private closed = false;
   private heartbeatTimer: NodeJS.Timeout | null = null;
+  private keepaliveTimer: NodeJS.Timeout | null = null;
+  /** A third of the idle_session_timeout in effect on the session connection (ms), or null. */
+  private keepaliveEvery: number | null = null;
+  /** When the session connection last sent a statement (performance.now(), ms). */
+  private lastStatement = 0;
   /** Set once a pooler was found in the way: every later call fails with it at once. */
   misconfigured: ConfigurationError | null = null;
 
   constructor(
     private readonly dsn: string,
-    private readonly opts: { grace: number; heartbeatSeconds: number; connectTimeout: number; applicationName?: string | undefined },
+    private readonly opts: {
+      grace: number; heartbeatSeconds: number; connectTimeout: number; applicationName?: string | undefined;
+      /** Set idle_session_timeout on the session connection (seconds); null: the server's. */
+      idleSessionTimeout?: number | null | undefined;
+    },
     private readonly dispatcher: Dispatcher,
     private readonly stats: Stats,
     /** Called when the session was reclaimed: the client's leases are gone. */
@@ -113,7 +131,10 @@ export class Session {
     this.stats.connects += 1;
     let lost = false;
     try {
-      const [k] = (await conn.query<{ carried: string | null }>(q.KEEPALIVES)).rows;
+      const idleMs = this.opts.idleSessionTimeout == null ? null : String(Math.round(this.opts.idleSessionTimeout * 1000));
+      const [k] = (await conn.query<{ idle: number; carried: string | null }>(q.KEEPALIVES, [idleMs])).rows;
+      const every = keepaliveInterval(k!.idle);
+      this.keepaliveEvery = every === null ? null : every * 1000;
       checkFresh(k!.carried);
       let resumed = false;
       if (this.sessionId !== null) {
@@ -145,6 +166,8 @@ export class Session {
     }
     conn.on("end", () => this.onLost(conn));
     this.conn = conn;
+    this.lastStatement = performance.now();
+    this.scheduleKeepalive();
     if (lost) {
       this.stats.sessionsLost += 1;
       this.onReclaimed();
@@ -223,6 +246,7 @@ export class Session {
         const sid = await this.id();
         const conn = this.conn;
         if (conn !== null) {
+          this.lastStatement = performance.now();
           const [r] = (await conn.query<{ next: number | null; setting: string | null }>(q.HEARTBEAT, [sid])).rows;
           this.stats.heartbeats += 1;
           checkKept(sid, r!.setting);
@@ -240,6 +264,39 @@ export class Session {
     this.heartbeatTimer = setTimeout(() => void beat(), this.opts.heartbeatSeconds * 1000);
   }
 
+  /** Keepalives (docs/protocol.md section 1): while the session connection has said nothing
+   * for a third of the idle_session_timeout in effect on it, a cheap statement that also checks
+   * that the server session is still ours; heartbeats count as statements. */
+  private scheduleKeepalive(): void {
+    if (this.keepaliveTimer !== null) clearTimeout(this.keepaliveTimer);
+    this.keepaliveTimer = null;
+    const every = this.keepaliveEvery;
+    if (every === null || this.closed || this.conn === null) return;
+    const due = Math.max(0, this.lastStatement + every - performance.now());
+    this.keepaliveTimer = setTimeout(() => void this.keepalive(), due);
+    this.keepaliveTimer.unref();
+  }
+
+  private async keepalive(): Promise<void> {
+    this.keepaliveTimer = null;
+    const conn = this.conn;
+    const sid = this.sessionId;
+    if (conn === null || sid === null || this.closed || this.keepaliveEvery === null) return;
+    if (performance.now() - this.lastStatement >= this.keepaliveEvery - 1) {
+      this.lastStatement = performance.now();
+      try {
+        const [r] = (await conn.query<{ setting: string | null }>(q.SESSION_SETTING)).rows;
+        this.stats.keepalives += 1;
+        checkKept(sid, r!.setting);
+      } catch (err) {
+        const e = translateError(err);
+        if (e instanceof ConfigurationError) await this.misconfigure(e);
+        return;  // a lost connection: its "end" reconnects, and the new one schedules its own
+      }
+    }
+    if (this.conn === conn) this.scheduleKeepalive();
+  }
+
   /** The server process of the session connection (for tests that kill it), or null. */
   get backendPid(): number | null {
     const conn = this.conn;
@@ -251,6 +308,7 @@ export class Session {
     if (this.closed) return;
     this.closed = true;
     if (this.heartbeatTimer !== null) clearTimeout(this.heartbeatTimer);
+    if (this.keepaliveTimer !== null) clearTimeout(this.keepaliveTimer);
     const conn = this.conn;
     this.conn = null;
     if (conn !== null) {

@@ -11,7 +11,7 @@ import {
   PggclError, PoolTimeoutError, SchemaNotInstalledError, ValidationError, isUnavailable, parsePayload,
   translateError,
 } from "../src/index.js";
-import { Lines, exited, here, lockLimit, lockWaiters, python, sleep, stopServer, testDsn, until } from "./helpers.js";
+import { Lines, exited, here, lockLimit, lockWaiters, python, sleep, sql, stopServer, testDsn, until } from "./helpers.js";
 
 let dsn = "";
 let admin: Client;
@@ -104,6 +104,33 @@ test("server errors map to the classes the Python clients map them to", async ()
     await conn.end();
     await victim.end().catch(() => {});
   }
+});
+
+test("the session connection outlives the server's idle_session_timeout: keepalives, no reconnect", async () => {
+  // The server's timeout, 3 s, set by the connection's startup options (not by the client),
+  // on every connection of this client.
+  const url = new URL(dsn);
+  url.searchParams.set("options", "-c idle_session_timeout=3000");
+  const idleDsn = url.toString();
+  assert.deepEqual(await sql(idleDsn, "SHOW idle_session_timeout"), [{ idle_session_timeout: "3s" }]);
+  await admin.createLimit("n-idle", 1);
+  const c = new Client(idleDsn, { heartbeatSeconds: 30 });
+  clients.push(c);
+  const out = await c.concurrency("n-idle", {}, async (grant) => {
+    const sid = await c.sessionIdForTests();
+    const pid = c.sessionBackendPidForTests;
+    // Idle for longer than the timeout: the condition under test, not a synchronisation.
+    await sleep(4500);
+    assert.equal(c.stats.connects, 1, "the session connection was never made again");
+    assert.equal(c.stats.sessionsOpened, 1);
+    assert.equal(c.sessionBackendPidForTests, pid, "the same server process");
+    assert.ok(c.stats.keepalives >= 1, `keepalives ${c.stats.keepalives}`);
+    const held = await admin.holders("n-idle");
+    assert.deepEqual(held.map((h) => [h.leaseId, h.sessionId]), [[grant.leaseId, sid]], "the lease is still the session's");
+    return "held";
+  });
+  assert.equal(out, "held");
+  assert.equal((await admin.holders("n-idle")).length, 0);
 });
 
 test("managing limits, with the Python clients' error classes", async () => {
