@@ -38,16 +38,12 @@
 -- (OPERATOR(pg_catalog.=)): PostgreSQL inlines them into the calling query and parses them there
 -- with the caller's search_path, and pggcl.limits calls _decayed as whoever reads the view
 -- (a superuser, perhaps, with an attacker's schema first on the path). A SET search_path would
--- pin it too, but stops the inlining that the hot path's UPDATEs rely on. The PL/pgSQL helpers
--- run only inside the public functions, whose search_path is pinned to pg_catalog, pg_temp
--- (functions and operators are never looked up in pg_temp), and no pggcl role may call them;
--- pinning each as well would cost about 1.8 us per call (measured: 4.7 vs 2.9 us for a
--- one-statement helper), and a contended acquire makes a dozen such calls. The argument, in
--- full: no role but the owner may execute a PL/pgSQL helper, and everything another role may
--- execute, directly or through a view, is pinned (SECURITY DEFINER, whose search_path every
--- function it calls inherits) or an SQL helper that qualifies everything and calls only such
--- helpers; so a helper runs under a pinned search_path unless the owner or a superuser calls
--- it directly (who may run any code anyway).
+-- pin it too, but stops the inlining that the hot path's UPDATEs rely on. Every PL/pgSQL
+-- function pins search_path = pg_catalog, pg_temp (functions and operators are never looked
+-- up in pg_temp): the public ones on their definitions, the helpers in the file
+-- 85_pinned_helpers.sql (revision 0011; about 1.8 us a call). And no pggcl role may call
+-- a PL/pgSQL helper: everything another role may execute, directly or through a view, is a
+-- public function or an SQL helper that qualifies everything and calls only such helpers.
 -- tests/sql/test_hardening.py checks these rules on the catalog.
 --
 -- This file: what a limit's numbers mean, and the checks of what callers give.

@@ -36,6 +36,8 @@ FROZEN = {
     "0009_counters_downgrade.sql": "3a17a8b2416c9aae74614513c4a63ca5",
     "0010_rate_grants_recorded.sql": "87e6ca25545fada860f5b68ee83a03f2",
     "0010_rate_grants_recorded_downgrade.sql": "9936182b19a806ba94fcba1ee068f56a",
+    "0011_pinned_helpers.sql": "079816525a09b21821e87f887d6e6079",
+    "0011_pinned_helpers_downgrade.sql": "8ac973d0d8d6147e795dc88c8ab3fc0c",
 }
 
 

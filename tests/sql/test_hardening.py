@@ -47,10 +47,11 @@ def test_every_function_is_safe_on_a_hostile_search_path(db: psycopg.Connection[
             problems.append(f"{name}: SECURITY DEFINER without a pinned search_path")
         if language == "sql" and not pinned and (bad := _unqualified(body)):
             problems.append(f"{name}: unqualified {bad}")
-        if language == "plpgsql" and not pinned and callable_:
-            # A PL/pgSQL helper runs with its caller's search_path: only the public functions
-            # (pinned) may call it, so no pggcl role may.
-            problems.append(f"{name}: PL/pgSQL without a pinned search_path, callable by a role")
+        if language == "plpgsql" and not pinned:
+            # Revision 0011: helpers too (sql/85_pinned_helpers.sql), whoever may call them.
+            problems.append(f"{name}: PL/pgSQL without a pinned search_path")
+        if language == "plpgsql" and not definer and callable_:
+            problems.append(f"{name}: a PL/pgSQL helper callable by a role")
     assert problems == []
 
 
@@ -63,14 +64,11 @@ def test_the_check_finds_an_unqualified_body() -> None:
     assert _unqualified("SELECT a OPERATOR(pg_catalog.-) (b OPERATOR(pg_catalog.*) c)") == []
 
 
-# Issue #13 point 4, the argument for the PL/pgSQL helpers that pin no search_path (pinning
-# each would cost about 1.8 us per call, and stop nothing more): no role but the schema owner
-# may execute them, and everything another role may execute, directly or through a view, is
-# either pinned (SECURITY DEFINER, search_path = pg_catalog, pg_temp, which every function it
-# calls inherits) or an SQL helper that schema-qualifies every function and operator and calls
-# no pggcl function but such helpers. So a helper without a pinned search_path only ever runs
-# under a pinned caller's search_path (or when the owner or a superuser calls it directly,
-# who may run any code anyway).
+# Issue #13 point 4, from the side of what a role may run: everything another role may
+# execute, directly or through a view, is pinned (SECURITY DEFINER or a pinned helper,
+# search_path = pg_catalog, pg_temp) or an SQL helper that schema-qualifies every function and
+# operator and calls no pggcl function but such helpers; and no role but the schema owner may
+# execute a PL/pgSQL helper (a second wall since revision 0011 pinned them all).
 GRANTEES = """
 SELECT p.oid::regprocedure::text, l.lanname, p.prosecdef, coalesce(p.proconfig, '{}'), p.prosrc,
        array(SELECT coalesce(r.rolname, 'PUBLIC') FROM aclexplode(p.proacl) a
@@ -103,7 +101,7 @@ def test_no_unpinned_helper_is_reachable_but_through_pinned_functions(
         """Why running `signature` on a hostile search_path is unsafe ([] when it is safe)."""
         language, definer, pinned, body, _ = functions[signature]
         if pinned:
-            return [] if definer or language == "sql" else [f"{signature}: pinned, not DEFINER"]
+            return []
         if language != "sql":
             return [f"{signature}: {language} without a pinned search_path"]
         problems = [f"{signature}: unqualified {bad}" for bad in [_unqualified(body)] if bad]
