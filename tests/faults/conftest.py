@@ -119,6 +119,39 @@ def session_backends(dsn: str) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
+def local_tcp_ports(pid: int) -> set[int]:
+    """The local ports of process `pid`'s TCP sockets (from /proc: its fds' socket inodes,
+    looked up in its network namespace's socket tables)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def backends_of_process(dsn: str, pid: int) -> tuple[list[int], list[int]]:
+    """(pooled, session) backends of `dsn`'s database that serve process `pid`'s connections
+    (matched by the client's TCP port)."""
+    ports = sorted(local_tcp_ports(pid))
+    rows = sql(
+        dsn,
+        "SELECT a.pid, a.pid IN (SELECT backend_pid FROM pggcl.sessions) FROM pg_stat_activity a "
+        "WHERE a.datname = current_database() AND a.backend_type = 'client backend' "
+        "AND a.client_port = ANY(%s)",
+        ports,
+    )
+    return [int(r[0]) for r in rows if not r[1]], [int(r[0]) for r in rows if r[1]]
+
+
 def terminate(dsn: str, pids: Sequence[int]) -> None:
     """pg_terminate_backend each of `pids`, and wait until they are gone."""
     if not pids:
@@ -317,11 +350,13 @@ class Workers:
         timeout: float | None = 60.0,
         grace: float | None = None,
         client_options: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
         **spec: Any,
     ) -> Worker:
         """A holder/waiter of `kind` ("sync", "async", "cli") that acquires `names` through
         `dsn`. `admin_dsn` (direct, for its recordings) defaults to `dsn`. For "cli" the
-        grace is pggcl run's own (the client default)."""
+        grace is pggcl run's own (the client default), and `client_options` do not apply:
+        `env` (added to the process's environment, e.g. PGGCL_SESSION_DSN) does."""
         options = dict(client_options or {})
         if grace is not None:
             options["grace_seconds"] = grace
@@ -335,21 +370,23 @@ class Workers:
             "client_options": options,
             **spec,
         }
-        env = {k: v for k, v in os.environ.items() if k != "PGGCL_DSN"}
+        unset = ("PGGCL_DSN", "PGGCL_SESSION_DSN")
+        environ = {k: v for k, v in os.environ.items() if k not in unset}
+        environ.update(env or {})
         if kind == "cli":
             full.update(kind="command", wait_quit=False)
             cmd = [str(PGGCL), "run", names]
             if timeout is not None:
                 cmd += ["--timeout", str(timeout)]
             cmd += ["--", sys.executable, str(WORKER), json.dumps(full)]
-            env["PGGCL_DSN"] = dsn
+            environ["PGGCL_DSN"] = dsn
         else:
             full["kind"] = kind
             cmd = [sys.executable, str(WORKER), json.dumps(full)]
         with open(self.dir / f"{role}.stderr", "wb") as stderr:
             proc = subprocess.Popen(
                 cmd,
-                env=env,
+                env=environ,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,

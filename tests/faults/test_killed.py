@@ -33,8 +33,10 @@ def test_pggcl_run_killed_kills_its_command(dsn: str, workers: Workers) -> None:
     )
 
 
-@pytest.mark.parametrize("kind", ["sync", "async"])  # pggcl run waits through the sync client
+@pytest.mark.parametrize("kind", ["sync", "async", "cli"])
 def test_a_killed_waiter_is_not_shown_nor_served(kind: str, dsn: str, workers: Workers) -> None:
+    """For cli, the `pggcl run` process (waiting, so no COMMAND yet) is SIGKILLed; a dead
+    session's waiters are left out at once, whatever its grace (pggcl run's is 5 s)."""
     sql(dsn, "SELECT pggcl.create_limit('db', 1)")
     seen = Problems()
     holder = workers.start("sync", "holder", dsn)  # it only holds: no heartbeat, no call
