@@ -7,13 +7,21 @@ Reads one JSON command per line on stdin, writes one JSON event per line on stdo
                            -> {"event": "granted", "tag": T, "lease": ..., "elapsed": s}
                            | {"event": "timeout" | "error", "tag": T, "class": ..., ...}
     {"cmd": "release", "tag": T}  -> {"event": "released", "tag": T}
+    {"cmd": "cancel", "tag": T}   -> {"event": "cancelled", "tag": T}
     {"cmd": "quit"}
 
 Arguments: DSN GRACE_SECONDS HEARTBEAT_SECONDS.
+
+The sync world's only interruption of a waiting call is KeyboardInterrupt (a Ctrl-C), which
+a signal raises in the main thread alone. Acquires run in threads here, so ``cancel`` raises
+KeyboardInterrupt in the acquire's thread (``PyThreadState_SetAsyncExc``) and wakes that
+thread (a re-check for every waiter of the client, as after a reconnect) so that it lands now,
+not when the wait ends: what the client then does is what it does on a Ctrl-C.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import sys
 import threading
@@ -21,6 +29,7 @@ import time
 from typing import Any
 
 import pggcl
+from pggcl.core.notifications import RECHECK, Event
 
 _out = threading.Lock()
 
@@ -31,10 +40,22 @@ def emit(**event: Any) -> None:
         sys.stdout.flush()
 
 
+def interrupt(client: pggcl.Client, thread: threading.Thread) -> None:
+    """Raise KeyboardInterrupt in ``thread``, which waits in ``client``, as a Ctrl-C would."""
+    assert thread.ident is not None
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread.ident), ctypes.py_object(KeyboardInterrupt)
+    )
+    session = client._port.session  # test-only: wake the waiting threads
+    with session._lock:
+        session._dispatch.broadcast(Event(RECHECK))
+
+
 def main() -> None:
     dsn, grace, heartbeat = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
     client = pggcl.Client(dsn, grace_seconds=grace, heartbeat_seconds=heartbeat)
     releases: dict[str, threading.Event] = {}
+    threads: dict[str, threading.Thread] = {}
 
     def acquire(cmd: dict[str, Any]) -> None:
         tag = cmd["tag"]
@@ -53,6 +74,8 @@ def main() -> None:
                 emit(event="granted", tag=tag, lease=lease, elapsed=time.monotonic() - started)
                 done.wait()
             emit(event="released", tag=tag)
+        except KeyboardInterrupt:
+            emit(event="cancelled", tag=tag)
         except pggcl.AcquireConcurrencySlotTimeoutError:
             emit(event="timeout", tag=tag, elapsed=time.monotonic() - started)
         except pggcl.PggclError as exc:
@@ -62,9 +85,13 @@ def main() -> None:
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["cmd"] == "acquire":
-            threading.Thread(target=acquire, args=(cmd,), daemon=True).start()
+            thread = threading.Thread(target=acquire, args=(cmd,), daemon=True)
+            threads[cmd["tag"]] = thread
+            thread.start()
         elif cmd["cmd"] == "release":
             releases.setdefault(cmd["tag"], threading.Event()).set()
+        elif cmd["cmd"] == "cancel":
+            interrupt(client, threads[cmd["tag"]])
         elif cmd["cmd"] == "quit":
             break
     client.close()

@@ -5,7 +5,7 @@ import { createInterface } from "node:readline";
 import { AcquireConcurrencySlotTimeoutError, Client, PggclError } from "../src/index.js";
 
 interface Command {
-  cmd: "acquire" | "release" | "quit";
+  cmd: "acquire" | "release" | "cancel" | "quit";
   tag: string;
   names: string[];
   occupy?: number;
@@ -20,6 +20,9 @@ const emit = (event: Record<string, unknown>): void => {
   process.stdout.write(JSON.stringify(event) + "\n");
 };
 const releases = new Map<string, () => void>();
+// cancel: the acquire's wait is given up through its AbortSignal, as Node code would.
+const cancels = new Map<string, AbortController>();
+class Cancelled extends Error {}
 const released = new Map<string, Promise<void>>();
 const releasing = (tag: string): Promise<void> => {
   let p = released.get(tag);
@@ -33,7 +36,11 @@ const releasing = (tag: string): Promise<void> => {
 async function acquire(cmd: Command): Promise<void> {
   const started = performance.now();
   const elapsed = (): number => (performance.now() - started) / 1000;
-  const opts = { occupy: cmd.occupy ?? 1, timeoutSeconds: cmd.timeout ?? null, maxRetries: cmd.max_retries ?? null };
+  const controller = new AbortController();
+  cancels.set(cmd.tag, controller);
+  const opts = {
+    occupy: cmd.occupy ?? 1, timeoutSeconds: cmd.timeout ?? null, maxRetries: cmd.max_retries ?? null, signal: controller.signal,
+  };
   try {
     if (cmd.mode === "rate_limit") {
       await client.rateLimit(cmd.names, opts);
@@ -46,7 +53,8 @@ async function acquire(cmd: Command): Promise<void> {
       await done;
     }).then(() => emit({ event: "released", tag: cmd.tag }));
   } catch (err) {
-    if (err instanceof AcquireConcurrencySlotTimeoutError) emit({ event: "timeout", tag: cmd.tag, elapsed: elapsed() });
+    if (err instanceof Cancelled) emit({ event: "cancelled", tag: cmd.tag });
+    else if (err instanceof AcquireConcurrencySlotTimeoutError) emit({ event: "timeout", tag: cmd.tag, elapsed: elapsed() });
     else if (err instanceof PggclError) emit({ event: "error", tag: cmd.tag, class: err.name, sqlstate: err.sqlstate });
     else emit({ event: "error", tag: cmd.tag, class: String(err) });
   }
@@ -59,7 +67,8 @@ for await (const line of createInterface({ input: process.stdin })) {
   else if (cmd.cmd === "release") {
     void releasing(cmd.tag);
     releases.get(cmd.tag)?.();
-  } else if (cmd.cmd === "quit") break;
+  } else if (cmd.cmd === "cancel") cancels.get(cmd.tag)?.abort(new Cancelled(`cancelled ${cmd.tag}`));
+  else if (cmd.cmd === "quit") break;
 }
 await client.close();
 process.exit(0);
