@@ -28,8 +28,9 @@ from types import FrameType
 import click
 
 import pggcl
-from pggcl.cli._base import ClientLog, check_slots, open_client
+from pggcl.cli._base import ClientLog, check_slots, require_dsn
 from pggcl.cli.status import WaitStatus
+from pggcl.core.options import env_session_dsn
 from pggcl.errors import AcquireConcurrencySlotTimeoutError
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -252,7 +253,7 @@ def run(
 
     with relay.installed():
         try:
-            with open_client(ctx) as client, _watching(client, limit_names, verbose) as status:
+            with _open_client(ctx) as client, _watching(client, limit_names, verbose) as status:
                 if rate:
                     client.rate_limit(
                         limit_names, occupy=occupy, timeout_seconds=timeout_seconds, strict=strict
@@ -281,6 +282,14 @@ def run(
             click.echo(f"Error: {failed}", err=True)
             ctx.exit(failed.status)
     ctx.exit(code)
+
+
+@contextlib.contextmanager
+def _open_client(ctx: click.Context) -> Iterator[pggcl.Client]:
+    """The command's client, its session connection on PGGCL_SESSION_DSN when that is set
+    (PGGCL_DSN then being a transaction pooler's), as docs/reliability.md says the CLI does."""
+    with pggcl.Client(require_dsn(ctx), session_dsn=env_session_dsn()) as client:
+        yield client
 
 
 @contextlib.contextmanager

@@ -93,16 +93,22 @@ def check_sessions_not_shared(seen: Problems, processes: list[Worker]) -> None:
 
 
 def run_crowd(
-    kind: str, dsn: str, through: str, workers: Workers, client_options: dict[str, Any]
+    kind: str,
+    dsn: str,
+    through: str,
+    workers: Workers,
+    client_options: dict[str, Any],
+    env: dict[str, str] | None = None,
 ) -> tuple[Problems, list[Worker]]:
     """PROCESSES processes, each holding a slot of a limit of LIMIT for HOLDS short blocks,
-    through the pooler; returns what went wrong and the workers (all finished)."""
+    through the pooler; returns what went wrong and the workers (all finished). `env` is
+    for `pggcl run` (kind "cli"), which takes no client options."""
     sql(dsn, "SELECT pggcl.create_limit('db', %s)", LIMIT)
     seen = Problems()
     spec: dict[str, Any] = {"hold_seconds": 0.05, "wait_release": False}
     if kind == "cli":  # one hold per `pggcl run`, so as many runs as the others' holds
         crowd = [
-            workers.start(kind, f"p{i}", through, admin_dsn=dsn, timeout=TIMEOUT, **spec)
+            workers.start(kind, f"p{i}", through, admin_dsn=dsn, timeout=TIMEOUT, env=env, **spec)
             for i in range(PROCESSES * 2)
         ]
     else:
@@ -140,6 +146,21 @@ def test_transaction_mode_with_a_direct_session_dsn_works(
     seen, crowd = run_crowd(kind, dsn, through, workers, {"session_dsn": dsn})
     for worker in crowd:
         seen.found += worker.problems()
+    seen.assert_none()
+
+
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+def test_pggcl_run_in_transaction_mode_with_a_direct_session_dsn_works(
+    mode: PoolMode, dsn: str, workers: Workers, bouncer: MakeBouncer
+) -> None:
+    """`pggcl run` through the pooler, its session connection on PGGCL_SESSION_DSN (direct).
+    One server connection behind the pooler: a session connection that went through it
+    would meet the others' there and be refused, so only a direct one passes."""
+    through = bouncer(mode, settings={"default_pool_size": "1"}).through(dsn)
+    seen, crowd = run_crowd("cli", dsn, through, workers, {}, env={"PGGCL_SESSION_DSN": dsn})
+    for worker in crowd:
+        seen.found += worker.problems()
+    seen.check(all(worker.events("entered") for worker in crowd), "a run never ran its COMMAND")
     seen.assert_none()
 
 
