@@ -70,7 +70,7 @@ class Server:
             found[:] = re.findall(pattern, self.log.read_text())
             return bool(found)
 
-        wait_until(printed, f"{self.proc.args} says where it serves")
+        wait_until(printed, f"the server logging to {self.log.name} says where it serves")
         return found[0]
 
     def stop(self) -> None:
@@ -96,7 +96,7 @@ def servers(dsn: str, directory: Path) -> Iterator[tuple[str, str]]:
         def answers() -> bool:
             assert ui.proc.poll() is None, f"pggcl ui exited: {ui.log.read_text()}"
             try:
-                return httpx.get(f"{ui_url}/", timeout=5).status_code == 200
+                return bool(httpx.get(f"{ui_url}/", timeout=5).status_code == 200)
             except httpx.TransportError:
                 return False
 
