@@ -64,7 +64,7 @@ def test_restart(
     hold_and_wait_through(kind, dsn, workers, lambda: cluster.restart(mode), grace=GRACE)
 
 
-@pytest.mark.parametrize("kind", ["sync", "async"])  # pggcl run's grace is not settable
+@pytest.mark.parametrize("kind", ["sync", "async"])  # pggcl run (5 s grace): test_cli.py
 def test_down_longer_than_the_grace(
     kind: str, cluster: TempPostgres, dsn: str, workers: Workers
 ) -> None:
