@@ -10,11 +10,16 @@ checks on the engine's views. ``run_scenario`` raises AssertionError naming the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
+import re
+import socket
+import struct
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -135,10 +140,18 @@ def _churn(actors: list[Actor], step: dict[str, Any]) -> None:
 
 
 def run_scenario(scenario: dict[str, Any], adapter: Sequence[str], dsn: str) -> None:
-    """Run one scenario with actors started as ``[*adapter, dsn, grace, heartbeat]``."""
+    """Run one scenario with actors started as ``[*adapter, dsn, grace, heartbeat]``; in a
+    scenario with ``"proxy": true`` each actor reaches the server through a HoldingProxy of
+    its own."""
     grace = str(scenario.get("grace", GRACE_SECONDS))
     heartbeat = str(scenario.get("heartbeat", HEARTBEAT_SECONDS))
-    actors = {n: Actor(n, [*adapter, dsn, grace, heartbeat]) for n in scenario["actors"]}
+    proxies: dict[str, HoldingProxy] = {}
+    if scenario.get("proxy"):
+        proxies = {n: HoldingProxy(dsn) for n in scenario["actors"]}
+    actors = {
+        n: Actor(n, [*adapter, proxies[n].dsn if proxies else dsn, grace, heartbeat])
+        for n in scenario["actors"]
+    }
     kept: list[tuple[Any, ...]] = []
     locks = RowLocks(dsn)
     try:
@@ -147,7 +160,7 @@ def run_scenario(scenario: dict[str, Any], adapter: Sequence[str], dsn: str) -> 
                 actor.expect({"event": "ready"}, 30)
             for number, step in enumerate(scenario["steps"], 1):
                 try:
-                    kept = _step(step, actors, db, kept, locks)
+                    kept = _step(step, actors, db, kept, locks, proxies)
                 except AssertionError as exc:
                     where = f"{scenario['name']} step {number} {step}"
                     raise AssertionError(f"{where}: {exc}") from None
@@ -155,6 +168,207 @@ def run_scenario(scenario: dict[str, Any], adapter: Sequence[str], dsn: str) -> 
         locks.close()
         for actor in actors.values():
             actor.stop()
+        for proxy in proxies.values():
+            proxy.close()
+
+
+_SSL_REQUEST, _GSSENC_REQUEST = 80877103, 80877104
+_GRANTED = re.compile(rb"g:[0-9]+")
+
+
+class _Link:
+    """One client connection through a HoldingProxy: the replies it holds back, if any."""
+
+    def __init__(self, client: socket.socket) -> None:
+        self.client = client
+        self.lock = threading.Lock()
+        self.held = False
+        self.primed = False  # the armed statement was parsed here: hold from its execution
+        self.pending: list[bytes] = []
+
+    def to_client(self, message: bytes) -> None:
+        with self.lock:
+            if self.held:
+                self.pending.append(message)
+            else:
+                self.client.sendall(message)
+
+    def let_go(self) -> bool:
+        """Send what was held, in order; False when nothing was held."""
+        with self.lock:
+            if not self.held:
+                return False
+            self.held = False
+            for message in self.pending:
+                self.client.sendall(message)
+            self.pending.clear()
+            return True
+
+
+class HoldingProxy:
+    """A TCP proxy between one actor and the server that can hold back the reply to a statement
+    until a ``g:`` notification has reached the actor on another of its connections: the
+    order PostgreSQL allows (a grant committed between an acquire's commit and its reply is
+    notified at once; the reply may come later, on another socket or just after the
+    notification on the same one) made certain instead of rare.
+
+    ``arm(text)``: from the execution of the next statement whose text contains ``text`` (a
+    Query message, or the Execute after such a Parse), every byte the server sends back on that
+    connection is held. The first NotificationResponse
+    with a ``g:`` payload forwarded on another connection ends the hold ``SETTLE`` seconds
+    later (time for the client to read it before the reply comes: the point is the order in
+    which the client reads them); ``CAP`` seconds without one end it too. ``holds`` says, per
+    hold, what ended it: "notification", "cap", or "held" while it lasts.
+
+    SSL and GSS encryption requests are refused by the proxy itself ('N'): the client goes on
+    in plain text, which the proxy reads message by message (the frontend/backend protocol's
+    framing: a type byte and a length)."""
+
+    SETTLE = 0.3
+    CAP = 10.0
+
+    def __init__(self, dsn: str) -> None:
+        parts = urllib.parse.urlsplit(dsn)
+        self._target = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        port = self._listener.getsockname()[1]
+        netloc = parts.netloc.rsplit("@", 1)
+        host = f"127.0.0.1:{port}"
+        self.dsn = urllib.parse.urlunsplit(
+            parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host)
+        )
+        self._lock = threading.Lock()
+        self._armed: bytes | None = None
+        self._holding: tuple[_Link, int] | None = None
+        self.holds: list[str] = []
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def arm(self, text: str) -> None:
+        with self._lock:
+            self._armed = text.encode()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self._target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets += [client, upstream]
+            link = _Link(client)
+            threading.Thread(target=self._up, args=(link, upstream), daemon=True).start()
+            threading.Thread(target=self._down, args=(link, upstream), daemon=True).start()
+
+    def _up(self, link: _Link, upstream: socket.socket) -> None:
+        """Client to server: the startup packet (refusing encryption), then typed messages."""
+        buf, started = b"", False
+        try:
+            while chunk := link.client.recv(65536):
+                buf += chunk
+                while True:
+                    head = 4 if not started else 5
+                    if len(buf) < head:
+                        break
+                    size = struct.unpack("!I", buf[head - 4 : head])[0] + head - 4
+                    if len(buf) < size:
+                        break
+                    message, buf = buf[:size], buf[size:]
+                    if not started:
+                        code = struct.unpack("!I", message[4:8])[0]
+                        if code in (_SSL_REQUEST, _GSSENC_REQUEST):
+                            link.client.sendall(b"N")
+                            continue
+                        started = True
+                    elif message[:1] in (b"P", b"Q", b"E"):
+                        self._maybe_hold(link, message)
+                    upstream.sendall(message)
+        except OSError:
+            pass
+        finally:
+            self._shut(link.client, upstream)
+
+    def _maybe_hold(self, link: _Link, message: bytes) -> None:
+        """Hold the replies of ``link`` from the execution of the armed statement on: a Query
+        with its text, or the Execute after a Parse of it (a driver may wait for the Parse's
+        own reply before it binds and executes, as asyncpg does)."""
+        with self._lock:
+            kind = message[:1]
+            if self._armed is None:
+                return
+            if kind == b"P" and self._armed in message:
+                link.primed = True
+                return
+            if not (kind == b"Q" and self._armed in message) and not (kind == b"E" and link.primed):
+                return
+            self._armed = None
+            link.primed = False
+            with link.lock:
+                link.held = True
+            self.holds.append("held")
+            self._holding = (link, len(self.holds) - 1)
+        timer = threading.Timer(self.CAP, self._end_hold, args=(link, "cap"))
+        timer.daemon = True
+        timer.start()
+
+    def _end_hold(self, link: _Link, why: str) -> None:
+        with self._lock:
+            if self._holding is None or self._holding[0] is not link:
+                return
+            index = self._holding[1]
+            self._holding = None
+            self.holds[index] = why
+        with contextlib.suppress(OSError):
+            link.let_go()
+
+    def _down(self, link: _Link, upstream: socket.socket) -> None:
+        """Server to client, message by message; a g: forwarded ends another link's hold."""
+        buf = b""
+        try:
+            while chunk := upstream.recv(65536):
+                buf += chunk
+                while len(buf) >= 5:
+                    size = struct.unpack("!I", buf[1:5])[0] + 1
+                    if len(buf) < size:
+                        break
+                    message, buf = buf[:size], buf[size:]
+                    link.to_client(message)
+                    if message[:1] == b"A" and not link.held:
+                        self._notified(link, message)
+        except OSError:
+            pass
+        finally:
+            self._shut(link.client, upstream)
+
+    def _notified(self, link: _Link, message: bytes) -> None:
+        # NotificationResponse: int32 pid, channel, payload (both NUL-terminated).
+        payload = message[9:].split(b"\0")[1] if message.count(b"\0") >= 2 else b""
+        if not _GRANTED.fullmatch(payload):
+            return
+        with self._lock:
+            holding = self._holding
+        if holding is not None and holding[0] is not link:
+            timer = threading.Timer(self.SETTLE, self._end_hold, args=(holding[0], "notification"))
+            timer.daemon = True
+            timer.start()
+
+    @staticmethod
+    def _shut(*sockets: socket.socket) -> None:
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._listener.close()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            sock.close()
 
 
 class RowLocks:
@@ -206,7 +420,7 @@ _TERMINATE = "SELECT pg_terminate_backend(backend_pid) FROM pggcl.sessions WHERE
 
 def _step(
     step: dict[str, Any], actors: dict[str, Actor], db: psycopg.Connection[Any],
-    kept: list[tuple[Any, ...]], locks: RowLocks,
+    kept: list[tuple[Any, ...]], locks: RowLocks, proxies: dict[str, HoldingProxy],
 ) -> list[tuple[Any, ...]]:  # fmt: skip
     if "sql" in step:
         db.execute(step["sql"])
@@ -252,6 +466,11 @@ def _step(
         locks.unlock(step["unlock"])
     elif "kill_blocked" in step:
         locks.kill_blocked(db, step["kill_blocked"], step["within"])
+    elif "hold_reply" in step:
+        proxies[step["hold_reply"]].arm(step["containing"])
+    elif "replies_held" in step:
+        holds = proxies[step["replies_held"]].holds
+        assert holds == step["ended_by"], f"holds ended by {holds}, not {step['ended_by']}"
     else:
         raise AssertionError(f"unknown step {step}")
     return kept
