@@ -215,9 +215,11 @@ class Session:
                 self._keepalive_every = keepalive_interval(float(idle))
                 check_fresh_connection(setting)
                 session_id, channel = await self._take_session(conn)
+                await conn.listen(channel, self._deliver)
+                # After the LISTEN: the check also shows that it ran on the session's server
+                # session, and pg_stat_activity shows this statement, not the secret channel.
                 ((kept,),) = await conn.execute(q.SESSION_SETTING, ())
                 check_session_kept(session_id, kept)
-                await conn.listen(channel, self._deliver)
                 self._last_statement = time.monotonic()
                 attempt = 0
                 self._conn = conn

@@ -203,9 +203,11 @@ class Session:
                 self._keepalive_every = keepalive_interval(float(idle))
                 check_fresh_connection(setting)
                 session_id, channel = self._take_session(conn)
+                conn.listen(channel, self._deliver)
+                # After the LISTEN: the check also shows that it ran on the session's server
+                # session, and pg_stat_activity shows this statement, not the secret channel.
                 ((kept,),) = conn.execute(q.SESSION_SETTING, ())
                 check_session_kept(session_id, kept)
-                conn.listen(channel, self._deliver)
                 self._last_statement = time.monotonic()
                 attempt = 0
                 self._conn = conn
