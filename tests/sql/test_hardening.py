@@ -99,7 +99,7 @@ def test_no_unpinned_helper_is_reachable_but_through_pinned_functions(
 
     def safe(signature: str, seen: frozenset[str] = frozenset()) -> list[str]:
         """Why running `signature` on a hostile search_path is unsafe ([] when it is safe)."""
-        language, definer, pinned, body, _ = functions[signature]
+        language, _, pinned, body, _ = functions[signature]
         if pinned:
             return []
         if language != "sql":
