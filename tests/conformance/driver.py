@@ -48,6 +48,9 @@ class Actor:
         )
         self.events: queue.Queue[Event] = queue.Queue()
         self.backlog: list[Event] = []
+        # When each acquire was sent and each event read, on the wall clock: the server's
+        # clock_timestamp() is that clock, so spans between them compare with the engine's.
+        self.sent: dict[str, float] = {}
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -55,10 +58,12 @@ class Actor:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             if line.strip():
-                self.events.put(json.loads(line))
+                self.events.put({**json.loads(line), "_read_at": time.time()})
 
     def send(self, cmd: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
+        if cmd.get("cmd") == "acquire":
+            self.sent[cmd["tag"]] = time.time()
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
 
@@ -431,6 +436,15 @@ def _step(
         if "elapsed" in step:
             low, high = step["elapsed"]
             assert low <= event["elapsed"] <= high, f"elapsed {event['elapsed']:.3f}s"
+        if "since_sent" in step:
+            # From sending an earlier acquire to reading this event: it spans every server
+            # moment of both calls, so the engine's own bound holds on it exactly.
+            since = step["since_sent"]
+            span = event["_read_at"] - actors[step["expect"]].sent[since["tag"]]
+            assert since["at_least"] <= span <= since["at_most"], (
+                f"{span:.4f}s after acquire {since['tag']} was sent, not within"
+                f" [{since['at_least']}, {since['at_most']}]"
+            )
     elif "expect_none" in step:
         actors[step["expect_none"]].expect_none(step["for"])
     elif "sleep" in step:
