@@ -26,7 +26,8 @@ GRANT EXECUTE ON FUNCTION
     pggcl.resume_session(integer, uuid),
     pggcl.close_session(integer, uuid),
     pggcl.heartbeat(integer),
-    pggcl.reclaim()
+    pggcl.reclaim(),
+    pggcl.explain(bigint, integer)
 TO pggcl_user;
 
 GRANT EXECUTE ON FUNCTION

@@ -38,6 +38,8 @@ FROZEN = {
     "0010_rate_grants_recorded_downgrade.sql": "9936182b19a806ba94fcba1ee068f56a",
     "0011_pinned_helpers.sql": "079816525a09b21821e87f887d6e6079",
     "0011_pinned_helpers_downgrade.sql": "8ac973d0d8d6147e795dc88c8ab3fc0c",
+    "0012_explain.sql": "87a75c912fff50a593036c49c6f75fd7",
+    "0012_explain_downgrade.sql": "325bf3d3b613581cea5609f41df68b02",
 }
 
 

@@ -47,6 +47,7 @@ README_FUNCTIONS = {
     "close_session",
     "heartbeat",
     "reclaim",
+    "explain",
 }
 MANAGEMENT = {"create_limit", "update_limit", "delete_limit"}
 
@@ -317,6 +318,10 @@ def explicit_examples(function: str, world: World) -> list[dict[str, Any]]:
         ],
         "cancel": [{"waiter_id": world.waiter_ids[0]}],
         "recheck": [{"waiter_id": world.waiter_ids[0]}],
+        "explain": [
+            {"waiter_id": world.waiter_ids[0]},
+            {"waiter_id": world.waiter_ids[0], "max_holders": INT_MAX},
+        ],
         "take": [
             {"name": "wide", "occupy": 1, "session_id": other, "holder": "x", "request_id": fresh}
         ],
