@@ -22,7 +22,7 @@ from pggcl.errors import (
     SessionLostError,
     ValidationError,
 )
-from pggcl.models import ConcurrencyLimit, Holder, Waiter
+from pggcl.models import ConcurrencyLimit, Explanation, Holder, Holding, Waiter
 from pggcl.sync import Client, concurrency, rate_limit
 
 __version__ = "0.1.0"
@@ -36,7 +36,9 @@ __all__ = [
     "ConcurrencySlotAcquisitionError",
     "ConfigurationError",
     "DatabaseUnavailableError",
+    "Explanation",
     "Holder",
+    "Holding",
     "LimitExistsError",
     "LimitNotFoundError",
     "PermissionDeniedError",

@@ -104,3 +104,47 @@ class Waiter:
     holder: str | None
     session_id: int
     since: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """Slots held on a limit, as :class:`Explanation` lists them (no lease or session id)."""
+
+    holder: str | None
+    slots: int
+    since: datetime
+    expires: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Why a queued request waits, on one of the limits it waits on (``pggcl.explain``).
+
+    - ``blocking``: this limit keeps it waiting now (active, and a request queued ahead of it
+      here, or no room for ``occupy``); False on an inactive limit, or where it would fit
+      and nobody is ahead.
+    - ``position``: its place in this limit's queue, 1 = served next (as :class:`Waiter`).
+    - ``held_slots``, ``active_slots``, ``limit``, ``active``: the limit's, as
+      :class:`ConcurrencyLimit` has them.
+    - ``leases``: how many leases hold slots here; ``holders``: who, oldest first (all of
+      them, or the first ``max_holders``).
+    - ``seconds_until_room``: in rate mode, seconds until this limit has room for it after
+      those ahead (0: room now); None when unknown (held slots must be released first) and
+      always in concurrency mode.
+    - ``since``: when it was queued.
+    """
+
+    waiter_id: int
+    name: str
+    blocking: bool
+    position: int
+    occupy: int
+    mode: str
+    limit: int
+    active: bool
+    held_slots: int
+    active_slots: float
+    leases: int
+    holders: tuple[Holding, ...]
+    seconds_until_room: float | None
+    since: datetime

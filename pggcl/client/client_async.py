@@ -32,7 +32,7 @@ from pggcl.errors import (
     PggclError,
     SessionLostError,
 )
-from pggcl.models import ConcurrencyLimit, Grant, Holder, Waiter
+from pggcl.models import ConcurrencyLimit, Explanation, Grant, Holder, Waiter
 from pggcl.prefect import holder_text, run_holder
 
 __all__ = ["AsyncClient"]
@@ -452,6 +452,24 @@ class AsyncClient:
     async def queue(self, name: str | None = None) -> list[Waiter]:
         """Queued requests, in the order they will be served (of ``name`` only, if given)."""
         return await self._run(flows.queue_flow(name, self._retry_until(), time.monotonic))
+
+    async def explain(self, waiter_id: int, max_holders: int | None = None) -> list[Explanation]:
+        """Why the queued request ``waiter_id`` (a :class:`Waiter`'s) waits: one
+        :class:`Explanation` per limit it waits on, by name (whether that limit blocks it, its
+        place in the queue, who holds the slots; ``max_holders``: list at most that many).
+        [] when it is not queued (granted, cancelled, or unknown). Any waiter, whoever's."""
+        return await self._run(
+            flows.explain_flow(waiter_id, max_holders, self._retry_until(), time.monotonic)
+        )
+
+    async def explain_queue(
+        self, name: str | None = None, max_holders: int | None = None
+    ) -> list[Explanation]:
+        """:meth:`explain` for every queued request (those queued on ``name`` only, if given),
+        in the order they queued, each on every limit it waits on; in one call."""
+        return await self._run(
+            flows.explain_queue_flow(name, max_holders, self._retry_until(), time.monotonic)
+        )
 
     # --- Test hooks -------------------------------------------------------------------------
 

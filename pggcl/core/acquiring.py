@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from pggcl.core import queries as q
+from pggcl.core.explaining import explanation, why_waiting
 from pggcl.core.notifications import CLOSED, GRANTED, LOST, REJECTED, Event
 from pggcl.core.ops import Call, Defer, Flow, OpenSession, Wait
 from pggcl.core.requests import Contention, Request
@@ -34,6 +35,7 @@ from pggcl.errors import (
     ClientClosedError,
     ConcurrencySlotAcquisitionError,
     DatabaseUnavailableError,
+    PggclError,
 )
 from pggcl.models import Grant
 
@@ -51,7 +53,15 @@ def _describe(req: Request) -> str:
     return f"{req.occupy} {what} on {', '.join(repr(n) for n in req.names)}"
 
 
-def _timeout(req: Request, cause: Unreachable | None = None) -> AcquireConcurrencySlotTimeoutError:
+def _timeout(
+    req: Request, cause: Unreachable | None = None, waiting: str | None = None
+) -> AcquireConcurrencySlotTimeoutError:
+    """The timeout error; ``waiting``: why the request waited (pggcl.core.explaining), when
+    it could be read."""
+    if waiting is not None:
+        return AcquireConcurrencySlotTimeoutError(
+            f"timed out after {req.timeout:g} s waiting for {_describe(req)}: {waiting}"
+        )
     why = "" if cause is None else f": {cause}"
     return AcquireConcurrencySlotTimeoutError(
         f"could not acquire {_describe(req)} within timeout_seconds={req.timeout}{why}"
@@ -128,8 +138,7 @@ def _attempt(
         return Grant(req.names, req.occupy, lease_id)
     if waiter_id is None:
         raise _timeout(req)
-    if not (yield from _wait_for_grant(req, waiter_id, request_id, retry_after, deadline, clock)):
-        raise _timeout(req)
+    yield from _wait_for_grant(req, waiter_id, request_id, retry_after, deadline, clock)
     return Grant(req.names, req.occupy, lease_id)
 
 
@@ -204,8 +213,9 @@ def _wait_for_grant(
     deadline: float | None,
     clock: Clock,
 ) -> Flow[bool]:
-    """Sleep until granted: True when the slots are ours, False when the deadline passed
-    (and nothing is left queued or held). Raises _StartOver when the session was reclaimed."""
+    """Sleep until granted: True when the slots are ours. When the deadline passes, raises
+    the timeout error (nothing is left queued or held); _StartOver when the session was
+    reclaimed."""
     lease_id = request_id if req.mode == "concurrency" else None
     while True:
         now = clock()
@@ -253,11 +263,35 @@ def _wait_for_grant(
 
 
 def _give_up(req: Request, waiter_id: int, request_id: uuid.UUID, clock: Clock) -> Flow[bool]:
-    """The deadline passed: settle. True when a grant raced the timeout after all."""
+    """The deadline passed: read why it waited (one call, while it is still queued), then
+    settle. True when a grant raced the timeout after all; else the timeout error, saying
+    why when that could be read."""
+    waiting = yield from _why_waiting(req, waiter_id, request_id, clock)
     status = yield from _settle(waiter_id, request_id, clock(), clock)
     # A rate-limit grant that raced the timeout was consumed: it counts as acquired. (A
     # concurrency grant that raced it was released by the settling.)
-    return bool(status == "granted" and req.mode == "rate_limit")
+    if status == "granted" and req.mode == "rate_limit":
+        return True
+    raise _timeout(req, waiting=waiting)
+
+
+def _why_waiting(
+    req: Request, waiter_id: int, request_id: uuid.UUID, clock: Clock
+) -> Flow[str | None]:
+    """Why the queued request waits, in one line (pggcl.explain, the oldest holder of each
+    limit only): one statement, not retried. None when it cannot be said: the database
+    does not answer, the pool is busy, a schema older than revision 0012, or no longer
+    queued. Interrupted meanwhile, the attempt is settled and the interruption re-raised."""
+    try:
+        rows = yield Call(q.EXPLAIN, (waiter_id, 1))
+    except GeneratorExit:
+        raise
+    except PggclError:
+        return None
+    except BaseException:
+        yield from _settle(waiter_id, request_id, clock(), clock)
+        raise
+    return why_waiting([explanation(r) for r in rows], req.names)
 
 
 def release_flow(lease_id: uuid.UUID, until: float, clock: Clock, quiet: bool) -> Flow[bool]:

@@ -16,10 +16,11 @@ from datetime import UTC, datetime
 from pggcl.core import queries as q
 from pggcl.core import values
 from pggcl.core.acquiring import as_uuid
+from pggcl.core.explaining import explanation
 from pggcl.core.ops import Call, Flow, Row
 from pggcl.core.retrying import retrying
 from pggcl.errors import LimitNotFoundError
-from pggcl.models import ConcurrencyLimit, Holder, Waiter
+from pggcl.models import ConcurrencyLimit, Explanation, Holder, Waiter
 
 Clock = Callable[[], float]
 
@@ -106,3 +107,35 @@ def queue_flow(name: str | None, until: float, clock: Clock) -> Flow[list[Waiter
         Waiter(waiter_id, name, position, occupy, mode, holder, session_id, _utc(since))
         for waiter_id, name, position, occupy, mode, holder, session_id, since in rows
     ]
+
+
+# --- Why am I waiting? ----------------------------------------------------------------------
+
+
+def _checked_max_holders(max_holders: int | None) -> int | None:
+    if max_holders is not None:
+        values.whole("max_holders", max_holders, 0)
+    return max_holders
+
+
+def explain_flow(
+    waiter_id: int, max_holders: int | None, until: float, clock: Clock
+) -> Flow[list[Explanation]]:
+    """Why the queued request ``waiter_id`` waits: one per limit it waits on, by name; [] when
+    it is not queued (granted, cancelled, unknown)."""
+    values.big("waiter_id", waiter_id)
+    call = Call(q.EXPLAIN, (waiter_id, _checked_max_holders(max_holders)))
+    rows = yield from retrying(call, until, clock)
+    return [explanation(r) for r in rows]
+
+
+def explain_queue_flow(
+    name: str | None, max_holders: int | None, until: float, clock: Clock
+) -> Flow[list[Explanation]]:
+    """:func:`explain_flow` for every queued request (on ``name`` only, if given), in the
+    order they queued, each on every limit it waits on."""
+    if name is not None:
+        values.text("name", name)
+    call = Call(q.EXPLAIN_QUEUE, (name, _checked_max_holders(max_holders)))
+    rows = yield from retrying(call, until, clock)
+    return [explanation(r) for r in rows]

@@ -94,3 +94,21 @@ QUEUE: Final = (
     "SELECT waiter_id, name, position, occupy, mode, holder, session_id, since FROM pggcl.queue"
     " WHERE $1::text IS NULL OR name = $1::text ORDER BY name, position"
 )
+
+# Why queued requests wait (revision 0012): one row per waiter and limit it waits on. The
+# holders come as jsonb text, parsed by the core (asyncpg and psycopg decode jsonb apart).
+_EXPLAIN_COLUMNS: Final = (
+    'name, blocking, position, occupy, mode, "limit", active, held_slots, active_slots,'
+    " leases, holders::text, seconds_until_room, since"
+)
+EXPLAIN: Final = (
+    f"SELECT $1::bigint, {_EXPLAIN_COLUMNS} FROM pggcl.explain($1::bigint, $2::integer)"
+)
+# Every queued request (of limit $1 only, when not NULL), in arrival order, then by limit.
+EXPLAIN_QUEUE: Final = (
+    f"SELECT q.waiter_id, {_EXPLAIN_COLUMNS}"
+    " FROM (SELECT DISTINCT w.waiter_id FROM pggcl.queue w"
+    " WHERE $1::text IS NULL OR w.name = $1::text) q,"
+    " LATERAL pggcl.explain(q.waiter_id, $2::integer)"
+    " ORDER BY q.waiter_id, name"
+)

@@ -14,6 +14,7 @@ from typing import Any
 from pggcl.errors import ValidationError
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 #: The engine's bound on a limit and on occupy (sql/10_internals.sql): sums stay in int4.
 MOST_SLOTS = 1_000_000_000
 
@@ -32,6 +33,15 @@ def whole(field: str, value: Any, least: int) -> int:
         raise ValidationError(
             f"invalid {field}: {value}; it must be {least} or more slots", field=field
         )
+    return value
+
+
+def big(field: str, value: Any) -> int:
+    """``value`` as a whole number the engine's bigint parameter (a waiter id) can carry."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"invalid {field}: {value!r}; it must be a whole number", field=field)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValidationError(f"invalid {field}: {value}; it must be a 64-bit integer", field=field)
     return value
 
 

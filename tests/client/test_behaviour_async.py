@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ import pytest
 from opentelemetry import trace as otel_trace
 
 import pggcl
-from pggcl import AsyncClient, tracing
+from pggcl import AsyncClient, schema, tracing
 from pggcl.core.versions import MIN_SERVER_VERSION_NUM
 from pggcl.drivers.asyncpg_driver import connect
 from tests.client._acompat import (
@@ -170,7 +171,9 @@ async def test_a_limit_that_made_us_queue_skips_the_fast_path(client: AsyncClien
             with pytest.raises(pggcl.AcquireConcurrencySlotTimeoutError):
                 await hold_once(client, "db", timeout_seconds=0.05)
             costs.append(client.stats.calls - before)
-    assert costs == [3, 2]  # take, acquire (queued), cancel; then acquire, cancel
+    # take, acquire (queued), explain (why it waited, for the message), cancel; then the same
+    # without take.
+    assert costs == [4, 3]
     assert not client._contention.worth_taking("db")
     assert await hold_once(client, "db") is not None  # acquire, granted at once
     assert client._contention.worth_taking("db")
@@ -321,6 +324,87 @@ async def test_a_timeout_leaves_nothing_queued(client: AsyncClient) -> None:
         assert await client.queue() == []
         assert len(await client.holders()) == 1
     assert await client.holders() == []
+
+
+async def test_explain_says_why_a_request_waits(client: AsyncClient) -> None:
+    await client.create_limit("db", 2)
+    await client.create_limit("gpu", 4)
+    async with client.concurrency("db", holder="backup", lease_duration=None) as held_now:
+        big = spawn(lambda: hold_once(client, "db", occupy=2))
+        await until(lambda: queued(client, "db", 1), "the 2-slot request is queued")
+        small = spawn(lambda: hold_once(client, ["db", "gpu"]))
+        await until(lambda: queued(client, "db", 2), "both requests are queued")
+        first, second = [w.waiter_id for w in await client.queue("db")]
+        (why,) = await client.explain(first)
+        assert (why.waiter_id, why.name, why.blocking, why.position) == (first, "db", True, 1)
+        assert (why.occupy, why.mode, why.limit, why.active) == (2, "concurrency", 2, True)
+        assert (why.held_slots, why.active_slots, why.leases) == (1, 1.0, 1)
+        (holding,) = why.holders
+        assert (holding.holder, holding.slots, holding.expires) == ("backup", 1, None)
+        (lease,) = await client.holders("db")
+        assert lease.lease_id == held_now.lease_id and holding.since == lease.since
+        assert holding.since.utcoffset() == timedelta(0) and why.seconds_until_room is None
+        # A request on two limits: blocked on db (one ahead), not on gpu (room, nobody ahead).
+        both = await client.explain(second, max_holders=0)
+        assert [(e.name, e.blocking, e.position, e.holders) for e in both] == [
+            ("db", True, 2, ()),
+            ("gpu", False, 1, ()),
+        ]
+        everyone = await client.explain_queue()
+        expected = [(first, "db"), (second, "db"), (second, "gpu")]
+        assert [(e.waiter_id, e.name) for e in everyone] == expected
+        # Those queued on gpu, on every limit they wait on.
+        on_gpu = await client.explain_queue("gpu")
+        assert [(e.waiter_id, e.name) for e in on_gpu] == [(second, "db"), (second, "gpu")]
+        with pytest.raises(pggcl.ValidationError) as bad:
+            await client.explain(first, max_holders=-1)
+        assert bad.value.field == "max_holders"
+        with pytest.raises(pggcl.ValidationError):
+            await client.explain("1")  # type: ignore[arg-type]
+        assert await client.explain(10**15) == []  # not queued: nothing to explain
+    await big.result()
+    await small.result()
+    assert await client.explain(first) == [] and await client.explain_queue() == []
+
+
+async def test_a_timeout_says_why_it_waited(client: AsyncClient) -> None:
+    await client.create_limit("db", 1)
+    async with client.concurrency("db", holder="backup", lease_duration=None):
+        (lease,) = await client.holders("db")
+        ahead = spawn(lambda: hold_once(client, "db"))
+        await until(lambda: queued(client, "db", 1), "a request is queued")
+        with pytest.raises(pggcl.AcquireConcurrencySlotTimeoutError) as timed_out:
+            await hold_once(client, "db", timeout_seconds=0.2)
+        since = lease.since.strftime("%Y-%m-%dT%H:%M:%SZ")
+        waited = "timed out after 0.2 s waiting for 1 slot on 'db': "
+        held_by = f"1 of 1 slots held by 1 lease (oldest: backup since {since}), "
+        assert str(timed_out.value) == waited + held_by + "1 request ahead"
+        assert len(await client.queue("db")) == 1  # and it withdrew: only the one ahead
+    await ahead.result()
+    # Rate mode: how full the bucket is and when it will have room; several limits, each.
+    await client.create_limit("api", 2, slot_decay_per_second=0.001)
+    await client.create_limit("free", 5, slot_decay_per_second=1.0)
+    await client.rate_limit("api", occupy=2)
+    with pytest.raises(pggcl.AcquireConcurrencySlotTimeoutError) as timed_out:
+        await client.rate_limit(["api", "free"], timeout_seconds=0.2)
+    waited = re.escape("timed out after 0.2 s waiting for 1 slot on 'api', 'free': ")
+    in_use = r"'api' 2 of 2 slots in use, room in \d+\.\d s, nobody ahead"
+    assert re.fullmatch(waited + in_use, str(timed_out.value)), str(timed_out.value)
+    assert await client.queue() == []
+
+
+async def test_a_timeout_says_what_it_did_before_when_why_cannot_be_read(
+    client: AsyncClient, pggcl_dsn: str
+) -> None:
+    # A database at revision 0011 has no pggcl.explain: the call fails, the message is the
+    # one from before it, and nothing is left queued.
+    await run_blocking(schema.downgrade, pggcl_dsn, "0011")
+    await client.create_limit("db", 1)
+    async with client.concurrency("db"):
+        with pytest.raises(pggcl.AcquireConcurrencySlotTimeoutError) as timed_out:
+            await hold_once(client, "db", timeout_seconds=0.2)
+        assert str(timed_out.value) == "could not acquire 1 slot on 'db' within timeout_seconds=0.2"
+        assert await client.queue() == []
 
 
 async def test_cancel_while_waiting_leaves_nothing_and_serves_the_next(client: AsyncClient) -> None:
