@@ -150,14 +150,16 @@ export class Session {
         this.channel = row!.channel;
         this.stats.sessionsOpened += 1;
       }
-      const [s] = (await conn.query<{ setting: string | null }>(q.SESSION_SETTING)).rows;
-      checkKept(this.sessionId!, s!.setting);
       conn.on("notification", (msg) => {
         if (msg.channel !== this.channel || msg.payload === undefined) return;
         const parsed = parsePayload(msg.payload);
         if (parsed !== null) this.dispatcher.deliver(parsed[0], parsed[1]);
       });
       await conn.query(q.listen(this.channel!));
+      // After the LISTEN (as the Python clients): the check also shows that the LISTEN ran on
+      // the session's server session, and pg_stat_activity shows it, not the secret channel.
+      const [s] = (await conn.query<{ setting: string | null }>(q.SESSION_SETTING)).rows;
+      checkKept(this.sessionId!, s!.setting);
     } catch (err) {
       const e = translateError(err);
       if (e instanceof ConfigurationError) this.misconfigured = e;

@@ -133,6 +133,14 @@ test("the session connection outlives the server's idle_session_timeout: keepali
   assert.equal((await admin.holders("n-idle")).length, 0);
 });
 
+test("pg_stat_activity shows the session connection's last check, not the LISTEN of its secret channel", async () => {
+  const c = client();
+  await c.sessionIdForTests();
+  const rows = await sql<{ query: string }>(dsn, "SELECT query FROM pg_stat_activity WHERE pid = $1", [c.sessionBackendPidForTests]);
+  assert.equal(rows.length, 1);
+  assert.doesNotMatch(rows[0]!.query, /LISTEN|pggcl_\d+_[0-9a-f]{32}/);
+});
+
 test("managing limits, with the Python clients' error classes", async () => {
   const made = await admin.createLimit("n-manage", 3, 0.5);
   assert.equal(made.limit, 3);
