@@ -4,8 +4,10 @@ The engine does not announce acquires and releases: a NOTIFY on each would slow 
 and serialise commits. Instead, while at least one page listens, one task here reads the public
 views through the client about once per second (every limit, plus holders and queue when a
 limit page is open): the same few queries however many browsers are open, and plain reads that
-take no lock an acquire or a release waits for. It keeps the last minutes of occupancy in memory
-for the charts and hands each subscriber what changed for its page; the page's stream sends it.
+take no lock an acquire or a release waits for. It keeps the last minutes of each limit in memory
+for the charts (occupancy, and grants per second and mean wait, from the counters the engine
+keeps on the same rows: no other read) and hands each subscriber what changed for its page; the
+page's stream sends it.
 The sampler stops a few seconds (``linger``) after the last page closed, so that moving from one
 page to another keeps the chart's history, and forgets that history when it stops.
 """
@@ -27,8 +29,15 @@ from pggcl.ui.present import holder_view, limit_view, matches, waiter_view
 
 log = logging.getLogger("pggcl.ui")
 
-#: One chart point: (time in epoch seconds, held slots, decaying slots, limit).
-Sample = tuple[float, int, float, int]
+#: One chart point: (time in epoch seconds, held slots, decaying slots, limit, grants per second,
+#: mean wait in seconds). The last two are over the interval since the previous sample, from
+#: the limit's counters (``grants``, ``wait_seconds_sum`` / ``wait_seconds_count``): None for
+#: the first sample of a limit (nothing to count from) and after its counters went back (the
+#: limit was deleted and made again); the mean wait is None when nothing was granted meanwhile.
+Sample = tuple[float, int, float, int, float | None, float | None]
+
+#: What a sample counts from: (time, grants, wait_seconds_count, wait_seconds_sum).
+_Counts = tuple[float, int, int, float]
 
 
 class Reader(Protocol):
@@ -119,6 +128,7 @@ class Hub:
         self._subs: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
         self._history: dict[str, deque[Sample]] = {}
+        self._counts: dict[str, _Counts] = {}
         self._since: float | None = None
         #: Samples taken since this hub was made (each is one round of reads).
         self.ticks = 0
@@ -186,6 +196,7 @@ class Hub:
             # task running or starts a new one.
             self._task, self._since = None, None
             self._history.clear()
+            self._counts.clear()
 
     async def _tick(self) -> None:
         watched = {s.topic.name for s in self._subs if isinstance(s.topic, LimitTopic)}
@@ -206,22 +217,47 @@ class Hub:
             return
         now = self._clock()
         self.ticks += 1
-        self._record(now, limits)
-        self._fan_out(now, limits, holders, queue)
+        samples = self._record(now, limits)
+        self._fan_out(limits, holders, queue, samples)
 
-    def _record(self, now: float, limits: list[ConcurrencyLimit]) -> None:
-        """Keep a point per limit when its occupancy changed; drop what left the window."""
+    def _rates(self, now: float, limit: ConcurrencyLimit) -> tuple[float | None, float | None]:
+        """Grants per second and their mean wait since this limit's previous sample."""
+        last = self._counts.get(limit.name)
+        counts = (now, limit.grants, limit.wait_seconds_count, limit.wait_seconds_sum)
+        self._counts[limit.name] = counts
+        if last is None:
+            return None, None
+        seconds, grants, waited = now - last[0], limit.grants - last[1], counts[2] - last[2]
+        if seconds <= 0 or grants < 0 or waited < 0:
+            return None, None
+        mean = round((counts[3] - last[3]) / waited, 6) if waited else None
+        return round(grants / seconds, 3), mean
+
+    def _record(self, now: float, limits: list[ConcurrencyLimit]) -> dict[str, Sample]:
+        """Each limit's sample now, kept as a point when it changed; what left the window is
+        dropped, so a limit's history holds at most one point per sample of the window."""
         cutoff = now - self.window
+        samples: dict[str, Sample] = {}
         for limit in limits:
-            point: Sample = (now, limit.held_slots, round(limit.decaying_slots, 3), limit.limit)
+            sample: Sample = (
+                now,
+                limit.held_slots,
+                round(limit.decaying_slots, 3),
+                limit.limit,
+                *self._rates(now, limit),
+            )
+            samples[limit.name] = sample
             points = self._history.setdefault(limit.name, deque())
-            if not points or points[-1][1:] != point[1:]:
-                points.append(point)
+            if not points or points[-1][1:] != sample[1:]:
+                points.append(sample)
             # Keep the last point before the window: it is the value at the window's start.
             while len(points) >= 2 and points[1][0] <= cutoff:
                 points.popleft()
-        for gone in self._history.keys() - {limit.name for limit in limits}:
+        for gone in self._history.keys() - samples.keys():
             del self._history[gone]
+        for gone in self._counts.keys() - samples.keys():
+            del self._counts[gone]
+        return samples
 
     def _history_of(self, name: str) -> dict[str, Any]:
         now = self._clock()
@@ -229,11 +265,16 @@ class Hub:
         return {
             "since": max(since, now - self.window),
             "window": self.window,
+            "interval": self.interval,
             "samples": list(self._history.get(name, ())),
         }
 
     def _fan_out(
-        self, now: float, limits: list[ConcurrencyLimit], holders: list[Holder], queue: list[Waiter]
+        self,
+        limits: list[ConcurrencyLimit],
+        holders: list[Holder],
+        queue: list[Waiter],
+        samples: dict[str, Sample],
     ) -> None:
         ok = _json({"error": None})
         by_name = {limit.name: limit for limit in limits}
@@ -258,5 +299,4 @@ class Hub:
                 )
             sub.offer("limit", encoded[topic])
             if limit is not None:
-                sample = (now, limit.held_slots, round(limit.decaying_slots, 3), limit.limit)
-                sub.offer("sample", _json(sample), always=True)
+                sub.offer("sample", _json(samples[topic.name]), always=True)

@@ -154,3 +154,36 @@ def test_live_holders_queue_and_releasing_a_lease(
     expect(page.locator("#summary .bar-text")).to_have_text("0 / 1")
     chart: Any = page.locator("#chart")
     expect(chart.locator("path.area.held")).to_have_count(1)
+
+
+def test_charts_of_grants_per_second_and_wait_time(
+    page: Page, ui: RunningUi, pggcl_dsn: str, holders: list[HolderProcess]
+) -> None:
+    with pggcl.Client(pggcl_dsn) as client:
+        client.create_limit("gpu", 1)
+    open_live(page, f"{ui.url}/limit?name=gpu")
+    grants_chart, wait_chart = page.locator("#grants-chart"), page.locator("#wait-chart")
+    grants, waits = grants_chart.locator("rect.column"), wait_chart.locator("rect.column")
+    # Drawn from the samples so far: nothing granted yet, no columns.
+    expect(grants_chart).to_have_attribute("data-samples", re.compile(r"^[1-9]"))
+    expect(grants_chart).to_contain_text("no grants yet")
+    expect(grants).to_have_count(0)
+    expect(waits).to_have_count(0)
+
+    # Another process is granted the slot at once: a column of grants, still no wait.
+    holders.append(HolderProcess(pggcl_dsn, "gpu"))
+    expect(page.locator("#holders tbody tr")).to_have_count(1)
+    expect(grants).not_to_have_count(0)
+    expect(grants_chart).not_to_contain_text("no grants yet")
+    expect(wait_chart).to_contain_text("no waits yet")
+
+    # A second one queues, and is granted when the first ends: it waited, the wait chart shows
+    # it (the top of its axis in ms, s or min).
+    holders.append(HolderProcess(pggcl_dsn, "gpu"))
+    expect(page.locator("#queue tbody tr")).to_have_count(1)
+    assert holders[0].finish() == 0
+    expect(page.locator("#queue tbody tr")).to_have_count(0)
+    expect(waits).not_to_have_count(0)
+    expect(wait_chart).not_to_contain_text("no waits yet")
+    expect(wait_chart.locator("text.axis").nth(2)).to_have_text(re.compile(r" (ms|s|min)$"))
+    assert float(wait_chart.get_attribute("data-peak") or 0) > 0

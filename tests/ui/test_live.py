@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from datetime import UTC, datetime
+from itertools import groupby
 from typing import Any
 
 import pggcl
@@ -79,11 +81,12 @@ async def test_a_limit_page_gets_holders_queue_samples_and_history(pggcl_dsn: st
             assert detail["holders"][0]["holder"] == "worker-1"
             assert detail["limit"]["bar"]["text"] == "1 / 1"
             sample = await next_event(page, "sample")
-            assert sample[1:] == [1, 0, 1]  # held, decaying, limit
-            # A page opened now gets the chart so far: 0 held, then 1.
+            assert sample[1:4] == [1, 0, 1]  # held, decaying, limit
+            # A page opened now gets the chart so far: 0 held, then 1 (a point whenever
+            # something changed, the grants per second too).
             later = hub.subscribe(LimitTopic("gpu"))
             history = await next_event(later, "history")
-            assert [point[1] for point in history["samples"]] == [0, 1]
+            assert [held for held, _ in groupby(p[1] for p in history["samples"])] == [0, 1]
         await client.delete_limit("gpu")
         detail = await next_event(page, "limit")
         while detail["limit"] is not None:
@@ -120,3 +123,86 @@ async def test_a_database_outage_is_reported_and_sampling_goes_on() -> None:
         assert "unreachable" in status["error"]
         assert hub.running
         await hub.close()
+
+
+async def test_samples_carry_grants_per_second_and_the_mean_wait(pggcl_dsn: str) -> None:
+    async with pggcl.AsyncClient(pggcl_dsn) as client:
+        await client.create_limit("gpu", 1)
+        hub = Hub(client, interval=0.05, linger=0)
+        page = hub.subscribe(LimitTopic("gpu"))
+        # The first sample has nothing to count from; the next ones count the grants since.
+        assert (await next_event(page, "sample"))[4:] == [None, None]
+        assert (await next_event(page, "sample"))[4:] == [0, None]
+
+        async def wait_for_the_slot() -> None:
+            async with client.concurrency("gpu"):  # queued, granted when the holder releases
+                pass
+
+        async with client.concurrency("gpu"):  # granted at once: waits 0 s
+            waiter = asyncio.create_task(wait_for_the_slot())
+            detail = await next_event(page, "limit")
+            while not detail["queue"]:
+                detail = await next_event(page, "limit")
+        await waiter
+        seen: list[list[Any]] = []
+        while not any(s[5] for s in seen):
+            seen.append(await next_event(page, "sample"))
+        # The grant after the queue waited: its sample counts it, and a mean wait above 0.
+        waited = next(s for s in seen if s[5])
+        assert waited[4] > 0 and 0 < waited[5] < 60
+        # A page opened now gets them in its history too.
+        history = await next_event(hub.subscribe(LimitTopic("gpu")), "history")
+        assert history["interval"] == 0.05
+        assert any(point[5] for point in history["samples"])
+        await hub.close()
+
+
+class FixedReader:
+    """One limit whose counters a test sets before each sample."""
+
+    def __init__(self) -> None:
+        self.limit = limit_record(grants=0, waits=0, waited=0.0)
+
+    async def list_limits(self) -> list[ConcurrencyLimit]:
+        return [self.limit]
+
+    async def holders(self, name: str | None = None) -> list[Holder]:
+        return []
+
+    async def queue(self, name: str | None = None) -> list[Waiter]:
+        return []
+
+
+def limit_record(grants: int, waits: int, waited: float, held: int = 0) -> ConcurrencyLimit:
+    moment = datetime(2026, 12, 2, tzinfo=UTC)
+    return ConcurrencyLimit(
+        "gpu", 4, True, float(held), 0.0, 0, moment, moment, held, 0.0,
+        grants=grants, wait_seconds_count=waits, wait_seconds_sum=waited,
+    )  # fmt: skip
+
+
+async def test_the_history_is_a_fixed_window_whatever_the_traffic() -> None:
+    """Samples every second of a busy limit: the history keeps the window's, no more."""
+    now = [1_000.0]
+    reader = FixedReader()
+    hub = Hub(reader, interval=1.0, window=30.0, clock=lambda: now[0])
+    grants, waited = 0, 0.0
+    for second in range(200):
+        now[0] = 1_000.0 + second
+        grants += 1 + second % 3  # a different rate each second: a point each second
+        waited += 0.5 * (1 + second % 3)
+        reader.limit = limit_record(grants, grants, waited, held=second % 2)
+        await hub._tick()
+        samples = hub._history_of("gpu")["samples"]
+        assert len(samples) <= 30 + 1
+        assert samples[-1][0] == now[0]
+        if second:
+            assert samples[-1][4:] == (1 + second % 3, 0.5)
+    # The last point before the window stays: it is the value at the window's start.
+    assert samples[0][0] <= now[0] - 30 < samples[1][0]
+    # Counters that went back (the limit made again) count from scratch.
+    now[0] += 1
+    reader.limit = limit_record(1, 1, 0.0)
+    await hub._tick()
+    assert hub._history_of("gpu")["samples"][-1][4:] == (None, None)
+    await hub.close()

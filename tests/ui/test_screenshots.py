@@ -69,12 +69,17 @@ def test_screenshots(browser: Browser, pggcl_dsn: str, holders: list[HolderProce
             for holder, slots, shown in steps:
                 leases.append(take(pggcl_dsn, "database", slots, holder))
                 expect(bar).to_have_text(shown)
+            # A request that waits for a slot, granted when one is released: the wait chart
+            # shows how long it waited.
+            holders.append(HolderProcess(pggcl_dsn, "database"))
+            expect(page.locator("#queue tbody tr")).to_have_count(1)
             with pggcl.Client(pggcl_dsn) as client:
                 client.release(leases[0])
-            expect(bar).to_have_text("4 / 5")
+            expect(page.locator("#queue tbody tr")).to_have_count(0)
+            expect(page.locator("#wait-chart rect.column")).not_to_have_count(0)
             holders.append(HolderProcess(pggcl_dsn, "database", "--occupy", "2"))
             expect(page.locator("#queue tbody tr")).to_have_count(1)
-            expect(page.locator("#holders tbody tr")).to_have_count(2)
+            expect(page.locator("#holders tbody tr")).to_have_count(3)
             page.screenshot(path=str(SCREENSHOTS / "ui-limit.png"), full_page=True)
         finally:
             context.close()

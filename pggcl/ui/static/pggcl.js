@@ -1,5 +1,6 @@
-// pggcl UI: live updates pushed by the server (server-sent events), and the occupancy chart
-// drawn as inline SVG. The server formats every value; this script only puts it in place.
+// pggcl UI: live updates pushed by the server (server-sent events), and the charts (occupancy,
+// grants per second, wait time) drawn as inline SVG. The server formats every value shown in
+// the tables; this script only puts it in place (it labels the charts' axes itself).
 "use strict";
 
 (function () {
@@ -143,16 +144,20 @@
     fillTable("queue", detail.queue, fillWaiter);
   });
 
-  // --- The chart ------------------------------------------------------------------------------
+  // --- The charts -----------------------------------------------------------------------------
 
-  // Samples are [time (epoch seconds), held, decaying, limit], kept when they change; a value
-  // holds until the next sample, so the chart is drawn in steps.
-  const chart = { since: 0, window: 300, now: 0, samples: [] };
+  // Samples are [time (epoch seconds), held, decaying, limit, grants per second, mean wait in
+  // seconds], kept when they change; a value holds until the next sample, so the charts are
+  // drawn in steps. The last two are over the interval before their sample (null: unknown, or
+  // no grant), so each is drawn from one interval before its time; both are computed by the
+  // server from the engine's counters.
+  const chart = { since: 0, window: 300, interval: 1, now: 0, samples: [] };
 
   source.addEventListener("history", (event) => {
     const history = JSON.parse(event.data);
     chart.since = history.since;
     chart.window = history.window;
+    chart.interval = history.interval;
     chart.samples = history.samples;
     chart.now = chart.samples.length ? chart.samples[chart.samples.length - 1][0] : history.since;
     draw();
@@ -161,9 +166,7 @@
   source.addEventListener("sample", (event) => {
     const sample = JSON.parse(event.data);
     const last = chart.samples[chart.samples.length - 1];
-    if (!last || last[1] !== sample[1] || last[2] !== sample[2] || last[3] !== sample[3]) {
-      chart.samples.push(sample);
-    }
+    if (!last || last.slice(1).some((value, i) => value !== sample[i + 1])) chart.samples.push(sample);
     chart.now = sample[0];
     const start = chart.now - chart.window;
     while (chart.samples.length > 1 && chart.samples[1][0] <= start) chart.samples.shift();
@@ -171,7 +174,7 @@
   });
 
   const SVG = "http://www.w3.org/2000/svg";
-  const H = 180, LEFT = 40, RIGHT = 10, TOP = 10, BOTTOM = 24;
+  const RIGHT = 10, TOP = 10, BOTTOM = 24;
   window.addEventListener("resize", () => draw());
 
   function node(name, attrs, text) {
@@ -200,39 +203,102 @@
     return d ? `${d} H${end.toFixed(1)}` : d;
   }
 
-  function draw() {
-    const svg = document.getElementById("chart");
-    if (!svg) return;
+  function perSecond(value) {
+    return `${+value.toPrecision(3)}/s`;
+  }
+
+  function seconds(value) {
+    if (value === 0) return "0";
+    if (value < 1) return `${+(value * 1000).toPrecision(3)} ms`;
+    return value < 120 ? `${+value.toPrecision(3)} s` : `${+(value / 60).toPrecision(3)} min`;
+  }
+
+  // The frame of a chart: its width in pixels, the time span shown and the axes' scales.
+  function frame(svg, H, top, LEFT) {
     // Draw in the pixels the chart has, so that text keeps its size at any width.
-    const W = Math.max(320, Math.round(svg.getBoundingClientRect().width));
+    const W = Math.max(240, Math.round(svg.getBoundingClientRect().width));
     svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
     const span = Math.min(chart.window, Math.max(60, chart.now - chart.since));
     const t0 = chart.now - span;
-    const points = chart.samples.map((s) => [Math.max(s[0], t0), s[1], s[2], s[3]]);
-    const top = niceCeiling(Math.max(1, ...points.map((p) => Math.max(p[3], p[1] + p[2]))) * 1.1);
-    const x = (t) => LEFT + ((t - t0) / span) * (W - LEFT - RIGHT);
-    const y = (v) => H - BOTTOM - (v / top) * (H - TOP - BOTTOM);
+    return {
+      W, H, LEFT, span, t0,
+      x: (t) => LEFT + ((Math.max(t, t0) - t0) / span) * (W - LEFT - RIGHT),
+      y: (v) => H - BOTTOM - (v / top) * (H - TOP - BOTTOM),
+    };
+  }
+
+  function axes(f, top, label) {
     const parts = [];
     for (const v of [0, top / 2, top]) {
-      parts.push(node("line", { class: "grid", x1: LEFT, x2: W - RIGHT, y1: y(v), y2: y(v) }));
-      parts.push(node("text", { class: "axis", x: LEFT - 6, y: y(v) + 4, "text-anchor": "end" }, String(+v.toFixed(2))));
+      parts.push(node("line", { class: "grid", x1: f.LEFT, x2: f.W - RIGHT, y1: f.y(v), y2: f.y(v) }));
+      parts.push(node("text", { class: "axis", x: f.LEFT - 6, y: f.y(v) + 4, "text-anchor": "end" }, label(v)));
     }
-    parts.push(node("text", { class: "axis", x: LEFT, y: H - 6 }, ago(span)));
-    parts.push(node("text", { class: "axis", x: W - RIGHT, y: H - 6, "text-anchor": "end" }, "now"));
+    parts.push(node("text", { class: "axis", x: f.LEFT, y: f.H - 6 }, ago(f.span)));
+    parts.push(node("text", { class: "axis", x: f.W - RIGHT, y: f.H - 6, "text-anchor": "end" }, "now"));
+    return parts;
+  }
+
+  function placeholder(f, parts, text) {
+    parts.push(node("text", { class: "axis", x: f.W / 2, y: f.H / 2, "text-anchor": "middle" }, text));
+  }
+
+  function draw() {
+    drawOccupancy();
+    drawColumns("grants-chart", 4, "grants", perSecond, "no grants yet");
+    drawColumns("wait-chart", 5, "wait", seconds, "no waits yet");
+  }
+
+  function drawOccupancy() {
+    const svg = document.getElementById("chart");
+    if (!svg) return;
+    const top = niceCeiling(Math.max(1, ...chart.samples.map((p) => Math.max(p[3], p[1] + p[2]))) * 1.1);
+    const f = frame(svg, 180, top, 40);
+    const points = chart.samples.map((s) => [Math.max(s[0], f.t0), s[1], s[2], s[3]]);
+    const parts = axes(f, top, (v) => String(+v.toFixed(2)));
     if (points.length) {
-      const end = x(chart.now);
-      const base = y(0).toFixed(1);
-      const total = stepPath(points, x, y, (p) => p[1] + p[2], end);
-      const held = stepPath(points, x, y, (p) => p[1], end);
-      const first = x(points[0][0]).toFixed(1);
+      const end = f.x(chart.now);
+      const base = f.y(0).toFixed(1);
+      const total = stepPath(points, f.x, f.y, (p) => p[1] + p[2], end);
+      const held = stepPath(points, f.x, f.y, (p) => p[1], end);
+      const first = f.x(points[0][0]).toFixed(1);
       parts.push(node("path", { class: "area decaying", d: `${total} V${base} H${first} Z` }));
       parts.push(node("path", { class: "area held", d: `${held} V${base} H${first} Z` }));
       parts.push(node("path", { class: "line total", d: total }));
-      parts.push(node("path", { class: "line limit", d: stepPath(points, x, y, (p) => p[3], end) }));
+      parts.push(node("path", { class: "line limit", d: stepPath(points, f.x, f.y, (p) => p[3], end) }));
     } else {
-      parts.push(node("text", { class: "axis", x: W / 2, y: H / 2, "text-anchor": "middle" }, "collecting samples…"));
+      placeholder(f, parts, "collecting samples…");
     }
     svg.replaceChildren(...parts);
     svg.dataset.samples = String(chart.samples.length);
+  }
+
+  // One column per sample whose value (at `index`) is above 0, from one interval before its
+  // time to one interval before the next sample's (the last to now).
+  function drawColumns(id, index, kind, label, empty) {
+    const svg = document.getElementById(id);
+    if (!svg) return;
+    const values = chart.samples.map((s) => s[index]).filter((v) => v !== null);
+    const peak = Math.max(0, ...values);
+    const top = peak > 0 ? niceCeiling(peak * 1.1) : 1;
+    const f = frame(svg, 130, top, 60);
+    const parts = axes(f, top, label);
+    let columns = 0;
+    chart.samples.forEach((s, i) => {
+      const v = s[index];
+      if (v === null || v <= 0) return;
+      const next = chart.samples[i + 1];
+      const from = f.x(s[0] - chart.interval), to = f.x(next ? next[0] - chart.interval : chart.now);
+      if (to <= from) return;
+      parts.push(node("rect", {
+        class: `column ${kind}`, x: from.toFixed(1), width: (to - from).toFixed(1),
+        y: f.y(v).toFixed(1), height: (f.y(0) - f.y(v)).toFixed(1),
+      }, undefined));
+      columns += 1;
+    });
+    if (!chart.samples.length) placeholder(f, parts, "collecting samples…");
+    else if (!columns) placeholder(f, parts, empty);
+    svg.replaceChildren(...parts);
+    svg.dataset.samples = String(chart.samples.length);
+    svg.dataset.peak = String(peak);
   }
 })();
