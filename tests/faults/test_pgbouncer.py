@@ -31,6 +31,7 @@ from tests.faults.conftest import (
 
 LIMIT, PROCESSES, HOLDS = 2, 4, 4
 TIMEOUT = 5.0  # of each acquisition in a crowd: ample for 4 short holds on 2 slots
+CLI_TIMEOUT = 60.0  # of each `pggcl run` in the crowd that must work
 GRACE = 1.0  # of the sync and async holders killed in session mode
 CLI_GRACE = 5.0  # pggcl run's: the client default
 HEARTBEAT = 2.0  # the client default: how often a waiter's process reclaims the dead
@@ -99,6 +100,7 @@ def run_crowd(
     workers: Workers,
     client_options: dict[str, Any],
     env: dict[str, str] | None = None,
+    timeout: float = TIMEOUT,
 ) -> tuple[Problems, list[Worker]]:
     """PROCESSES processes, each holding a slot of a limit of LIMIT for HOLDS short blocks,
     through the pooler; returns what went wrong and the workers (all finished). `env` is
@@ -108,7 +110,7 @@ def run_crowd(
     spec: dict[str, Any] = {"hold_seconds": 0.05, "wait_release": False}
     if kind == "cli":  # one hold per `pggcl run`, so as many runs as the others' holds
         crowd = [
-            workers.start(kind, f"p{i}", through, admin_dsn=dsn, timeout=TIMEOUT, env=env, **spec)
+            workers.start(kind, f"p{i}", through, admin_dsn=dsn, timeout=timeout, env=env, **spec)
             for i in range(PROCESSES * 2)
         ]
     else:
@@ -157,7 +159,10 @@ def test_pggcl_run_in_transaction_mode_with_a_direct_session_dsn_works(
     One server connection behind the pooler: a session connection that went through it
     would meet the others' there and be refused, so only a direct one passes."""
     through = bouncer(mode, settings={"default_pool_size": "1"}).through(dsn)
-    seen, crowd = run_crowd("cli", dsn, through, workers, {}, env={"PGGCL_SESSION_DSN": dsn})
+    env = {"PGGCL_SESSION_DSN": dsn}
+    # Each hold lasts COMMAND's start-up (a Python process): seconds on a loaded machine, so
+    # the crowd's waits are given time enough (what is tested is that every run works).
+    seen, crowd = run_crowd("cli", dsn, through, workers, {}, env=env, timeout=CLI_TIMEOUT)
     for worker in crowd:
         seen.found += worker.problems()
     seen.check(all(worker.events("entered") for worker in crowd), "a run never ran its COMMAND")
