@@ -117,16 +117,16 @@ def _cli(dsn: str, *args: str) -> Any:
     return json.loads(done.stdout)
 
 
-def _ui_live(ui_url: str) -> Any:
-    """The first `limit` event of the limit page's event stream (sampled after it opened)."""
-    with httpx.stream("GET", f"{ui_url}/events", params={"limit": LIMIT}, timeout=10) as r:
+def _ui_live(ui_url: str, params: dict[str, str], wanted: str) -> Any:
+    """The first `wanted` event of a page's event stream (sampled after it opened)."""
+    with httpx.stream("GET", f"{ui_url}/events", params=params, timeout=10) as r:
         event = None
         for line in r.iter_lines():
             if line.startswith("event: "):
                 event = line.removeprefix("event: ")
-            elif line.startswith("data: ") and event == "limit":
+            elif line.startswith("data: ") and event == wanted:
                 return json.loads(line.removeprefix("data: "))
-    raise AssertionError("the UI's event stream ended without a limit event")
+    raise AssertionError(f"the UI's event stream ended without a {wanted} event")
 
 
 def _gauges(text: str) -> tuple[int, int]:
@@ -143,7 +143,8 @@ def shown(dsn: str, ui_url: str, metrics_url: str) -> Shown:
     [listed] = [lim for lim in _cli(dsn, "ls") if lim["name"] == LIMIT]
     inspected = _cli(dsn, "inspect", LIMIT)
     holders = _cli(dsn, "holders")
-    live = _ui_live(ui_url)
+    live = _ui_live(ui_url, {"limit": LIMIT}, "limit")  # the limit's page
+    [row] = [lim for lim in _ui_live(ui_url, {}, "limits") if lim["name"] == LIMIT]  # the list
     page = httpx.get(f"{ui_url}/limit", params={"name": LIMIT}, timeout=10).text
     counts = dict(re.findall(r'data-count="(holders|queue)">(\d+)<', page))
     return {
@@ -156,6 +157,7 @@ def shown(dsn: str, ui_url: str, metrics_url: str) -> Shown:
         ),
         "ui live JSON": (live["limit"]["held"], live["limit"]["waiting"]),
         "ui live JSON (rows)": (len(live["holders"]), len(live["queue"])),
+        "ui live JSON (limits page)": (row["held"], row["waiting"]),
         "ui page": (int(counts.get("holders", -1)), int(counts.get("queue", -1))),
         "ui /metrics": _gauges(httpx.get(f"{ui_url}/metrics", timeout=10).text),
         "pggcl metrics": _gauges(httpx.get(metrics_url, timeout=10).text),
