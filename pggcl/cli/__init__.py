@@ -1,8 +1,8 @@
 """The `pggcl` command. Each command group lives in its own module and is added below.
 
 The verbs and flags are those of `prefect gcl` (create, inspect, ls, update, enable, disable,
-delete), plus `holders`, `release`, `run`, `import prefect`, `demo`, `db`, `ui` and
-`metrics`. Commands call only the public sync client, `pggcl.Client`.
+delete), plus `holders`, `explain`, `release`, `run`, `import prefect`, `demo`, `db`, `ui`
+and `metrics`. Commands call only the public sync client, `pggcl.Client`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import click
 
 from pggcl import __version__
-from pggcl.cli import holders, importing, limits, metrics, run
+from pggcl.cli import explain, holders, importing, limits, metrics, run
 from pggcl.cli._base import CliGroup
 from pggcl.cli.db import db
 from pggcl.cli.demo import demo
@@ -37,8 +37,8 @@ def main(ctx: click.Context, dsn: str | None) -> None:
 
 
 for command in (
-    *limits.COMMANDS, *holders.COMMANDS, *run.COMMANDS, *importing.COMMANDS, *metrics.COMMANDS,
-    demo, db,
+    *limits.COMMANDS, *holders.COMMANDS, *explain.COMMANDS, *run.COMMANDS, *importing.COMMANDS,
+    *metrics.COMMANDS, demo, db,
 ):  # fmt: skip
     main.add_command(command)
 main.add_command(ui)

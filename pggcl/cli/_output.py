@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from pggcl.formatting import moment, per_second, printable, slots
-from pggcl.models import ConcurrencyLimit, Holder, Waiter
+from pggcl.models import ConcurrencyLimit, Explanation, Holder, Holding, Waiter
 
 #: `--output json` on the reading commands (the only format besides the default table).
 output_option = click.option(
@@ -35,10 +35,14 @@ def _plain(value: Any) -> Any:
         return value.astimezone(UTC).isoformat()  # in UTC whatever the server's TimeZone
     if isinstance(value, uuid.UUID):
         return str(value)
+    if isinstance(value, Holding):  # inside an Explanation
+        return record(value)
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
     return value
 
 
-def record(obj: ConcurrencyLimit | Holder | Waiter) -> dict[str, Any]:
+def record(obj: ConcurrencyLimit | Holder | Waiter | Explanation | Holding) -> dict[str, Any]:
     """A model as a JSON-ready dict, fields in declaration order."""
     return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
 

@@ -23,6 +23,8 @@ DATABASE_COMMANDS = [
     ["delete", "db", "--yes"],
     ["holders"],
     ["holders", "db", "--output", "json"],
+    ["explain"],
+    ["explain", "db", "--output", "json"],
     ["release", LEASE],
     ["run", "db", "--", "true"],
     ["run", "db", "--rate", "--", "true"],
@@ -54,7 +56,7 @@ def test_unreachable_database_from_the_console_script() -> None:
     assert_one_line_error(proc.stderr)
 
 
-@pytest.mark.parametrize("args", DATABASE_COMMANDS[:14], ids=IDS[:14])
+@pytest.mark.parametrize("args", DATABASE_COMMANDS[:16], ids=IDS[:16])
 def test_database_without_the_schema(shared_empty_dsn: str, args: list[str]) -> None:
     result = cli(*args, dsn=shared_empty_dsn)
     assert (result.exit_code, result.stdout) == (1, "")
@@ -76,7 +78,7 @@ def test_help_everywhere() -> None:
     assert top.exit_code == 0 and "pggcl demo" in top.stdout
     commands = [
         "create", "inspect", "ls", "update", "enable", "disable", "delete",
-        "holders", "release", "run", "demo", "db",
+        "holders", "explain", "release", "run", "demo", "db",
     ]  # fmt: skip
     for command in commands:
         assert command in top.stdout
