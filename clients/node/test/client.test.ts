@@ -133,6 +133,20 @@ test("the session connection outlives the server's idle_session_timeout: keepali
   assert.equal((await admin.holders("n-idle")).length, 0);
 });
 
+test("idleSessionTimeoutSeconds sets the session connection's timeout, and the keepalive follows it", async () => {
+  for (const bad of [0, 2.9, 86_401, Number.NaN]) {
+    assert.throws(() => new Client(dsn, { idleSessionTimeoutSeconds: bad }),
+      (e: unknown) => e instanceof ValidationError && e.field === "idle_session_timeout_seconds", String(bad));
+  }
+  const c = new Client(dsn, { idleSessionTimeoutSeconds: 3 });
+  clients.push(c);
+  await c.sessionIdForTests();
+  const pid = c.sessionBackendPidForTests;
+  await until(() => c.stats.keepalives >= 1, "a keepalive a third of 3 s after connecting");
+  assert.equal(c.sessionBackendPidForTests, pid);
+  assert.equal(c.stats.connects, 1);
+});
+
 test("pg_stat_activity shows the session connection's last check, not the LISTEN of its secret channel", async () => {
   const c = client();
   await c.sessionIdForTests();
