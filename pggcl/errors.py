@@ -75,6 +75,12 @@ class ConcurrencySlotAcquisitionError(PggclError):
 class AcquireConcurrencySlotTimeoutError(PggclError, TimeoutError):
     """The slots could not be acquired before the timeout."""
 
+    #: Why the request waited, in one line (read by ``pggcl.explain`` at the timeout: how
+    #: full each limit that blocked it was, who held it, how many requests were ahead); also
+    #: in the message. None when it did not wait (``timeout_seconds=0``) or that could not
+    #: be read (the database away, a schema older than revision 0012).
+    waiting: str | None = None
+
 
 class SessionLostError(PggclError):
     """The client's session was closed or reclaimed; its leases are gone."""

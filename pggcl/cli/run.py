@@ -272,11 +272,12 @@ def run(
             name = signal.Signals(stop.signum).name
             click.echo(f"Error: interrupted by {name} while waiting for slots", err=True)
             ctx.exit(128 + stop.signum)
-        except AcquireConcurrencySlotTimeoutError:
+        except AcquireConcurrencySlotTimeoutError as exc:
             what = "slot" if occupy == 1 else "slots"
+            why = f": {exc.waiting}" if exc.waiting else ""  # who held it, how many ahead
             raise click.ClickException(
                 f"timed out after {timeout_seconds or 0:g} seconds waiting for {occupy} {what} "
-                f"on {', '.join(repr(n) for n in limit_names)}"
+                f"on {', '.join(repr(n) for n in limit_names)}{why}"
             ) from None
         except CommandFailed as failed:
             click.echo(f"Error: {failed}", err=True)

@@ -59,9 +59,11 @@ def _timeout(
     """The timeout error; ``waiting``: why the request waited (pggcl.core.explaining), when
     it could be read."""
     if waiting is not None:
-        return AcquireConcurrencySlotTimeoutError(
+        error = AcquireConcurrencySlotTimeoutError(
             f"timed out after {req.timeout:g} s waiting for {_describe(req)}: {waiting}"
         )
+        error.waiting = waiting
+        return error
     why = "" if cause is None else f": {cause}"
     return AcquireConcurrencySlotTimeoutError(
         f"could not acquire {_describe(req)} within timeout_seconds={req.timeout}{why}"

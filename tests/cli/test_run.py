@@ -183,10 +183,15 @@ def test_timeout_while_the_limit_is_full(
 ) -> None:
     client.create_limit("db", 1)
     marker = tmp_path / "ran"
-    with client.concurrency("db"):
+    with client.concurrency("db", holder="backup"):
+        (lease,) = client.holders("db")
         result = cli("run", "db", "--timeout", "0.2", "--", "touch", str(marker), dsn=pggcl_dsn)
     assert (result.exit_code, result.stdout) == (1, "")
-    assert result.stderr == "Error: timed out after 0.2 seconds waiting for 1 slot on 'db'\n"
+    since = lease.since.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert result.stderr == (  # and why: who held the slot, how many were ahead (issue #16.3)
+        "Error: timed out after 0.2 seconds waiting for 1 slot on 'db': 1 of 1 slots held by"
+        f" 1 lease (oldest: backup since {since}), nobody ahead\n"
+    )
     assert not marker.exists()
     assert client.queue() == []
 

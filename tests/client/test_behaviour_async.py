@@ -379,6 +379,7 @@ async def test_a_timeout_says_why_it_waited(client: AsyncClient) -> None:
         waited = "timed out after 0.2 s waiting for 1 slot on 'db': "
         held_by = f"1 of 1 slots held by 1 lease (oldest: backup since {since}), "
         assert str(timed_out.value) == waited + held_by + "1 request ahead"
+        assert timed_out.value.waiting == held_by + "1 request ahead"
         assert len(await client.queue("db")) == 1  # and it withdrew: only the one ahead
     await ahead.result()
     # Rate mode: how full the bucket is and when it will have room; several limits, each.
@@ -404,6 +405,7 @@ async def test_a_timeout_says_what_it_did_before_when_why_cannot_be_read(
         with pytest.raises(pggcl.AcquireConcurrencySlotTimeoutError) as timed_out:
             await hold_once(client, "db", timeout_seconds=0.2)
         assert str(timed_out.value) == "could not acquire 1 slot on 'db' within timeout_seconds=0.2"
+        assert timed_out.value.waiting is None
         assert await client.queue() == []
 
 

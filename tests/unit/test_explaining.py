@@ -111,6 +111,8 @@ def test_a_timeout_asks_why_once_then_withdraws() -> None:
     assert str(timed_out.value).startswith(
         "timed out after 10 s waiting for 1 slot on 'db': 5 of 5 slots held by 3 leases"
     )
+    assert str(timed_out.value).endswith(f": {timed_out.value.waiting}")
+    assert timed_out.value.waiting is not None and "4 requests ahead" in timed_out.value.waiting
 
 
 def test_a_timeout_whose_why_fails_says_what_it_said_before() -> None:
@@ -121,6 +123,7 @@ def test_a_timeout_whose_why_fails_says_what_it_said_before() -> None:
     with pytest.raises(AcquireConcurrencySlotTimeoutError) as timed_out:
         script.run(answer)
     assert str(timed_out.value) == "could not acquire 1 slot on 'db' within timeout_seconds=10"
+    assert timed_out.value.waiting is None
     assert _sql(script.ops[-1]) == q.CANCEL  # withdrawn all the same
 
 
