@@ -215,6 +215,10 @@ def test_any_pggcl_user_may_explain_any_waiter_and_no_one_else(
         [row] = explain(alice, int(bobs["waiter_id"]))  # another role's waiter: read
         assert [h["holder"] for h in row["holders"]] == ["alice"]
         assert str(lease) not in str(row) and str(bobs["lease_id"]) not in str(row)
+    # A role in neither pggcl role may not call it.
+    outsider = psycopg.connect(pggcl_role_dsn("pg_monitor"), autocommit=True)
+    with outsider, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        explain(outsider, int(bobs["waiter_id"]))
     acl = value(
         db,
         "SELECT proacl::text FROM pg_proc"
@@ -225,3 +229,25 @@ def test_any_pggcl_user_may_explain_any_waiter_and_no_one_else(
         db,
         "SELECT has_function_privilege('pggcl_user', 'pggcl.explain(bigint, integer)', 'EXECUTE')",
     )
+
+
+def test_it_works_in_a_read_only_transaction(db: Conn, connect: Any) -> None:
+    """On a standby, say: it reads, and records no sighting of a dead session there."""
+    db.execute("SELECT pggcl.create_limit('db', 1)")
+    gone = connect()
+    dead = open_session(gone, grace_seconds=600)["session_id"]
+    assert acquire(gone, ["db"], holder="dead holder")["granted"]
+    conn = connect()
+    open_session(conn)
+    waiter = _queued(conn, ["db"])
+    gone.close()
+    db.execute("SELECT pg_advisory_lock(1885824867, %s)", (dead,))  # its backend has ended
+    db.execute("SELECT pg_advisory_unlock(1885824867, %s)", (dead,))
+    reader = connect()
+    reader.execute("BEGIN READ ONLY")
+    [row] = explain(reader, waiter)  # a dead holder, never seen: within its grace, holding
+    assert (row["blocking"], row["position"], row["leases"]) == (True, 1, 1)
+    reader.execute("COMMIT")
+    assert value(db, "SELECT count(*) FROM pggcl.sightings") == 0
+    assert len(explain(db, waiter)) == 1  # a writable reader records the first sighting
+    assert value(db, "SELECT count(*) FROM pggcl.sightings") == 1
