@@ -471,6 +471,15 @@ class AsyncClient:
             flows.explain_queue_flow(name, max_holders, self._retry_until(), time.monotonic)
         )
 
+    async def explain_own(self, max_holders: int | None = None) -> list[Explanation]:
+        """:meth:`explain` for the requests of this client that wait now (its tasks' or
+        threads' ``concurrency()`` and ``rate_limit()`` calls), in the order they queued: e.g.
+        from a watchdog while they wait. [] without a call when none waits."""
+        waiter_ids = self._port.session.waiter_ids()
+        return await self._run(
+            flows.explain_many_flow(waiter_ids, max_holders, self._retry_until(), time.monotonic)
+        )
+
     # --- Test hooks -------------------------------------------------------------------------
 
     async def _session_id(self) -> int:

@@ -110,6 +110,11 @@ class Session:
         with self._lock:
             self._dispatch.unregister(waiter_id)
 
+    def waiter_ids(self) -> list[int]:
+        """The waiters of this process's requests that wait now, oldest first."""
+        with self._lock:
+            return self._dispatch.waiter_ids()
+
     def defer(self, calls: tuple[Call, ...]) -> None:
         """Run ``calls`` (idempotent clean-ups: cancel, release) on the session connection as
         soon as the database answers, in order."""

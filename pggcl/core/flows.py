@@ -129,6 +129,18 @@ def explain_flow(
     return [explanation(r) for r in rows]
 
 
+def explain_many_flow(
+    waiter_ids: list[int], max_holders: int | None, until: float, clock: Clock
+) -> Flow[list[Explanation]]:
+    """:func:`explain_flow` for each of ``waiter_ids``, in one call (none when there are
+    none), in the order they queued."""
+    max_holders = _checked_max_holders(max_holders)
+    if not waiter_ids:
+        return []
+    rows = yield from retrying(Call(q.EXPLAIN_MANY, (waiter_ids, max_holders)), until, clock)
+    return [explanation(r) for r in rows]
+
+
 def explain_queue_flow(
     name: str | None, max_holders: int | None, until: float, clock: Clock
 ) -> Flow[list[Explanation]]:

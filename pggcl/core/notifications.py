@@ -74,6 +74,10 @@ class Dispatcher(Generic[M]):
         """Number of registered waiters."""
         return len(self._boxes)
 
+    def waiter_ids(self) -> list[int]:
+        """The registered waiters (those waiting now), oldest first."""
+        return sorted(self._boxes)
+
     def register(self, waiter_id: int, box: M, epoch: int, now: float) -> None:
         """Route events for ``waiter_id`` to ``box``, first those that came early."""
         self._boxes[waiter_id] = box

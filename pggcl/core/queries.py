@@ -104,6 +104,12 @@ _EXPLAIN_COLUMNS: Final = (
 EXPLAIN: Final = (
     f"SELECT $1::bigint, {_EXPLAIN_COLUMNS} FROM pggcl.explain($1::bigint, $2::integer)"
 )
+# The waiters $1 (a client's own), in arrival order, then by limit.
+EXPLAIN_MANY: Final = (
+    f"SELECT w.id, {_EXPLAIN_COLUMNS}"
+    " FROM unnest($1::bigint[]) AS w(id), LATERAL pggcl.explain(w.id, $2::integer)"
+    " ORDER BY w.id, name"
+)
 # Every queued request (of limit $1 only, when not NULL), in arrival order, then by limit.
 EXPLAIN_QUEUE: Final = (
     f"SELECT q.waiter_id, {_EXPLAIN_COLUMNS}"

@@ -367,6 +367,31 @@ async def test_explain_says_why_a_request_waits(client: AsyncClient) -> None:
     assert await client.explain(first) == [] and await client.explain_queue() == []
 
 
+async def test_explain_own_says_why_this_clients_requests_wait(
+    client: AsyncClient, other: AsyncClient
+) -> None:
+    await client.create_limit("db", 1)
+    calls = client.stats.calls
+    assert await client.explain_own() == []  # none waits: not even a call
+    assert client.stats.calls == calls
+    async with other.concurrency("db", holder="backup", lease_duration=None):
+        theirs = spawn(lambda: hold_once(other, "db"))
+        await until(lambda: queued(client, "db", 1), "their request is queued")
+        mine = spawn(lambda: hold_once(client, "db", occupy=1))
+        await until(lambda: queued(client, "db", 2), "my request is queued")
+        waiting = [w.waiter_id for w in await client.queue("db")]
+        await until(lambda: len(client._port.session.waiter_ids()) == 1, "mine waits")
+        await until(lambda: len(other._port.session.waiter_ids()) == 1, "theirs waits")
+        (why,) = await client.explain_own(max_holders=1)
+        assert (why.waiter_id, why.name, why.position, why.blocking) == (waiting[1], "db", 2, True)
+        assert [h.holder for h in why.holders] == ["backup"]
+        (theirs_why,) = await other.explain_own()
+        assert (theirs_why.waiter_id, theirs_why.position) == (waiting[0], 1)
+    await theirs.result()
+    await mine.result()
+    assert await client.explain_own() == [] and await other.explain_own() == []
+
+
 async def test_a_timeout_says_why_it_waited(client: AsyncClient) -> None:
     await client.create_limit("db", 1)
     async with client.concurrency("db", holder="backup", lease_duration=None):

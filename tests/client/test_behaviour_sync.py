@@ -361,6 +361,29 @@ def test_explain_says_why_a_request_waits(client: Client) -> None:
     assert client.explain(first) == [] and client.explain_queue() == []
 
 
+def test_explain_own_says_why_this_clients_requests_wait(client: Client, other: Client) -> None:
+    client.create_limit("db", 1)
+    calls = client.stats.calls
+    assert client.explain_own() == []  # none waits: not even a call
+    assert client.stats.calls == calls
+    with other.concurrency("db", holder="backup", lease_duration=None):
+        theirs = spawn(lambda: hold_once(other, "db"))
+        until(lambda: queued(client, "db", 1), "their request is queued")
+        mine = spawn(lambda: hold_once(client, "db", occupy=1))
+        until(lambda: queued(client, "db", 2), "my request is queued")
+        waiting = [w.waiter_id for w in client.queue("db")]
+        until(lambda: len(client._port.session.waiter_ids()) == 1, "mine waits")
+        until(lambda: len(other._port.session.waiter_ids()) == 1, "theirs waits")
+        (why,) = client.explain_own(max_holders=1)
+        assert (why.waiter_id, why.name, why.position, why.blocking) == (waiting[1], "db", 2, True)
+        assert [h.holder for h in why.holders] == ["backup"]
+        (theirs_why,) = other.explain_own()
+        assert (theirs_why.waiter_id, theirs_why.position) == (waiting[0], 1)
+    theirs.result()
+    mine.result()
+    assert client.explain_own() == [] and other.explain_own() == []
+
+
 def test_a_timeout_says_why_it_waited(client: Client) -> None:
     client.create_limit("db", 1)
     with client.concurrency("db", holder="backup", lease_duration=None):
