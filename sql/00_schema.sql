@@ -159,3 +159,38 @@ CREATE TABLE pggcl.rate_grants (
     granted_at timestamptz NOT NULL
 );
 CREATE INDEX rate_grants_granted_at_idx ON pggcl.rate_grants (granted_at);
+
+-- Templates (revision 0013): a limit whose name contains `*` is a template; a request naming
+-- a missing limit that matches one creates that limit (an instance) active, with the
+-- template's values, instead of inactive. `like_pattern` is the pattern as a LIKE pattern (`*`:
+-- one or more characters); `literal_length` its characters other than `*` (the most specific
+-- template wins). `sweep_after`: the instance (limit id) the last sweep of idle instances
+-- stopped at (see _sweep_instances).
+CREATE TABLE pggcl.limit_templates (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    pattern text NOT NULL UNIQUE,
+    like_pattern text NOT NULL,
+    literal_length integer NOT NULL,
+    "limit" integer NOT NULL,
+    slot_decay_per_second double precision NOT NULL DEFAULT 0,
+    active boolean NOT NULL DEFAULT true,
+    idle_seconds double precision NOT NULL DEFAULT 3600,
+    sweep_after bigint NOT NULL DEFAULT 0,
+    created timestamptz NOT NULL DEFAULT clock_timestamp(),
+    updated timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+-- The limits made from a template: one row per instance, apart from limit_state so that the
+-- hot path's row stays as it was. `customized`: changed individually since (a change of the
+-- template then leaves it alone). `idle_seen_at`, `idle_activity`: when a sweep first saw it
+-- idle, and its activity then (grants + enqueued + denied): a later sweep that finds it still
+-- idle with the same activity knows it was not used in between, without the hot path writing
+-- anything.
+CREATE TABLE pggcl.limit_instances (
+    limit_id bigint PRIMARY KEY,
+    template_id bigint NOT NULL,
+    customized boolean NOT NULL DEFAULT false,
+    idle_seen_at timestamptz,
+    idle_activity bigint
+);
+CREATE INDEX limit_instances_template_idx ON pggcl.limit_instances (template_id, limit_id);

@@ -34,24 +34,61 @@ BEGIN
 END
 $$;
 
--- Create the limits of `wanted` missing from `locked`, inactive (they block nobody), and return
--- their names; with `strict`, raise GC006 naming them instead. A limit created meanwhile by
--- someone else is left as it is.
+-- Create the limits of `wanted` missing from `locked`: each that matches a template (see
+-- 25_templates.sql) active, with the template's values, the others inactive (they block
+-- nobody); and return the names created inactive (NULL: none). With `strict`, raise GC006
+-- naming those that match no template instead. A name that is itself a pattern is refused (GC003: a template
+-- holds no slots). A limit created meanwhile by someone else is left as it is. Creating
+-- instances of a template sweeps a few of its idle ones away.
 CREATE FUNCTION pggcl._create_missing(wanted text[], locked pggcl.limit_state[], strict boolean)
 RETURNS text[]
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
+    at timestamptz := clock_timestamp();
     missing text[] := array(SELECT x FROM unnest(wanted) x
                             WHERE x <> ALL(array(SELECT (s).name FROM unnest(locked) s)));
+    x text;
+    t pggcl.limit_templates;
+    new_id bigint;
+    inactive text[] := '{}';
+    templates bigint[] := '{}';
+    spared bigint[] := array(SELECT (s).id FROM unnest(locked) s);
 BEGIN
-    IF strict THEN
+    FOREACH x IN ARRAY missing LOOP
+        IF pggcl._is_pattern(x) THEN
+            RAISE EXCEPTION USING ERRCODE = 'GC003', COLUMN = 'names', MESSAGE = format(
+                'invalid names: %L is a template (a name with *), which holds no slots; ask for '
+                'a limit it makes, such as %L', x, replace(x, '*', 'x'));
+        END IF;
+    END LOOP;
+    FOREACH x IN ARRAY missing LOOP
+        SELECT * INTO t FROM pggcl._template_for(x);
+        IF t.id IS NULL THEN
+            inactive := inactive || x;
+            CONTINUE;
+        END IF;
+        INSERT INTO pggcl.limit_state (name, "limit", slot_decay_per_second, active)
+        VALUES (x, t."limit", t.slot_decay_per_second, t.active)
+        ON CONFLICT ON CONSTRAINT limit_state_name_key DO NOTHING
+        RETURNING id INTO new_id;
+        IF new_id IS NOT NULL THEN
+            INSERT INTO pggcl.limit_instances (limit_id, template_id) VALUES (new_id, t.id);
+            templates := templates || t.id;
+            spared := spared || new_id;
+        END IF;
+        t := NULL;
+        new_id := NULL;
+    END LOOP;
+    IF strict AND cardinality(inactive) > 0 THEN
         RAISE EXCEPTION USING ERRCODE = 'GC006', MESSAGE = format('no such limit: %s',
-            array_to_string(array(SELECT quote_literal(x) FROM unnest(missing) x), ', '));
+            array_to_string(array(SELECT quote_literal(y) FROM unnest(inactive) y), ', '));
     END IF;
     INSERT INTO pggcl.limit_state (name, "limit", active)
-    SELECT x, 1, false FROM unnest(missing) x
+    SELECT y, 1, false FROM unnest(inactive) y
     ON CONFLICT ON CONSTRAINT limit_state_name_key DO NOTHING;
-    RETURN missing;
+    PERFORM pggcl._sweep_instances(u.id, spared, 4, at)
+    FROM (SELECT DISTINCT y AS id FROM unnest(templates) y) u;
+    RETURN nullif(inactive, '{}');
 END
 $$;
 

@@ -75,6 +75,8 @@ FROM pggcl.sessions s,
 -- 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 600 s and +Inf (the 12th equals the count),
 -- as Prometheus histograms have them. They are read from the limit's row as it stands, without
 -- a lock: reading never holds up an acquire.
+-- Last, for a limit made from a template (revision 0013): the template's name, and whether the
+-- limit was changed individually since (then a change of the template leaves it alone).
 CREATE VIEW pggcl.limits AS
 WITH dead AS MATERIALIZED (SELECT d.id, d.expired FROM pggcl._sessions_seen d WHERE NOT d.alive)
 SELECT l.name,
@@ -98,8 +100,12 @@ SELECT l.name,
        h.wait_seconds_buckets,
        h.hold_seconds_count,
        l.hold_seconds_sum,
-       h.hold_seconds_buckets
-FROM pggcl.limit_state l,
+       h.hold_seconds_buckets,
+       (SELECT t.pattern FROM pggcl.limit_templates t WHERE t.id OPERATOR(pg_catalog.=) i.template_id)
+           AS template,
+       coalesce(i.customized, false) AS customized
+FROM pggcl.limit_state l
+     LEFT JOIN pggcl.limit_instances i ON i.limit_id OPERATOR(pg_catalog.=) l.id,
      LATERAL (SELECT pggcl._decayed(l.level, l.slot_decay_per_second, l.level_at, clock_timestamp())
                      AS decaying) r,
      -- The stored buckets count one event each and, for waits, only the grants that queued:
@@ -143,11 +149,13 @@ FROM pggcl.waiters w JOIN pggcl.limit_state l ON l.id = w.limit_id
      JOIN pggcl._sessions_seen v ON v.id = w.session_id AND v.alive;
 COMMENT ON VIEW pggcl.queue IS 'Queued requests per limit, in the order they will be served';
 
--- Create a limit. Raises GC002 when the name is taken, GC003 on a bad name or value (its COLUMN
--- field names the parameter).
+-- Create a limit, or a template when the name contains `*` (25_templates.sql; idle_seconds,
+-- default an hour, is a template's alone). Raises GC002 when the name is taken, GC003 on a bad
+-- name or value (its COLUMN field names the parameter).
 CREATE FUNCTION pggcl.create_limit(name text, "limit" integer,
                                    slot_decay_per_second double precision DEFAULT 0,
-                                   active boolean DEFAULT true)
+                                   active boolean DEFAULT true,
+                                   idle_seconds double precision DEFAULT NULL)
 RETURNS pggcl.limits
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -161,6 +169,17 @@ BEGIN
     END IF;
     PERFORM pggcl._check_limit_values(create_limit.name, create_limit."limit",
                                       coalesce(create_limit.slot_decay_per_second, 'NaN'));
+    IF pggcl._is_pattern(create_limit.name) THEN
+        RETURN pggcl._template_as_limit(pggcl._create_template(
+            create_limit.name, create_limit."limit", create_limit.slot_decay_per_second,
+            create_limit.active, create_limit.idle_seconds));
+    ELSIF create_limit.idle_seconds IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC003', COLUMN = 'idle_seconds', MESSAGE = format(
+            'invalid idle_seconds for %L: only a template (a name with *) has one', create_limit.name);
+    END IF;
+    IF EXISTS (SELECT FROM pggcl.limit_templates t WHERE t.pattern = create_limit.name) THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC002', MESSAGE = format('template %L already exists', create_limit.name);
+    END IF;
     INSERT INTO pggcl.limit_state (name, "limit", slot_decay_per_second, active)
     VALUES (create_limit.name, create_limit."limit", create_limit.slot_decay_per_second,
             coalesce(create_limit.active, true))
@@ -176,11 +195,15 @@ $$;
 
 -- Change what is given (NULL leaves a field as it is); `new_name` renames. The decay state is
 -- carried over exactly. Anything that adds room lets queued waiters in before this returns.
+-- A template (a name with `*` that is no limit) changes with its instances not changed
+-- individually (25_templates.sql); an instance changed here is changed individually from then
+-- on. idle_seconds is a template's alone; a template cannot be renamed.
 -- Raises GC001 when the limit does not exist, GC002 when `new_name` is taken, GC003 on a bad
 -- name or value.
 CREATE FUNCTION pggcl.update_limit(name text, "limit" integer DEFAULT NULL,
                                    slot_decay_per_second double precision DEFAULT NULL,
-                                   active boolean DEFAULT NULL, new_name text DEFAULT NULL)
+                                   active boolean DEFAULT NULL, new_name text DEFAULT NULL,
+                                   idle_seconds double precision DEFAULT NULL)
 RETURNS pggcl.limits
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -191,8 +214,19 @@ BEGIN
     PERFORM pggcl._check_name(update_limit.name, 'name');
     PERFORM pggcl._check_limit_values(update_limit.name, update_limit."limit", update_limit.slot_decay_per_second);
     SELECT * INTO l FROM pggcl.limit_state s WHERE s.name = update_limit.name FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
+    IF NOT FOUND AND pggcl._is_pattern(update_limit.name) THEN
+        IF update_limit.new_name IS NOT NULL AND update_limit.new_name <> update_limit.name THEN
+            RAISE EXCEPTION USING ERRCODE = 'GC003', COLUMN = 'new_name', MESSAGE = format(
+                'invalid new_name for %L: a template cannot be renamed (create another)', update_limit.name);
+        END IF;
+        RETURN pggcl._template_as_limit(pggcl._update_template(
+            update_limit.name, update_limit."limit", update_limit.slot_decay_per_second,
+            update_limit.active, update_limit.idle_seconds, at));
+    ELSIF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'GC001', MESSAGE = format('limit %L does not exist', update_limit.name);
+    ELSIF update_limit.idle_seconds IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'GC003', COLUMN = 'idle_seconds', MESSAGE = format(
+            'invalid idle_seconds for %L: only a template (a name with *) has one', update_limit.name);
     END IF;
     IF new_name IS NOT NULL AND new_name <> l.name THEN
         PERFORM pggcl._check_name(new_name, 'new_name');
@@ -209,6 +243,9 @@ BEGIN
         name = coalesce(new_name, s.name),
         updated = at
     WHERE s.id = l.id;
+    IF num_nonnulls(update_limit."limit", update_limit.slot_decay_per_second, update_limit.active) > 0 THEN
+        UPDATE pggcl.limit_instances i SET customized = true WHERE i.limit_id = l.id AND NOT i.customized;
+    END IF;
     PERFORM pggcl._grant(ARRAY[l.id], at);
     SELECT * INTO result FROM pggcl.limits v WHERE v.name = coalesce(new_name, l.name);
     RETURN result;
@@ -216,18 +253,25 @@ END
 $$;
 
 -- Delete a limit; false when there was none. Its waiters proceed as if the limit were missing
--- (a waiter that also waits on other limits goes on waiting for those).
+-- (a waiter that also waits on other limits goes on waiting for those). Deleting a template
+-- leaves its instances as plain limits (they may be in use).
 CREATE FUNCTION pggcl.delete_limit(name text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     at timestamptz := clock_timestamp();
     doomed bigint;
     w record;
+    template bigint;
 BEGIN
     SELECT id INTO doomed FROM pggcl.limit_state s WHERE s.name = delete_limit.name FOR NO KEY UPDATE;
     IF NOT FOUND THEN
-        RETURN false;
+        DELETE FROM pggcl.limit_templates t WHERE t.pattern = delete_limit.name RETURNING t.id INTO template;
+        IF template IS NOT NULL THEN
+            DELETE FROM pggcl.limit_instances i WHERE i.template_id = template;
+        END IF;
+        RETURN template IS NOT NULL;
     END IF;
+    DELETE FROM pggcl.limit_instances i WHERE i.limit_id = doomed;
     -- Deactivated, the limit no longer gates anyone: waiters on it alone are granted here.
     UPDATE pggcl.limit_state SET active = false WHERE id = doomed;
     PERFORM pggcl._grant(ARRAY[doomed], at);

@@ -185,8 +185,12 @@ CREATE FUNCTION pggcl.reclaim() RETURNS double precision
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ids bigint[] := array(SELECT limit_id FROM pggcl.leases UNION SELECT limit_id FROM pggcl.waiters);
+    next_at double precision;
 BEGIN
     PERFORM pggcl._mark_squatted(ids, clock_timestamp());
-    RETURN pggcl._reclaim(ids);
+    next_at := pggcl._reclaim(ids);
+    -- And a few idle template instances of each template go (25_templates.sql).
+    PERFORM pggcl._sweep_instances(t.id, '{}', 64, clock_timestamp()) FROM pggcl.limit_templates t;
+    RETURN next_at;
 END
 $$;

@@ -5,7 +5,7 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pggcl FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA pggcl FROM PUBLIC;
 GRANT USAGE ON SCHEMA pggcl TO pggcl_user, pggcl_admin;
 
-GRANT SELECT ON pggcl.limits, pggcl.holders, pggcl.queue TO pggcl_user;
+GRANT SELECT ON pggcl.limits, pggcl.holders, pggcl.queue, pggcl.templates TO pggcl_user;
 -- The limits view computes each bucket's level with this (pure) function.
 GRANT EXECUTE ON FUNCTION pggcl._decayed(double precision, double precision, timestamptz, timestamptz)
 TO pggcl_user;
@@ -31,7 +31,7 @@ GRANT EXECUTE ON FUNCTION
 TO pggcl_user;
 
 GRANT EXECUTE ON FUNCTION
-    pggcl.create_limit(text, integer, double precision, boolean),
-    pggcl.update_limit(text, integer, double precision, boolean, text),
+    pggcl.create_limit(text, integer, double precision, boolean, double precision),
+    pggcl.update_limit(text, integer, double precision, boolean, text, double precision),
     pggcl.delete_limit(text)
 TO pggcl_admin;

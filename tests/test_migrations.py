@@ -40,6 +40,8 @@ FROZEN = {
     "0011_pinned_helpers_downgrade.sql": "8ac973d0d8d6147e795dc88c8ab3fc0c",
     "0012_explain.sql": "87a75c912fff50a593036c49c6f75fd7",
     "0012_explain_downgrade.sql": "325bf3d3b613581cea5609f41df68b02",
+    "0013_templates.sql": "81513299adb0b77f5bea64b770722ff9",
+    "0013_templates_downgrade.sql": "4c84c48d66914ece2703d9c512200640",
 }
 
 
