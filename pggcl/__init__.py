@@ -22,7 +22,7 @@ from pggcl.errors import (
     SessionLostError,
     ValidationError,
 )
-from pggcl.models import ConcurrencyLimit, Explanation, Holder, Holding, Waiter
+from pggcl.models import ConcurrencyLimit, Explanation, Holder, Holding, LimitTemplate, Waiter
 from pggcl.sync import Client, concurrency, rate_limit
 
 __version__ = "0.1.0"
@@ -41,6 +41,7 @@ __all__ = [
     "Holding",
     "LimitExistsError",
     "LimitNotFoundError",
+    "LimitTemplate",
     "PermissionDeniedError",
     "PggclError",
     "PoolTimeoutError",

@@ -29,6 +29,21 @@ def per_second(value: float) -> str:
     return f"{value:g}"
 
 
+def duration(seconds: float) -> str:
+    """A duration for people: ``3600`` -> ``1h``, ``90`` -> ``1m30s``, ``0.5`` -> ``0.5s``."""
+    if seconds < 60:
+        return f"{seconds:g}s"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [
+        f"{hours}h" if hours else "",
+        f"{minutes}m" if minutes else "",
+        f"{secs}s" if secs else "",
+    ]
+    return "".join(parts)
+
+
 def moment(value: datetime | None, missing: str = "-") -> str:
     """A timestamp in UTC, ISO 8601 to the second; ``missing`` for none."""
     if value is None:

@@ -43,6 +43,10 @@ class ConcurrencyLimit:
     of at most ``HISTOGRAM_BOUNDS[i]``; the last equals the count). The mean hold,
     ``hold_seconds_sum / hold_seconds_count``, is Prefect's ``avg_slot_occupancy_seconds``.
     Rate limits hold nothing: their hold counts stay 0.
+
+    ``template``: for a limit made from a template (a name with ``*``, see
+    :class:`LimitTemplate`), that template's name; ``customized``: the limit was changed
+    individually since, so that a change of its template leaves it alone.
     """
 
     name: str
@@ -67,6 +71,26 @@ class ConcurrencyLimit:
     hold_seconds_count: int = 0
     hold_seconds_sum: float = 0.0
     hold_seconds_buckets: tuple[int, ...] = ()
+    template: str | None = None
+    customized: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LimitTemplate:
+    """A template: a limit name with ``*`` (one or more characters). A request naming a
+    missing limit that matches it creates that limit, active, with these values; changing it
+    changes those of its instances not changed individually. An instance unused (no lease, no
+    waiter, an empty bucket) for ``idle_seconds`` is removed. ``instances`` counts those that
+    exist now."""
+
+    name: str
+    limit: int
+    slot_decay_per_second: float
+    active: bool
+    idle_seconds: float
+    instances: int
+    created: datetime
+    updated: datetime
 
 
 @dataclass(frozen=True, slots=True)

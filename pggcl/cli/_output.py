@@ -17,8 +17,8 @@ from typing import Any
 
 import click
 
-from pggcl.formatting import moment, per_second, printable, slots
-from pggcl.models import ConcurrencyLimit, Explanation, Holder, Holding, Waiter
+from pggcl.formatting import duration, moment, per_second, printable, slots
+from pggcl.models import ConcurrencyLimit, Explanation, Holder, Holding, LimitTemplate, Waiter
 
 #: `--output json` on the reading commands (the only format besides the default table).
 output_option = click.option(
@@ -42,7 +42,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def record(obj: ConcurrencyLimit | Holder | Waiter | Explanation | Holding) -> dict[str, Any]:
+def record(
+    obj: ConcurrencyLimit | LimitTemplate | Holder | Waiter | Explanation | Holding,
+) -> dict[str, Any]:
     """A model as a JSON-ready dict, fields in declaration order."""
     return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
 
@@ -99,4 +101,25 @@ def limits_table(limits: Sequence[ConcurrencyLimit]) -> str:
         for lim in limits
     ]
     headers = ["NAME", "LIMIT", "ACTIVE", "ACTIVE SLOTS", "SLOT DECAY/S", "WAITING"]
+    if any(lim.template for lim in limits):  # made from templates: say which, and if changed
+        headers.append("TEMPLATE")
+        for row, lim in zip(rows, limits, strict=True):
+            made = lim.template or "-"
+            row.append(f"{made} (changed)" if lim.template and lim.customized else made)
+    return table(headers, rows, right=[1, 3, 4, 5])
+
+
+def templates_table(templates: Sequence[LimitTemplate]) -> str:
+    rows = [
+        [
+            t.name,
+            str(t.limit),
+            yes_no(t.active),
+            per_second(t.slot_decay_per_second),
+            duration(t.idle_seconds),
+            str(t.instances),
+        ]
+        for t in templates
+    ]
+    headers = ["TEMPLATE", "LIMIT", "ACTIVE", "SLOT DECAY/S", "IDLE TIME", "INSTANCES"]
     return table(headers, rows, right=[1, 3, 4, 5])

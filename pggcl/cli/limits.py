@@ -17,10 +17,12 @@ from pggcl.cli._output import (
     output_option,
     queue_table,
     record,
+    templates_table,
     yes_no,
 )
-from pggcl.formatting import moment, per_second, slots
-from pggcl.models import ConcurrencyLimit
+from pggcl.formatting import duration, moment, per_second, slots
+from pggcl.models import ConcurrencyLimit, LimitTemplate
+from pggcl.sync import Client
 
 # Negative numbers are the engine's to refuse (exit 1, naming the value), not click's (exit 2).
 _limit_option = click.option("--limit", "-l", type=int, help="Maximum number of slots (0 or more).")
@@ -50,6 +52,12 @@ _decay_option = click.option(
     type=float,
     help="Slots freed per second; above 0 makes the limit usable as a rate limit.",
 )
+_idle_option = click.option(
+    "--idle-seconds",
+    type=float,
+    help="Templates only (a NAME with *): remove an instance after this many seconds unused "
+    "(default 3600).",
+)
 
 
 @click.command()
@@ -63,6 +71,7 @@ _decay_option = click.option(
     help="Slots freed per second; above 0 makes the limit usable as a rate limit.",
 )
 @click.option("--disable", is_flag=True, help="Create the limit inactive (it blocks nobody).")
+@_idle_option
 @_active_slots_option
 @click.pass_context
 def create(
@@ -71,16 +80,27 @@ def create(
     limit: int,
     slot_decay_per_second: float,
     disable: bool,
+    idle_seconds: float | None,
     active_slots: int | None,
 ) -> None:
-    """Create the global concurrency limit NAME."""
+    """Create the global concurrency limit NAME.
+
+    A NAME with * (one or more characters) creates a template: a request for a missing limit
+    that matches it ('tenant:*' matches 'tenant:acme') creates that limit on first use, active,
+    with these values; changing the template changes them; unused ones go away by themselves.
+    """
     check_slots("--limit", limit)
     _ignore_active_slots(active_slots)
     with open_client(ctx) as client, about_limit(name):
         client.create_limit(
-            name, limit, slot_decay_per_second=slot_decay_per_second, active=not disable
+            name,
+            limit,
+            slot_decay_per_second=slot_decay_per_second,
+            active=not disable,
+            idle_seconds=idle_seconds,
         )
-    click.echo(f"Created global concurrency limit with name {name!r}.")
+    what = "template" if "*" in name else "global concurrency limit"
+    click.echo(f"Created {what} with name {name!r}.")
 
 
 @click.command()
@@ -98,10 +118,15 @@ def inspect(ctx: click.Context, name: str, output: str | None, file_path: str | 
     """Show the limit NAME with its live occupancy, holders and waiters."""
     if file_path and output != "json":
         raise click.ClickException("--file needs --output json")
-    with open_client(ctx) as client, about_limit(name):
-        limit = client.read_limit(name)
-        holders = client.holders(name)
-        waiters = client.queue(name)
+    with open_client(ctx) as client:
+        template = _template_named(client, name)
+        if template is not None:
+            _show_template(template, output)
+            return
+        with about_limit(name):
+            limit = client.read_limit(name)
+            holders = client.holders(name)
+            waiters = client.queue(name)
     if output == "json":
         data = {
             **record(limit),
@@ -127,6 +152,7 @@ def inspect(ctx: click.Context, name: str, output: str | None, file_path: str | 
         ),
         ("slot decay per second", per_second(limit.slot_decay_per_second)),
         ("waiting", str(limit.waiting)),
+        *_made_from(limit),
         ("created", moment(limit.created)),
         ("updated", moment(limit.updated)),
         *_counted(limit),
@@ -143,18 +169,41 @@ def inspect(ctx: click.Context, name: str, output: str | None, file_path: str | 
 
 
 @click.command()
+@click.argument("template", required=False)
+@click.option("--templates", "only_templates", is_flag=True, help="List the templates alone.")
 @output_option
 @click.pass_context
-def ls(ctx: click.Context, output: str | None) -> None:
-    """List every global concurrency limit, sorted by name."""
+def ls(ctx: click.Context, template: str | None, only_templates: bool, output: str | None) -> None:
+    """List every global concurrency limit, sorted by name, then the templates (names with *)
+    with how many instances each has. With TEMPLATE: the limits made from it."""
     with open_client(ctx) as client:
         limits = sorted(client.list_limits(), key=lambda lim: lim.name)
-    if output == "json":
+        templates = client.list_templates()
+    if template is not None:
+        limits = [lim for lim in limits if lim.template == template]
+        if template not in {t.name for t in templates}:
+            raise click.ClickException(f"template {template!r} not found")
+    if only_templates:
+        if output == "json":
+            echo_json([record(t) for t in templates])
+        elif not templates:
+            click.echo("No templates found.")
+        else:
+            click.echo(templates_table(templates))
+        return
+    if output == "json":  # the limits, as before templates existed (--templates: those)
         echo_json([record(lim) for lim in limits])
-    elif not limits:
-        click.echo("No global concurrency limits found.")
+        return
+    if not limits:
+        click.echo(
+            f"No limits made from template {template!r}."
+            if template
+            else "No global concurrency limits found."
+        )
     else:
         click.echo(limits_table(limits))
+    if templates and template is None:
+        click.echo("\n" + templates_table(templates))
 
 
 @click.command()
@@ -163,6 +212,7 @@ def ls(ctx: click.Context, output: str | None) -> None:
 @_decay_option
 @click.option("--enable", is_flag=True, help="Make the limit active.")
 @click.option("--disable", is_flag=True, help="Make the limit inactive (it blocks nobody).")
+@_idle_option
 @_active_slots_option
 @click.pass_context
 def update(
@@ -172,27 +222,43 @@ def update(
     slot_decay_per_second: float | None,
     enable: bool,
     disable: bool,
+    idle_seconds: float | None,
     active_slots: int | None,
 ) -> None:
-    """Change the limit NAME; options not given keep their value."""
+    """Change the limit NAME; options not given keep their value.
+
+    A template (a NAME with *) changes with every limit made from it that was not changed
+    individually; a limit made from a template and changed here keeps its own values from then
+    on."""
     _ignore_active_slots(active_slots)
-    nothing_else = limit is None and slot_decay_per_second is None and not (enable or disable)
+    nothing_else = (
+        limit is None
+        and slot_decay_per_second is None
+        and not (enable or disable)
+        and idle_seconds is None
+    )
     if active_slots is not None and nothing_else:
         click.echo(f"Nothing to update for global concurrency limit {name!r}.")
         return
     if enable and disable:
         raise click.ClickException("--enable and --disable exclude each other: give one")
-    if limit is None and slot_decay_per_second is None and not (enable or disable):
+    if nothing_else:
         raise click.ClickException(
-            "nothing to update: give --limit, --slot-decay-per-second, --enable or --disable"
+            "nothing to update: give --limit, --slot-decay-per-second, --enable, --disable or "
+            "--idle-seconds"
         )
     check_slots("--limit", limit)
     active = True if enable else False if disable else None
     with open_client(ctx) as client, about_limit(name):
         client.update_limit(
-            name, limit=limit, slot_decay_per_second=slot_decay_per_second, active=active
+            name,
+            limit=limit,
+            slot_decay_per_second=slot_decay_per_second,
+            active=active,
+            idle_seconds=idle_seconds,
         )
-    click.echo(f"Updated global concurrency limit with name {name!r}.")
+    what = "template" if "*" in name else "global concurrency limit"
+    click.echo(f"Updated {what} with name {name!r}.")
 
 
 @click.command()
@@ -223,10 +289,15 @@ def disable(ctx: click.Context, name: str) -> None:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
 def delete(ctx: click.Context, name: str, yes: bool) -> None:
-    """Delete the limit NAME. Its holders keep running; its waiters go ahead."""
+    """Delete the limit NAME. Its holders keep running; its waiters go ahead. Deleting a
+    template (a NAME with *) leaves the limits made from it as plain limits."""
     with open_client(ctx) as client, about_limit(name):
-        client.read_limit(name)  # a missing limit is an error before any question
-        question = f"Are you sure you want to delete global concurrency limit {name!r}?"
+        what = "global concurrency limit"
+        if _template_named(client, name) is not None:
+            what = "template"
+        else:
+            client.read_limit(name)  # a missing limit is an error before any question
+        question = f"Are you sure you want to delete {what} {name!r}?"
         try:
             confirmed = yes or click.confirm(question, default=False)
         except click.Abort:  # end of input, or Ctrl-C, at the question
@@ -236,8 +307,8 @@ def delete(ctx: click.Context, name: str, yes: bool) -> None:
         if not confirmed:
             raise click.ClickException("deletion aborted; nothing was changed")
         if not client.delete_limit(name):
-            raise click.ClickException(f"global concurrency limit {name!r} not found")
-    click.echo(f"Deleted global concurrency limit with name {name!r}.")
+            raise click.ClickException(f"{what} {name!r} not found")
+    click.echo(f"Deleted {what} with name {name!r}.")
 
 
 def _counted(limit: ConcurrencyLimit) -> list[tuple[str, str]]:
@@ -252,6 +323,39 @@ def _counted(limit: ConcurrencyLimit) -> list[tuple[str, str]]:
         ("wait", _seconds(limit.wait_seconds_count, limit.wait_seconds_sum, "grant")),
         ("hold", _seconds(limit.hold_seconds_count, limit.hold_seconds_sum, "lease")),
     ]
+
+
+def _template_named(client: Client, name: str) -> LimitTemplate | None:
+    """The template ``name``, when the name is a pattern and no limit of that name exists."""
+    if "*" not in name:
+        return None
+    return next((t for t in client.list_templates() if t.name == name), None)
+
+
+def _show_template(template: LimitTemplate, output: str | None) -> None:
+    if output == "json":
+        echo_json(record(template))
+        return
+    fields = [
+        ("template", template.name),
+        ("limit", str(template.limit)),
+        ("active", yes_no(template.active)),
+        ("slot decay per second", per_second(template.slot_decay_per_second)),
+        ("idle time", duration(template.idle_seconds)),
+        ("instances", f"{template.instances} (pggcl ls {template.name!r} lists them)"),
+        ("created", moment(template.created)),
+        ("updated", moment(template.updated)),
+    ]
+    width = max(len(label) for label, _ in fields) + 1
+    for label, value in fields:
+        click.echo(f"{label + ':':<{width}} {value}")
+
+
+def _made_from(limit: ConcurrencyLimit) -> list[tuple[str, str]]:
+    if limit.template is None:
+        return []
+    kept = "changed individually: keeps its own values" if limit.customized else "follows it"
+    return [("template", f"{limit.template} ({kept})")]
 
 
 def _seconds(count: int, total: float, of: str) -> str:

@@ -29,7 +29,7 @@ from pggcl.errors import (
     PggclError,
     SessionLostError,
 )
-from pggcl.models import ConcurrencyLimit, Explanation, Grant, Holder, Waiter
+from pggcl.models import ConcurrencyLimit, Explanation, Grant, Holder, LimitTemplate, Waiter
 from pggcl.prefect import holder_text, run_holder
 
 __all__ = ["Client"]
@@ -397,18 +397,32 @@ class Client:
     # --- Managing ---------------------------------------------------------------------------
 
     def create_limit(
-        self, name: str, limit: int, slot_decay_per_second: float = 0.0, active: bool = True
+        self,
+        name: str,
+        limit: int,
+        slot_decay_per_second: float = 0.0,
+        active: bool = True,
+        *,
+        idle_seconds: float | None = None,
     ) -> ConcurrencyLimit:
-        """Create a limit of ``limit`` slots (rate limits: ``slot_decay_per_second`` > 0)."""
-        return self._run(flows.create_limit_flow(name, limit, slot_decay_per_second, active))
+        """Create a limit of ``limit`` slots (rate limits: ``slot_decay_per_second`` > 0). A
+        name with ``*`` creates a template (:class:`~pggcl.models.LimitTemplate`): limits it
+        matches are created from it on first use, and removed after ``idle_seconds`` unused
+        (default an hour)."""
+        flow = flows.create_limit_flow(name, limit, slot_decay_per_second, active, idle_seconds)
+        return self._run(flow)
 
     def read_limit(self, name: str) -> ConcurrencyLimit:
         """The limit called ``name``; LimitNotFoundError when there is none."""
         return self._run(flows.read_limit_flow(name, self._retry_until(), time.monotonic))
 
     def list_limits(self) -> list[ConcurrencyLimit]:
-        """Every limit, sorted by name."""
+        """Every limit, sorted by name (templates are apart: :meth:`list_templates`)."""
         return self._run(flows.list_limits_flow(self._retry_until(), time.monotonic))
+
+    def list_templates(self) -> list[LimitTemplate]:
+        """Every template, sorted by name, with how many instances each has."""
+        return self._run(flows.list_templates_flow(self._retry_until(), time.monotonic))
 
     def update_limit(
         self,
@@ -418,10 +432,15 @@ class Client:
         slot_decay_per_second: float | None = None,
         active: bool | None = None,
         new_name: str | None = None,
+        idle_seconds: float | None = None,
     ) -> ConcurrencyLimit:
-        """Change what is given (None leaves it); ``new_name`` renames."""
+        """Change what is given (None leaves it); ``new_name`` renames. A template changes
+        with its instances not changed individually (it cannot be renamed); ``idle_seconds``
+        is a template's alone."""
         return self._run(
-            flows.update_limit_flow(name, limit, slot_decay_per_second, active, new_name)
+            flows.update_limit_flow(
+                name, limit, slot_decay_per_second, active, new_name, idle_seconds
+            )
         )
 
     def delete_limit(self, name: str) -> bool:

@@ -20,7 +20,7 @@ from pggcl.core.explaining import explanation
 from pggcl.core.ops import Call, Flow, Row
 from pggcl.core.retrying import retrying
 from pggcl.errors import LimitNotFoundError
-from pggcl.models import ConcurrencyLimit, Explanation, Holder, Waiter
+from pggcl.models import ConcurrencyLimit, Explanation, Holder, LimitTemplate, Waiter
 
 Clock = Callable[[], float]
 
@@ -31,12 +31,21 @@ Clock = Callable[[], float]
 def _limit(row: Row) -> ConcurrencyLimit:
     name, limit, active, active_slots, decay, waiting, created, updated, held, decaying = row[:10]
     grants, enqueued, denied, gave_up, rejected, reclaimed = row[10:16]
-    wait_count, wait_sum, wait_buckets, hold_count, hold_sum, hold_buckets = row[16:]
+    wait_count, wait_sum, wait_buckets, hold_count, hold_sum, hold_buckets = row[16:22]
+    template, customized = row[22:]
     return ConcurrencyLimit(
         name, limit, active, float(active_slots), float(decay), waiting, _utc(created),
         _utc(updated), held, float(decaying), grants, enqueued, denied, gave_up, rejected,
         reclaimed, wait_count, float(wait_sum), tuple(wait_buckets), hold_count,
-        float(hold_sum), tuple(hold_buckets),
+        float(hold_sum), tuple(hold_buckets), template, customized,
+    )  # fmt: skip
+
+
+def _template(row: Row) -> LimitTemplate:
+    name, limit, decay, active, idle_seconds, instances, created, updated = row
+    return LimitTemplate(
+        name, limit, float(decay), active, float(idle_seconds), instances, _utc(created),
+        _utc(updated),
     )  # fmt: skip
 
 
@@ -46,12 +55,17 @@ def _utc(moment: datetime) -> datetime:
 
 
 def create_limit_flow(
-    name: str, limit: int, slot_decay_per_second: float, active: bool
+    name: str, limit: int, slot_decay_per_second: float, active: bool, idle_seconds: float | None
 ) -> Flow[ConcurrencyLimit]:
-    """Create a limit of ``limit`` slots; ``slot_decay_per_second`` in slots per second."""
+    """Create a limit of ``limit`` slots; ``slot_decay_per_second`` in slots per second. A
+    name with ``*`` creates a template (``idle_seconds``: its instances' idle time)."""
     values.text("name", name)
     values.whole("limit", limit, 0)
-    rows = yield Call(q.CREATE_LIMIT, (name, limit, slot_decay_per_second, active))
+    args = (name, limit, slot_decay_per_second, active)
+    if idle_seconds is None:  # the call a schema before templates (revision 0013) knows too
+        rows = yield Call(q.CREATE_LIMIT, args)
+    else:
+        rows = yield Call(q.CREATE_TEMPLATE, (*args, idle_seconds))
     return _limit(rows[0])
 
 
@@ -68,19 +82,29 @@ def list_limits_flow(until: float, clock: Clock) -> Flow[list[ConcurrencyLimit]]
     return [_limit(r) for r in rows]
 
 
+def list_templates_flow(until: float, clock: Clock) -> Flow[list[LimitTemplate]]:
+    rows = yield from retrying(Call(q.LIST_TEMPLATES, ()), until, clock)
+    return [_template(r) for r in rows]
+
+
 def update_limit_flow(
     name: str,
     limit: int | None,
     slot_decay_per_second: float | None,
     active: bool | None,
     new_name: str | None,
+    idle_seconds: float | None,
 ) -> Flow[ConcurrencyLimit]:
     values.text("name", name)
     if limit is not None:
         values.whole("limit", limit, 0)
     if new_name is not None:
         values.text("new_name", new_name)
-    rows = yield Call(q.UPDATE_LIMIT, (name, limit, slot_decay_per_second, active, new_name))
+    args = (name, limit, slot_decay_per_second, active, new_name)
+    if idle_seconds is None:
+        rows = yield Call(q.UPDATE_LIMIT, args)
+    else:
+        rows = yield Call(q.UPDATE_TEMPLATE, (*args, idle_seconds))
     return _limit(rows[0])
 
 

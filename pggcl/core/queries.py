@@ -73,17 +73,30 @@ _LIMIT_COLUMNS: Final = (
     'name, "limit", active, active_slots, slot_decay_per_second, waiting, created, updated,'
     " held_slots, decaying_slots, grants, enqueued, denied, gave_up, rejected, reclaimed_slots,"
     " wait_seconds_count, wait_seconds_sum, wait_seconds_buckets, hold_seconds_count,"
-    " hold_seconds_sum, hold_seconds_buckets"
+    " hold_seconds_sum, hold_seconds_buckets, template, customized"
 )
 CREATE_LIMIT: Final = (
     f"SELECT {_LIMIT_COLUMNS} FROM pggcl.create_limit("
     "$1::text, $2::integer, $3::double precision, $4::boolean)"
+)
+# The same for a template with an idle time of its own (revision 0013).
+CREATE_TEMPLATE: Final = (
+    f"SELECT {_LIMIT_COLUMNS} FROM pggcl.create_limit("
+    "$1::text, $2::integer, $3::double precision, $4::boolean, $5::double precision)"
 )
 READ_LIMIT: Final = f"SELECT {_LIMIT_COLUMNS} FROM pggcl.limits WHERE name = $1::text"
 LIST_LIMITS: Final = f"SELECT {_LIMIT_COLUMNS} FROM pggcl.limits ORDER BY name"
 UPDATE_LIMIT: Final = (
     f"SELECT {_LIMIT_COLUMNS} FROM pggcl.update_limit("
     "$1::text, $2::integer, $3::double precision, $4::boolean, $5::text)"
+)
+UPDATE_TEMPLATE: Final = (
+    f"SELECT {_LIMIT_COLUMNS} FROM pggcl.update_limit("
+    "$1::text, $2::integer, $3::double precision, $4::boolean, $5::text, $6::double precision)"
+)
+LIST_TEMPLATES: Final = (
+    'SELECT name, "limit", slot_decay_per_second, active, idle_seconds, instances, created,'
+    " updated FROM pggcl.templates ORDER BY name"
 )
 DELETE_LIMIT: Final = "SELECT pggcl.delete_limit($1::text)"
 HOLDERS: Final = (

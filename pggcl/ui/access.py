@@ -23,8 +23,8 @@ from pggcl.core.failures import translate_error
 from pggcl.errors import PggclError
 
 MANAGE_FUNCTIONS = (
-    "pggcl.create_limit(text, integer, double precision, boolean)",
-    "pggcl.update_limit(text, integer, double precision, boolean, text)",
+    "pggcl.create_limit(text, integer, double precision, boolean, double precision)",
+    "pggcl.update_limit(text, integer, double precision, boolean, text, double precision)",
     "pggcl.delete_limit(text)",
 )
 

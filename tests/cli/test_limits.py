@@ -163,6 +163,8 @@ def test_inspect_json(pggcl_dsn: str, client: pggcl.Client) -> None:
         "hold_seconds_count",
         "hold_seconds_sum",
         "hold_seconds_buckets",
+        "template",
+        "customized",
         "holders",
         "queue",
     ]
@@ -274,8 +276,8 @@ def test_update(pggcl_dsn: str, client: pggcl.Client) -> None:
     [
         (
             [],
-            "Error: nothing to update: give --limit, --slot-decay-per-second, --enable or "
-            "--disable\n",
+            "Error: nothing to update: give --limit, --slot-decay-per-second, --enable, --disable"
+            " or --idle-seconds\n",
         ),
         (
             ["--enable", "--disable"],

@@ -31,6 +31,7 @@ from tests.client._acompat import (
     Cancelled,
     Event,
     Pending,
+    Worker,
     cancel_when,
     run_blocking,
     sleep,
@@ -424,8 +425,8 @@ async def test_a_timeout_says_what_it_did_before_when_why_cannot_be_read(
 ) -> None:
     # A database at revision 0011 has no pggcl.explain: the call fails, the message is the
     # one from before it, and nothing is left queued.
+    await client.create_limit("db", 1)  # (the client's management needs the current schema)
     await run_blocking(schema.downgrade, pggcl_dsn, "0011")
-    await client.create_limit("db", 1)
     async with client.concurrency("db"):
         with pytest.raises(pggcl.AcquireConcurrencySlotTimeoutError) as timed_out:
             await hold_once(client, "db", timeout_seconds=0.2)
@@ -969,3 +970,65 @@ async def test_a_bad_idle_session_timeout_is_a_validation_error(pggcl_dsn: str, 
         AsyncClient(pggcl_dsn, idle_session_timeout_seconds=value)
     assert raised.value.field == "idle_session_timeout_seconds"
     assert "idle_session_timeout_seconds" in str(raised.value)
+
+
+# --- Templates: per-key limits (issue #15) -------------------------------------------------------
+
+
+async def test_a_template_makes_per_key_limits_on_first_use(
+    client: AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    made = await client.create_limit("tenant:*", 2, idle_seconds=600)
+    assert (made.name, made.limit) == ("tenant:*", 2)
+
+    async def read_while_holding(name: str) -> pggcl.ConcurrencyLimit:
+        async with client.concurrency(name, strict=True):
+            return await client.read_limit(name)
+
+    with caplog.at_level(logging.WARNING, logger="pggcl"):
+        acme = await read_while_holding("tenant:acme")
+    assert (acme.limit, acme.active, acme.held_slots) == (2, True, 1)
+    assert (acme.template, acme.customized) == ("tenant:*", False)
+    assert "created" not in caplog.text  # no "created inactive" warning: it limits
+    [template] = await client.list_templates()
+    assert (template.name, template.limit, template.idle_seconds, template.instances) == (
+        "tenant:*",
+        2,
+        600.0,
+        1,
+    )
+    await client.update_limit("tenant:*", limit=4)
+    assert (await client.read_limit("tenant:acme")).limit == 4
+    with pytest.raises(pggcl.ValidationError) as raised:
+        await client.update_limit("tenant:*", idle_seconds=-1)
+    assert raised.value.field == "idle_seconds"
+    with pytest.raises(pggcl.ValidationError, match="is a template") as raised:
+        await hold_once(client, "tenant:*")  # a template holds no slots itself
+    assert raised.value.field == "names"
+
+
+async def test_nested_quotas_hold_per_tenant_and_in_all(client: AsyncClient) -> None:
+    # concurrency(["openai", f"openai:{tenant}"]): each tenant at most 2, all together at most
+    # 3, granted atomically, first come first served, without a deadlock.
+    await client.create_limit("openai", 3)
+    await client.create_limit("openai:*", 2)
+    intervals: dict[str, list[tuple[float, float]]] = {"a": [], "b": [], "c": []}
+
+    async def worker(tenant: str) -> None:
+        for _ in range(3):
+            async with client.concurrency(["openai", f"openai:{tenant}"], timeout_seconds=30):
+                start = time.monotonic()
+                await sleep(0.002)
+                intervals[tenant].append((start, time.monotonic()))
+
+    def start(tenant: str) -> Worker[None]:
+        return spawn(lambda: worker(tenant))
+
+    workers = [start(t) for t in "aabbbccc"]
+    for w in workers:
+        await w.result(timeout=60)
+    per_tenant = [max_overlap(spans) for spans in intervals.values()]
+    every_hold = [span for spans in intervals.values() for span in spans]
+    assert max(per_tenant) <= 2 and max_overlap(every_hold) <= 3
+    assert len(every_hold) == 24
+    assert await client.holders() == [] and await client.queue() == []

@@ -35,6 +35,7 @@ from tests.client._compat import (
     Cancelled,
     Event,
     Pending,
+    Worker,
     cancel_when,
     run_blocking,
     sleep,
@@ -416,8 +417,8 @@ def test_a_timeout_says_what_it_did_before_when_why_cannot_be_read(
 ) -> None:
     # A database at revision 0011 has no pggcl.explain: the call fails, the message is the
     # one from before it, and nothing is left queued.
+    client.create_limit("db", 1)  # (the client's management needs the current schema)
     run_blocking(schema.downgrade, pggcl_dsn, "0011")
-    client.create_limit("db", 1)
     with client.concurrency("db"):
         with pytest.raises(pggcl.AcquireConcurrencySlotTimeoutError) as timed_out:
             hold_once(client, "db", timeout_seconds=0.2)
@@ -949,3 +950,65 @@ def test_a_bad_idle_session_timeout_is_a_validation_error(pggcl_dsn: str, value:
         Client(pggcl_dsn, idle_session_timeout_seconds=value)
     assert raised.value.field == "idle_session_timeout_seconds"
     assert "idle_session_timeout_seconds" in str(raised.value)
+
+
+# --- Templates: per-key limits (issue #15) -------------------------------------------------------
+
+
+def test_a_template_makes_per_key_limits_on_first_use(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    made = client.create_limit("tenant:*", 2, idle_seconds=600)
+    assert (made.name, made.limit) == ("tenant:*", 2)
+
+    def read_while_holding(name: str) -> pggcl.ConcurrencyLimit:
+        with client.concurrency(name, strict=True):
+            return client.read_limit(name)
+
+    with caplog.at_level(logging.WARNING, logger="pggcl"):
+        acme = read_while_holding("tenant:acme")
+    assert (acme.limit, acme.active, acme.held_slots) == (2, True, 1)
+    assert (acme.template, acme.customized) == ("tenant:*", False)
+    assert "created" not in caplog.text  # no "created inactive" warning: it limits
+    [template] = client.list_templates()
+    assert (template.name, template.limit, template.idle_seconds, template.instances) == (
+        "tenant:*",
+        2,
+        600.0,
+        1,
+    )
+    client.update_limit("tenant:*", limit=4)
+    assert client.read_limit("tenant:acme").limit == 4
+    with pytest.raises(pggcl.ValidationError) as raised:
+        client.update_limit("tenant:*", idle_seconds=-1)
+    assert raised.value.field == "idle_seconds"
+    with pytest.raises(pggcl.ValidationError, match="is a template") as raised:
+        hold_once(client, "tenant:*")  # a template holds no slots itself
+    assert raised.value.field == "names"
+
+
+def test_nested_quotas_hold_per_tenant_and_in_all(client: Client) -> None:
+    # concurrency(["openai", f"openai:{tenant}"]): each tenant at most 2, all together at most
+    # 3, granted atomically, first come first served, without a deadlock.
+    client.create_limit("openai", 3)
+    client.create_limit("openai:*", 2)
+    intervals: dict[str, list[tuple[float, float]]] = {"a": [], "b": [], "c": []}
+
+    def worker(tenant: str) -> None:
+        for _ in range(3):
+            with client.concurrency(["openai", f"openai:{tenant}"], timeout_seconds=30):
+                start = time.monotonic()
+                sleep(0.002)
+                intervals[tenant].append((start, time.monotonic()))
+
+    def start(tenant: str) -> Worker[None]:
+        return spawn(lambda: worker(tenant))
+
+    workers = [start(t) for t in "aabbbccc"]
+    for w in workers:
+        w.result(timeout=60)
+    per_tenant = [max_overlap(spans) for spans in intervals.values()]
+    every_hold = [span for spans in intervals.values() for span in spans]
+    assert max(per_tenant) <= 2 and max_overlap(every_hold) <= 3
+    assert len(every_hold) == 24
+    assert client.holders() == [] and client.queue() == []
