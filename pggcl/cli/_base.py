@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 import pggcl
+from pggcl.core.options import env_session_dsn
 from pggcl.errors import LimitExistsError, LimitNotFoundError, PggclError
 
 
@@ -34,9 +35,10 @@ def require_dsn(ctx: click.Context) -> str:
 
 @contextlib.contextmanager
 def open_client(ctx: click.Context) -> Iterator[pggcl.Client]:
-    """A sync client on the command's DSN, closed when the command is done."""
+    """A sync client on the command's DSN (its session connection on PGGCL_SESSION_DSN when
+    that is set: the DSN is a transaction pooler's), closed when the command is done."""
     dsn = require_dsn(ctx)
-    with pggcl.Client(dsn) as client:
+    with pggcl.Client(dsn, session_dsn=env_session_dsn()) as client:
         yield client
 
 
