@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any
 
 import psycopg
+import psycopg.sql
 import pytest
 
 import pggcl
@@ -206,19 +207,29 @@ def test_transaction_mode_alone_works_or_refuses_at_once(
         pytest.param("sync", "DISCARD ALL", id="sync-discard-all"),
         pytest.param("async", "DISCARD ALL", id="async-discard-all"),
         pytest.param("cli", "DISCARD ALL", id="cli-discard-all"),
-        # pggcl run is the sync client with a fixed 5 s grace: its no-reset run would only
-        # repeat the sync one, 10 s later.
         pytest.param("sync", "", id="sync-no-reset-query"),
         pytest.param("async", "", id="async-no-reset-query"),
+        pytest.param("cli", "", id="cli-no-reset-query"),
     ],
 )
 def test_session_mode_reclaims_a_killed_holder(
     kind: str, reset: str, dsn: str, workers: Workers, bouncer: MakeBouncer
 ) -> None:
+    # Without a reset the killed holder's server session stays open until PostgreSQL's idle
+    # timeout ends it; only then does the server see the holder gone and its grace start. The
+    # sync and async clients set the timeout themselves (idle_session_timeout_seconds); pggcl
+    # run has no such option, so there it is the server's, set here for the database (an
+    # operator could as well set it for pggcl's role), and the client keeps
+    # its connection alive by the timeout it finds in effect.
+    if kind == "cli" and reset == "":
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                psycopg.sql.SQL("ALTER DATABASE {} SET idle_session_timeout = {}").format(
+                    psycopg.sql.Identifier(conn.info.dbname), f"{IDLE_TIMEOUT:g}s"
+                )
+            )
     through = bouncer("session", server_reset_query=reset).through(dsn)
     sql(dsn, "SELECT pggcl.create_limit('db', 1)")
-    # Without a reset the killed holder's server session stays open until PostgreSQL's idle
-    # timeout ends it; only then does the server see the holder gone and its grace start.
     grace = CLI_GRACE if kind == "cli" else GRACE
     seen_gone = IDLE_TIMEOUT if reset == "" else 0.0
     options: dict[str, Any] = {"admin_dsn": dsn}
