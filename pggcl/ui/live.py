@@ -3,11 +3,12 @@
 The engine does not announce acquires and releases: a NOTIFY on each would slow the hot path
 and serialise commits. Instead, while at least one page listens, one task here reads the public
 views through the client about once per second (every limit, plus holders and queue when a
-limit page is open): the same few queries however many browsers are open, and plain reads that
-take no lock an acquire or a release waits for. It keeps the last minutes of each limit in memory
-for the charts (occupancy, and grants per second and mean wait, from the counters the engine
-keeps on the same rows: no other read) and hands each subscriber what changed for its page; the
-page's stream sends it.
+limit page is open, and why its queued requests wait when it has any: ``explain_queue``, one
+read, at most ``max_holders`` holders per limit): the same few queries however many browsers are
+open, and plain reads that take no lock an acquire or a release waits for. It keeps the last
+minutes of each limit in memory for the charts (occupancy, and grants per second and mean wait,
+from the counters the engine keeps on the same rows: no other read) and hands each subscriber
+what changed for its page; the page's stream sends it.
 The sampler stops a few seconds (``linger``) after the last page closed, so that moving from one
 page to another keeps the chart's history, and forgets that history when it stops.
 """
@@ -24,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pggcl.models import ConcurrencyLimit, Holder, Waiter
-from pggcl.ui.present import holder_view, limit_view, matches, waiter_view
+from pggcl.models import ConcurrencyLimit, Explanation, Holder, Waiter
+from pggcl.ui.present import WHY_HOLDERS, by_waiter, holder_view, limit_view, matches, waiter_view
 
 log = logging.getLogger("pggcl.ui")
 
@@ -46,6 +47,9 @@ class Reader(Protocol):
     async def list_limits(self) -> list[ConcurrencyLimit]: ...
     async def holders(self, name: str | None = None) -> list[Holder]: ...
     async def queue(self, name: str | None = None) -> list[Waiter]: ...
+    async def explain_queue(
+        self, name: str | None = None, max_holders: int | None = None
+    ) -> list[Explanation]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +115,8 @@ class Hub:
     """Samples the limits while pages listen and fans the results out to them.
 
     ``interval`` seconds between samples; ``window`` seconds of chart history kept;
-    ``linger`` seconds the sampler keeps running after the last page closed.
+    ``linger`` seconds the sampler keeps running after the last page closed;
+    ``max_holders``: holders listed per limit on a queued row.
     """
 
     def __init__(
@@ -121,9 +126,11 @@ class Hub:
         interval: float = 1.0,
         window: float = 300.0,
         linger: float = 5.0,
+        max_holders: int = WHY_HOLDERS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._reader = reader
+        self.max_holders = max_holders
         self.interval, self.window, self._linger, self._clock = interval, window, linger, clock
         self._subs: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
@@ -202,13 +209,25 @@ class Hub:
         watched = {s.topic.name for s in self._subs if isinstance(s.topic, LimitTopic)}
         holders: list[Holder] = []
         queue: list[Waiter] = []
+        why: list[Explanation] = []
         try:
             limits = await self._reader.list_limits()
             if watched:
                 only = next(iter(watched)) if len(watched) == 1 else None
-                holders, queue = await asyncio.gather(
-                    self._reader.holders(only), self._reader.queue(only)
-                )
+                # Why its requests wait: one more read, only while a watched limit has some.
+                busy = {lim.name for lim in limits if lim.name in watched and lim.waiting}
+                if busy:
+                    holders, queue, why = await asyncio.gather(
+                        self._reader.holders(only),
+                        self._reader.queue(only),
+                        self._reader.explain_queue(
+                            next(iter(busy)) if len(busy) == 1 else None, self.max_holders
+                        ),
+                    )
+                else:
+                    holders, queue = await asyncio.gather(
+                        self._reader.holders(only), self._reader.queue(only)
+                    )
         except Exception as exc:  # the sampler must outlive a database outage
             log.warning("pggcl ui: sampling failed: %s", exc)
             status = _json({"error": str(exc) or type(exc).__name__})
@@ -218,7 +237,7 @@ class Hub:
         now = self._clock()
         self.ticks += 1
         samples = self._record(now, limits)
-        self._fan_out(limits, holders, queue, samples)
+        self._fan_out(limits, holders, queue, by_waiter(why), samples)
 
     def _rates(self, now: float, limit: ConcurrencyLimit) -> tuple[float | None, float | None]:
         """Grants per second and their mean wait since this limit's previous sample."""
@@ -274,6 +293,7 @@ class Hub:
         limits: list[ConcurrencyLimit],
         holders: list[Holder],
         queue: list[Waiter],
+        why: dict[int, list[Explanation]],
         samples: dict[str, Sample],
     ) -> None:
         ok = _json({"error": None})
@@ -294,7 +314,11 @@ class Hub:
                     {
                         "limit": limit_view(limit) if limit else None,
                         "holders": [holder_view(h) for h in holders if h.name == topic.name],
-                        "queue": [waiter_view(w) for w in queue if w.name == topic.name],
+                        "queue": [
+                            waiter_view(w, why.get(w.waiter_id, ()))
+                            for w in queue
+                            if w.name == topic.name
+                        ],
                     }
                 )
             sub.offer("limit", encoded[topic])

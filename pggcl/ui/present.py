@@ -7,13 +7,21 @@ stream) into the page, so a value looks the same before and after an update.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
 from urllib.parse import urlencode
 
 from pggcl.formatting import moment, per_second, slots
-from pggcl.models import ConcurrencyLimit, Holder, Waiter
+from pggcl.models import ConcurrencyLimit, Explanation, Holder, Waiter
 
 View = dict[str, Any]
+
+#: How many holders a queued row lists per limit that blocks it, oldest first (the
+#: ``max_holders`` of its ``explain_queue`` read); the row says how many more there are.
+WHY_HOLDERS: Final = 5
+
+#: A holder's text is anyone's free text (up to 1,000 characters): a queued row shows this much.
+_HOLDER_SHOWN: Final = 80
 
 
 def limit_url(name: str, action: str = "") -> str:
@@ -69,14 +77,79 @@ def holder_view(holder: Holder) -> View:
     }
 
 
-def waiter_view(waiter: Waiter) -> View:
+def waiter_view(waiter: Waiter, why: Sequence[Explanation] = ()) -> View:
+    """A queued request; ``why``: its explanations (``explain_queue``), one per limit it waits
+    on, shown on its row (none: not read, e.g. it queued after the read)."""
     return {
+        "waiter_id": str(waiter.waiter_id),
+        "why": [why_view(e) for e in why],
         "position": waiter.position,
         "occupy": waiter.occupy,
         "mode": waiter.mode.replace("_", " "),
         "holder": waiter.holder or "",
         "since": moment(waiter.since),
     }
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _short(text: str | None) -> str:
+    shown = text or "-"
+    return shown if len(shown) <= _HOLDER_SHOWN else shown[: _HOLDER_SHOWN - 1] + "\u2026"
+
+
+def why_view(e: Explanation) -> View:
+    """Why a queued request waits on one of its limits, as ``pggcl explain`` says it: does
+    the limit block it, its place in that queue, how full the limit is, in rate mode when
+    there is room, and (when it blocks) who holds the slots, oldest first."""
+    ahead = e.position - 1
+    usage = f"{slots(e.active_slots)}/{e.limit} in use"
+    if e.active_slots > e.held_slots + 0.005:
+        usage += f" ({e.held_slots} held, {slots(e.active_slots - e.held_slots)} decaying)"
+    if e.leases:
+        usage += f", held by {_plural(e.leases, 'lease')}"
+    if not e.active:
+        usage += ", inactive"
+    room = ""
+    if e.mode == "rate_limit" and e.seconds_until_room is not None:
+        room = "room now" if e.seconds_until_room <= 0 else f"room in {e.seconds_until_room:.1f} s"
+    shown = e.holders if e.blocking else ()
+    more = e.leases - len(shown) if e.blocking else 0
+    return {
+        "name": e.name,
+        "blocking": e.blocking,
+        "state": "blocking" if e.blocking else "not blocking",
+        "place": f"{_ordinal(e.position)} in queue, "
+        + (f"{_plural(ahead, 'request')} ahead" if ahead else "nobody ahead"),
+        "usage": usage,
+        "room": room,
+        "holders": [
+            {
+                "holder": _short(h.holder),
+                "title": h.holder or "",
+                "slots": _plural(h.slots, "slot"),
+                "since": f"since {moment(h.since)}",
+                "expires": f"expires {moment(h.expires, missing='never')}",
+            }
+            for h in shown
+        ],
+        "more": f"and {_plural(more, 'more lease')}" if more > 0 else "",
+    }
+
+
+def by_waiter(explanations: Iterable[Explanation]) -> dict[int, list[Explanation]]:
+    """Explanations grouped by their waiter, in the order read (by limit name)."""
+    grouped: dict[int, list[Explanation]] = {}
+    for e in explanations:
+        grouped.setdefault(e.waiter_id, []).append(e)
+    return grouped
 
 
 def matches(name: str, query: str) -> bool:

@@ -14,7 +14,15 @@ from starlette.templating import Jinja2Templates
 from pggcl.errors import LimitNotFoundError
 from pggcl.ui.forms import LABELS, LimitForm
 from pggcl.ui.guard import csrf_token
-from pggcl.ui.present import holder_view, limit_url, limit_view, matches, waiter_view
+from pggcl.ui.present import (
+    WHY_HOLDERS,
+    by_waiter,
+    holder_view,
+    limit_url,
+    limit_view,
+    matches,
+    waiter_view,
+)
 from pggcl.ui.state import ui_state
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -36,7 +44,16 @@ BLANK_LIMIT: dict[str, Any] = {
     "active_text": "", "decay": "", "waiting": "", "bar": _BLANK_BAR,
 }  # fmt: skip
 BLANK_HOLDER = dict.fromkeys(("lease_id", "slots", "holder", "since", "expires"), "")
-BLANK_WAITER = dict.fromkeys(("position", "occupy", "mode", "holder", "since"), "")
+BLANK_WAITER: dict[str, Any] = {
+    **dict.fromkeys(("waiter_id", "position", "occupy", "mode", "holder", "since"), ""),
+    "why": [],
+}
+BLANK_WHY: dict[str, Any] = {
+    **dict.fromkeys(("name", "state", "place", "usage", "room", "more"), ""),
+    "blocking": False,
+    "holders": [],
+}
+BLANK_WHY_HOLDER = dict.fromkeys(("holder", "title", "slots", "since", "expires"), "")
 
 
 def notice(request: Request) -> str | None:
@@ -94,7 +111,14 @@ async def limit_page(request: Request) -> Response:
     name = limit_name(request)
     client = ui_state(request).client
     limit = await client.read_limit(name)
-    holders, queue = await asyncio.gather(client.holders(name), client.queue(name))
+    if limit.waiting:  # why its requests wait: one more read, only when some do
+        holders, queue, why = await asyncio.gather(
+            client.holders(name), client.queue(name), client.explain_queue(name, WHY_HOLDERS)
+        )
+    else:
+        holders, queue = await asyncio.gather(client.holders(name), client.queue(name))
+        why = []
+    explained = by_waiter(why)
     return await render(
         request,
         "limit.html",
@@ -102,9 +126,11 @@ async def limit_page(request: Request) -> Response:
             "l": limit_view(limit),
             "limit_name": name,
             "holders": [holder_view(h) for h in holders],
-            "queue": [waiter_view(w) for w in queue],
+            "queue": [waiter_view(w, explained.get(w.waiter_id, ())) for w in queue],
             "blank_holder": BLANK_HOLDER,
             "blank_waiter": BLANK_WAITER,
+            "blank_why": BLANK_WHY,
+            "blank_why_holder": BLANK_WHY_HOLDER,
             "back": here(request),
             "events": "/events?" + urlencode({"limit": name}),
         },

@@ -13,11 +13,13 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 pytest.importorskip("starlette", reason="the ui extra is not installed (pip install -e '.[ui]')")
@@ -164,3 +166,14 @@ def holders() -> Iterator[list[HolderProcess]]:
     yield started
     for holder in started:
         holder.stop()
+
+
+def take(dsn: str, name: str, slots: int, holder: str, mode: str = "concurrency") -> uuid.UUID:
+    """Take slots from plain SQL, as any client may: a lease with a TTL, owned by nobody."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT granted, lease_id FROM pggcl.try_acquire(ARRAY[%s], %s, %s, false, 600, %s)",
+            (name, slots, mode, holder),
+        ).fetchone()
+    assert row is not None and row[0], f"{slots} slots of {name} were not granted"
+    return uuid.UUID(str(row[1])) if row[1] else uuid.UUID(int=0)

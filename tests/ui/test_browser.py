@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import pggcl
-from tests.ui.conftest import HolderProcess, RunningUi
+from tests.ui.conftest import HolderProcess, RunningUi, take
 
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
@@ -187,3 +187,60 @@ def test_charts_of_grants_per_second_and_wait_time(
     expect(wait_chart).not_to_contain_text("no waits yet")
     expect(wait_chart.locator("text.axis").nth(2)).to_have_text(re.compile(r" (ms|s|min)$"))
     assert float(wait_chart.get_attribute("data-peak") or 0) > 0
+
+
+def test_a_queued_row_says_why_it_waits(
+    page: Page, ui: RunningUi, pggcl_dsn: str, holders: list[HolderProcess]
+) -> None:
+    with pggcl.Client(pggcl_dsn) as client:
+        client.create_limit("gpu", 1)
+        client.create_limit("disk", 3)
+    open_live(page, f"{ui.url}/limit?name=gpu")
+    # The slot is held by a lease whose holder text is markup: shown as text, never run.
+    holder = '<img src=x onerror="document.title=1">trainer-7'
+    lease = take(pggcl_dsn, "gpu", 1, holder)
+    expect(page.locator("#holders tbody tr")).to_have_count(1)
+
+    # Another process waits on gpu and disk: its row says gpu blocks it (1st in its queue,
+    # the holder ahead) and disk, with room, does not.
+    holders.append(HolderProcess(pggcl_dsn, "gpu,disk"))
+    row = page.locator("#queue tbody tr")
+    expect(row).to_have_count(1)
+    for _ in ("live", "as the server renders it"):
+        gpu = row.locator('.why-limit[data-limit="gpu"]')
+        expect(gpu).to_have_class(re.compile(r"\bblocking\b"))
+        expect(gpu.locator('[data-why="state"]')).to_have_text("blocking")
+        expect(gpu.locator('[data-why="place"]')).to_have_text("1st in queue, nobody ahead")
+        expect(gpu.locator('[data-why="usage"]')).to_have_text("1/1 in use, held by 1 lease")
+        ahead = gpu.locator(".why-holder")
+        expect(ahead).to_have_count(1)
+        expect(ahead.locator('[data-why="holder"]')).to_have_text(holder)
+        expect(ahead.locator('[data-why="slots"]')).to_have_text("1 slot")
+        expect(ahead.locator('[data-why="expires"]')).to_contain_text("expires 20")
+        disk = row.locator('.why-limit[data-limit="disk"]')
+        expect(disk.locator('[data-why="state"]')).to_have_text("not blocking")
+        expect(disk.locator(".why-holder")).to_have_count(0)
+        expect(page.locator("#queue img")).to_have_count(0)
+        open_live(page, f"{ui.url}/limit?name=gpu")  # again, rendered by the server
+
+    # The holder releases: the waiter is granted and its row goes away.
+    with pggcl.Client(pggcl_dsn) as client:
+        assert client.release(lease)
+    expect(row).to_have_count(0)
+    expect(page.locator('[data-empty="queue"]')).to_be_visible()
+    expect(page.locator("#holders tbody tr")).to_have_count(1)
+    assert page.title() != "1"
+
+
+def test_a_rate_limited_row_says_when_there_is_room(
+    page: Page, ui: RunningUi, pggcl_dsn: str, holders: list[HolderProcess]
+) -> None:
+    with pggcl.Client(pggcl_dsn) as client:
+        client.create_limit("api", 2, slot_decay_per_second=0.01)
+    take(pggcl_dsn, "api", 2, "crawler", mode="rate_limit")
+    open_live(page, f"{ui.url}/limit?name=api")
+    holders.append(HolderProcess(pggcl_dsn, "api", "--rate"))
+    api = page.locator('#queue tbody tr .why-limit[data-limit="api"]')
+    expect(api.locator('[data-why="state"]')).to_have_text("blocking")
+    expect(api.locator('[data-why="room"]')).to_have_text(re.compile(r"^room in \d+\.\d s$"))
+    expect(api.locator('[data-why="usage"]')).to_contain_text("decaying")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections import Counter
 from datetime import UTC, datetime
@@ -10,8 +11,9 @@ from itertools import groupby
 from typing import Any
 
 import pggcl
-from pggcl.models import ConcurrencyLimit, Holder, Waiter
+from pggcl.models import ConcurrencyLimit, Explanation, Holder, Holding, Waiter
 from pggcl.ui.live import Hub, LimitsTopic, LimitTopic, Subscriber
+from pggcl.ui.present import why_view
 
 
 class CountingReader:
@@ -32,6 +34,13 @@ class CountingReader:
     async def queue(self, name: str | None = None) -> list[Waiter]:
         self.calls["queue"] += 1
         return await self.client.queue(name)
+
+    async def explain_queue(
+        self, name: str | None = None, max_holders: int | None = None
+    ) -> list[Explanation]:
+        self.calls["explain_queue"] += 1
+        self.calls[f"explain_queue({name}, {max_holders})"] += 1
+        return await self.client.explain_queue(name, max_holders)
 
 
 async def next_event(sub: Subscriber, event: str, timeout: float = 10.0) -> Any:
@@ -62,6 +71,7 @@ async def test_one_sampler_reads_once_per_tick_for_any_number_of_pages(pggcl_dsn
         # One read of the limits per sample, never one per page; no holders without a limit page.
         assert reader.calls["list_limits"] == hub.ticks
         assert reader.calls["holders"] == reader.calls["queue"] == 0
+        assert reader.calls["explain_queue"] == 0
         await hub.close()
 
 
@@ -172,6 +182,11 @@ class FixedReader:
     async def queue(self, name: str | None = None) -> list[Waiter]:
         return []
 
+    async def explain_queue(
+        self, name: str | None = None, max_holders: int | None = None
+    ) -> list[Explanation]:
+        raise AssertionError("nobody waits: nothing to explain")
+
 
 def limit_record(grants: int, waits: int, waited: float, held: int = 0) -> ConcurrencyLimit:
     moment = datetime(2026, 12, 2, tzinfo=UTC)
@@ -206,3 +221,65 @@ async def test_the_history_is_a_fixed_window_whatever_the_traffic() -> None:
     await hub._tick()
     assert hub._history_of("gpu")["samples"][-1][4:] == (None, None)
     await hub.close()
+
+
+async def test_why_queued_requests_wait_is_one_read_per_tick_and_only_while_some_wait(
+    pggcl_dsn: str,
+) -> None:
+    async with pggcl.AsyncClient(pggcl_dsn) as client:
+        await client.create_limit("gpu", 1)
+        reader = CountingReader(client)
+        hub = Hub(reader, interval=0.05, linger=0, max_holders=2)
+        page = hub.subscribe(LimitTopic("gpu"))
+        detail = await next_event(page, "limit")
+        assert detail["queue"] == [] and reader.calls["explain_queue"] == 0
+
+        async def wait_for_the_slot() -> None:
+            async with client.concurrency("gpu"):  # queued, granted when the holder releases
+                pass
+
+        async with client.concurrency("gpu", holder="<b>worker-1</b>"):
+            waiter = asyncio.create_task(wait_for_the_slot())
+            detail = await next_event(page, "limit")
+            while not (detail["queue"] and detail["queue"][0]["why"]):
+                detail = await next_event(page, "limit")
+            [row] = detail["queue"]
+            [why] = row["why"]
+            assert why["name"] == "gpu" and why["blocking"] and why["state"] == "blocking"
+            assert why["place"] == "1st in queue, nobody ahead"
+            assert why["usage"] == "1/1 in use, held by 1 lease"
+            [ahead] = why["holders"]
+            assert (ahead["holder"], ahead["slots"]) == ("<b>worker-1</b>", "1 slot")
+            assert ahead["expires"].startswith("expires ")
+            # One read of why per tick while the page's limit has waiters, bounded by
+            # max_holders, and for that limit only.
+            ticks = hub.ticks
+            assert 0 < reader.calls["explain_queue"] <= ticks
+            assert reader.calls["explain_queue(gpu, 2)"] == reader.calls["explain_queue"]
+        await waiter
+        detail = await next_event(page, "limit")
+        while detail["queue"]:
+            detail = await next_event(page, "limit")
+        await hub.close()
+
+
+async def test_a_row_says_how_many_more_leases_than_shown() -> None:
+    moment = datetime(2026, 12, 2, tzinfo=UTC)
+    holding = Holding("\x1b[31mred", 1, moment, None)
+    e = Explanation(
+        7, "gpu", True, 3, 1, "rate_limit", 4, True, 4, 4.5, 4, (holding,) * 2, 2.5, moment
+    )
+    why = why_view(e)
+    assert why["place"] == "3rd in queue, 2 requests ahead"
+    assert why["usage"] == "4.5/4 in use (4 held, 0.5 decaying), held by 4 leases"
+    assert why["room"] == "room in 2.5 s"
+    assert [h["expires"] for h in why["holders"]] == ["expires never"] * 2
+    assert why["more"] == "and 2 more leases"
+    # Not blocking: no holders listed, nothing more.
+    calm = why_view(dataclasses.replace(e, blocking=False, mode="concurrency"))
+    assert (calm["state"], calm["holders"], calm["more"], calm["room"]) == (
+        "not blocking",
+        [],
+        "",
+        "",
+    )

@@ -6,28 +6,14 @@ Each step waits until the open page shows it, so the chart records each change a
 
 from __future__ import annotations
 
-import uuid
-
-import psycopg
 import pytest
 
 import pggcl
-from tests.ui.conftest import SCREENSHOTS, HolderProcess, serve_ui
+from tests.ui.conftest import SCREENSHOTS, HolderProcess, serve_ui, take
 
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
 from playwright.sync_api import Browser, Page, expect
-
-
-def take(dsn: str, name: str, slots: int, holder: str, mode: str = "concurrency") -> uuid.UUID:
-    """Take slots from plain SQL, as any client may: a lease with a TTL, owned by nobody."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT granted, lease_id FROM pggcl.try_acquire(ARRAY[%s], %s, %s, false, 600, %s)",
-            (name, slots, mode, holder),
-        ).fetchone()
-    assert row is not None and row[0], f"{slots} slots of {name} were not granted"
-    return uuid.UUID(str(row[1])) if row[1] else uuid.UUID(int=0)
 
 
 def occupancy(page: Page, name: str, text: str) -> None:

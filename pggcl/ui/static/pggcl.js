@@ -124,7 +124,32 @@
   }
 
   function fillWaiter(tr, waiter) {
+    tr.dataset.waiter = waiter.waiter_id;
     for (const field of ["position", "occupy", "mode", "holder", "since"]) setText(tr, field, waiter[field]);
+    tr.querySelector('[data-why="limits"]').replaceChildren(...waiter.why.map(whyLimit));
+  }
+
+  // Why a queued request waits, one item per limit it waits on (the server formats each text;
+  // a holder's text is someone else's, so it only ever goes in as text).
+  function setWhy(root, field, value) {
+    const el = root.querySelector(`[data-why="${field}"]`);
+    el.textContent = String(value);
+    return el;
+  }
+
+  function whyLimit(why) {
+    const li = fromTemplate("why-limit");
+    li.dataset.limit = why.name;
+    li.classList.toggle("blocking", why.blocking);
+    for (const field of ["name", "state", "place", "usage"]) setWhy(li, field, why[field]);
+    for (const field of ["room", "more"]) setWhy(li, field, why[field]).hidden = !why[field];
+    li.querySelector('[data-why="holders"]').replaceChildren(...why.holders.map((holder) => {
+      const item = fromTemplate("why-holder");
+      item.title = holder.title;
+      for (const field of ["holder", "slots", "since", "expires"]) setWhy(item, field, holder[field]);
+      return item;
+    }));
+    return li;
   }
 
   source.addEventListener("limit", (event) => {
