@@ -77,6 +77,23 @@ export interface Grant {
   leaseId: string | null;
 }
 
+/** The upper bounds, in seconds, of the buckets of the wait and hold histograms of
+ * ConcurrencyLimit (Prometheus's `le`: a bound is inclusive), the last +Inf; as the engine's. */
+export const HISTOGRAM_BOUNDS: readonly number[] = Object.freeze(
+  [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 600, Infinity]);
+
+/** A limit as it stands now (the Python clients' ConcurrencyLimit, in camelCase).
+ *
+ * `activeSlots` is the occupancy at the moment of reading: `heldSlots` (held by leases) plus
+ * `decayingSlots` (the rate-limit bucket, which decays at `slotDecayPerSecond`); `waiting`
+ * counts queued requests.
+ *
+ * Then the engine's counters, kept with each change they count since the limit was created
+ * (or its database upgraded to revision 0009); they only grow (docs/protocol.md, "The
+ * counters of pggcl.limits"). They are bigint columns, which node-postgres hands over as
+ * strings: here they are numbers, exact up to Number.MAX_SAFE_INTEGER (2^53 - 1, some 285
+ * years of a million grants a second). Ids stay strings (`Waiter.waiterId`): they are compared,
+ * never counted. */
 export interface ConcurrencyLimit {
   name: string;
   limit: number;
@@ -88,6 +105,35 @@ export interface ConcurrencyLimit {
   updated: Date;
   heldSlots: number;
   decayingSlots: number;
+  /** Requests granted, at once or after queuing. */
+  grants: number;
+  /** Requests that had to queue. */
+  enqueued: number;
+  /** Refusals without waiting (`timeoutSeconds: 0`) when the limit was full or had a queue
+   * (Prefect's denied_slots, counted in requests). */
+  denied: number;
+  /** Queued requests that left without a grant (timed out, aborted, their session gone). */
+  gaveUp: number;
+  /** Queued requests told they can never be granted (the limit was lowered below them). */
+  rejected: number;
+  /** Slots taken back from dead holders and expired TTL leases. */
+  reclaimedSlots: number;
+  /** Wait time (queued to granted, 0 for a grant at once) of every grant, in seconds: a
+   * count, a sum, and cumulative buckets, one per bound of HISTOGRAM_BOUNDS (element i counts
+   * those of at most HISTOGRAM_BOUNDS[i]; the last equals the count). */
+  waitSecondsCount: number;
+  waitSecondsSum: number;
+  waitSecondsBuckets: number[];
+  /** Hold time (granted to released or reclaimed) of every lease that ended, as the wait
+   * time; holdSecondsSum / holdSecondsCount is Prefect's avg_slot_occupancy_seconds. Rate
+   * limits hold nothing: these stay 0. */
+  holdSecondsCount: number;
+  holdSecondsSum: number;
+  holdSecondsBuckets: number[];
+  /** The template (a name with `*`) this limit was made from; null for a plain limit. */
+  template: string | null;
+  /** Changed individually since it was made from its template, which then leaves it alone. */
+  customized: boolean;
 }
 
 export interface Holder {
@@ -143,6 +189,11 @@ function describe(n: string[], occupy: number): string {
   return `${occupy} ${occupy === 1 ? "slot" : "slots"} on ${n.map((x) => `'${x}'`).join(", ")}`;
 }
 
+/** A bigint count (node-postgres: a string) as a number; see ConcurrencyLimit. */
+function count(value: unknown): number {
+  return Number(value as string | number);
+}
+
 function limitRow(r: Record<string, unknown>): ConcurrencyLimit {
   return {
     name: r.name as string,
@@ -155,6 +206,20 @@ function limitRow(r: Record<string, unknown>): ConcurrencyLimit {
     updated: r.updated as Date,
     heldSlots: r.held_slots as number,
     decayingSlots: r.decaying_slots as number,
+    grants: count(r.grants),
+    enqueued: count(r.enqueued),
+    denied: count(r.denied),
+    gaveUp: count(r.gave_up),
+    rejected: count(r.rejected),
+    reclaimedSlots: count(r.reclaimed_slots),
+    waitSecondsCount: count(r.wait_seconds_count),
+    waitSecondsSum: r.wait_seconds_sum as number,
+    waitSecondsBuckets: (r.wait_seconds_buckets as string[]).map(count),
+    holdSecondsCount: count(r.hold_seconds_count),
+    holdSecondsSum: r.hold_seconds_sum as number,
+    holdSecondsBuckets: (r.hold_seconds_buckets as string[]).map(count),
+    template: r.template as string | null,
+    customized: r.customized as boolean,
   };
 }
 

@@ -1,5 +1,5 @@
 export * from "./errors.js";
-export { Client } from "./client.js";
+export { Client, HISTOGRAM_BOUNDS } from "./client.js";
 export { Dispatcher, parsePayload } from "./dispatch.js";
 export { checkCallApart, checkFresh, checkKept } from "./session.js";
 export type { AcquireOptions, ClientOptions, ConcurrencyLimit, Grant, Holder, Mode, Waiter } from "./client.js";

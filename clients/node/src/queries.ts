@@ -44,8 +44,12 @@ export function listen(channel: string): string {
 }
 
 // Management.
+// The limit, then the engine's counters (revision 0009) and its template (revision 0013), as
+// pggcl/core/queries.py reads them.
 const LIMIT_COLUMNS = 'name, "limit", active, active_slots, slot_decay_per_second, waiting, created, updated,'
-  + " held_slots, decaying_slots";
+  + " held_slots, decaying_slots, grants, enqueued, denied, gave_up, rejected, reclaimed_slots,"
+  + " wait_seconds_count, wait_seconds_sum, wait_seconds_buckets, hold_seconds_count,"
+  + " hold_seconds_sum, hold_seconds_buckets, template, customized";
 export const CREATE_LIMIT = `SELECT ${LIMIT_COLUMNS} FROM pggcl.create_limit($1::text, $2::integer, $3::double precision, $4::boolean)`;
 export const READ_LIMIT = `SELECT ${LIMIT_COLUMNS} FROM pggcl.limits WHERE name = $1::text`;
 export const LIST_LIMITS = `SELECT ${LIMIT_COLUMNS} FROM pggcl.limits ORDER BY name`;

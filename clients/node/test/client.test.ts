@@ -7,7 +7,7 @@ import pg from "pg";
 
 import {
   AcquireConcurrencySlotTimeoutError, Client, ConcurrencySlotAcquisitionError, ConfigurationError,
-  DatabaseUnavailableError, Dispatcher, LimitExistsError, LimitNotFoundError, PermissionDeniedError,
+  DatabaseUnavailableError, Dispatcher, HISTOGRAM_BOUNDS, LimitExistsError, LimitNotFoundError, PermissionDeniedError,
   PggclError, PoolTimeoutError, SchemaNotInstalledError, ValidationError, isUnavailable, parsePayload,
   translateError,
 } from "../src/index.js";
@@ -189,6 +189,69 @@ test("grant, queue, hand-off; timeout leaves nothing queued", async () => {
   await holding;
   assert.equal(await waiting, "ran");
   assert.equal((await admin.holders("n-hand")).length, 0);
+});
+
+test("a limit carries the engine's counters: a grant, a queue, a refusal, a timeout, a rejection", async () => {
+  const made = await admin.createLimit("n-counts", 1);
+  const counters = (l: typeof made): number[] => [
+    l.grants, l.enqueued, l.denied, l.gaveUp, l.rejected, l.reclaimedSlots, l.waitSecondsCount, l.holdSecondsCount];
+  assert.deepEqual(counters(made), [0, 0, 0, 0, 0, 0, 0, 0]);
+  assert.deepEqual(made.waitSecondsBuckets, HISTOGRAM_BOUNDS.map(() => 0));
+  assert.deepEqual([made.waitSecondsSum, made.holdSecondsSum, made.template, made.customized], [0, 0, null, false]);
+  const b = client();
+  let release!: () => void;
+  const held = new Promise<void>((r) => (release = r));
+  const holding = admin.concurrency("n-counts", {}, () => held);  // granted at once
+  await until(async () => (await admin.holders("n-counts")).length === 1, "the grant");
+  // Refused without waiting; queued and timed out; queued and granted when the holder ends.
+  await assert.rejects(b.concurrency("n-counts", { timeoutSeconds: 0 }, () => 0), AcquireConcurrencySlotTimeoutError);
+  await assert.rejects(b.concurrency("n-counts", { timeoutSeconds: 0.2 }, () => 0), AcquireConcurrencySlotTimeoutError);
+  const waiting = b.concurrency("n-counts", { timeoutSeconds: 30 }, () => "ran");
+  await until(async () => (await admin.queue("n-counts")).length === 1, "the waiter");
+  release();
+  await holding;
+  assert.equal(await waiting, "ran");
+  // Queued, then the limit is lowered below it: rejected.
+  let releaseAgain!: () => void;
+  const heldAgain = new Promise<void>((r) => (releaseAgain = r));
+  const holdingAgain = admin.concurrency("n-counts", {}, () => heldAgain);
+  await until(async () => (await admin.holders("n-counts")).length === 1, "the second grant");
+  const doomed = b.concurrency("n-counts", {}, () => 0);
+  await until(async () => (await admin.queue("n-counts")).length === 1, "the doomed waiter");
+  await admin.updateLimit("n-counts", { limit: 0 });
+  await assert.rejects(doomed, ConcurrencySlotAcquisitionError);
+  releaseAgain();
+  await holdingAgain;
+
+  const l = await admin.readLimit("n-counts");
+  // grants, enqueued, denied, gave up, rejected, reclaimed, waits counted, holds ended
+  assert.deepEqual(counters(l), [3, 3, 1, 1, 1, 0, 3, 3]);
+  for (const value of [...counters(l), l.waitSecondsSum, l.holdSecondsSum, ...l.waitSecondsBuckets, ...l.holdSecondsBuckets]) {
+    assert.equal(typeof value, "number");
+  }
+  assert.ok(l.waitSecondsSum > 0, "the queued grant waited");
+  assert.ok(l.holdSecondsSum > 0, "the leases were held");
+  for (const buckets of [l.waitSecondsBuckets, l.holdSecondsBuckets]) {
+    assert.equal(buckets.length, HISTOGRAM_BOUNDS.length);
+    assert.ok(buckets.every((v, i) => i === 0 || v >= buckets[i - 1]!), `cumulative: ${buckets}`);
+    assert.equal(buckets.at(-1), 3);
+  }
+  assert.ok(l.waitSecondsBuckets[0]! >= 2, "two grants at once waited 0 s");
+  // listLimits and updateLimit return the same model.
+  const listed = (await admin.listLimits()).find((x) => x.name === "n-counts")!;
+  assert.deepEqual(counters(listed), counters(l));
+  assert.deepEqual(listed.holdSecondsBuckets, l.holdSecondsBuckets);
+  assert.deepEqual(counters(await admin.updateLimit("n-counts", { limit: 1 })), counters(l));
+});
+
+test("a limit made from a template names it, and is customized once changed by itself", async () => {
+  await admin.createLimit("n-tpl-*", 2);
+  await admin.concurrency("n-tpl-a", {}, () => 0);
+  const made = await admin.readLimit("n-tpl-a");
+  assert.deepEqual([made.limit, made.template, made.customized, made.grants], [2, "n-tpl-*", false, 1]);
+  const changed = await admin.updateLimit("n-tpl-a", { limit: 3 });
+  assert.deepEqual([changed.template, changed.customized], ["n-tpl-*", true]);
+  assert.equal((await admin.readLimit("n-tpl-a")).customized, true);
 });
 
 test("an aborted wait leaves nothing queued and rejects with the signal's reason", async () => {
