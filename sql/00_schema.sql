@@ -177,7 +177,24 @@ CREATE TABLE pggcl.limit_templates (
     idle_seconds double precision NOT NULL DEFAULT 3600,
     sweep_after bigint NOT NULL DEFAULT 0,
     created timestamptz NOT NULL DEFAULT clock_timestamp(),
-    updated timestamptz NOT NULL DEFAULT clock_timestamp()
+    updated timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- The counters of its instances that the sweep removed (revision 0014), kept here so that
+    -- the template's totals (pggcl.template_totals: these plus those of the instances that
+    -- exist) only grow: the instances swept, then what limit_state counts, the buckets raw
+    -- as there (one element per event, waits only of the grants that queued). The sums of
+    -- seconds are numeric, added exactly: a float total would change by a rounding when an
+    -- instance moved from the live sum to this one, and could go down.
+    retired_instances bigint NOT NULL DEFAULT 0,
+    retired_grants bigint NOT NULL DEFAULT 0,
+    retired_enqueued bigint NOT NULL DEFAULT 0,
+    retired_denied bigint NOT NULL DEFAULT 0,
+    retired_gave_up bigint NOT NULL DEFAULT 0,
+    retired_rejected bigint NOT NULL DEFAULT 0,
+    retired_reclaimed_slots bigint NOT NULL DEFAULT 0,
+    retired_wait_seconds_sum numeric NOT NULL DEFAULT 0,
+    retired_hold_seconds_sum numeric NOT NULL DEFAULT 0,
+    retired_wait_buckets bigint[] NOT NULL DEFAULT '{0,0,0,0,0,0,0,0,0,0,0,0}',
+    retired_hold_buckets bigint[] NOT NULL DEFAULT '{0,0,0,0,0,0,0,0,0,0,0,0}'
 );
 
 -- The limits made from a template: one row per instance, apart from limit_state so that the

@@ -5,7 +5,8 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pggcl FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA pggcl FROM PUBLIC;
 GRANT USAGE ON SCHEMA pggcl TO pggcl_user, pggcl_admin;
 
-GRANT SELECT ON pggcl.limits, pggcl.holders, pggcl.queue, pggcl.templates TO pggcl_user;
+GRANT SELECT ON pggcl.limits, pggcl.holders, pggcl.queue, pggcl.templates, pggcl.template_totals
+TO pggcl_user;
 -- The limits view computes each bucket's level with this (pure) function.
 GRANT EXECUTE ON FUNCTION pggcl._decayed(double precision, double precision, timestamptz, timestamptz)
 TO pggcl_user;

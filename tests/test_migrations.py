@@ -42,6 +42,8 @@ FROZEN = {
     "0012_explain_downgrade.sql": "325bf3d3b613581cea5609f41df68b02",
     "0013_templates.sql": "81513299adb0b77f5bea64b770722ff9",
     "0013_templates_downgrade.sql": "4c84c48d66914ece2703d9c512200640",
+    "0014_template_totals.sql": "7c31628532a82b9ad37ecd80e482d4e4",
+    "0014_template_totals_downgrade.sql": "7985c6ebb3b816989a06b93924e0574b",
 }
 
 
