@@ -86,7 +86,10 @@ _SERVER_SETTINGS = {
     "fsync": "off",
     "synchronous_commit": "off",
     "full_page_writes": "off",
-    "max_connections": "200",
+    # Suites start many client processes at once (the conformance scenarios run side by side,
+    # each actor a process with its session and pool connections): a server that runs out
+    # refuses them, and a refused client keeps retrying, silently, until its timeout.
+    "max_connections": "400",
 }
 
 

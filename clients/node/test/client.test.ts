@@ -216,10 +216,11 @@ test("a limit carries the engine's counters: a grant, a queue, a refusal, a time
   const heldAgain = new Promise<void>((r) => (releaseAgain = r));
   const holdingAgain = admin.concurrency("n-counts", {}, () => heldAgain);
   await until(async () => (await admin.holders("n-counts")).length === 1, "the second grant");
-  const doomed = b.concurrency("n-counts", {}, () => 0);
+  // Its rejection is handled from the start: it comes while updateLimit is being awaited.
+  const doomed = assert.rejects(b.concurrency("n-counts", {}, () => 0), ConcurrencySlotAcquisitionError);
   await until(async () => (await admin.queue("n-counts")).length === 1, "the doomed waiter");
   await admin.updateLimit("n-counts", { limit: 0 });
-  await assert.rejects(doomed, ConcurrencySlotAcquisitionError);
+  await doomed;
   releaseAgain();
   await holdingAgain;
 
