@@ -22,7 +22,15 @@ from pggcl.errors import (
     SessionLostError,
     ValidationError,
 )
-from pggcl.models import ConcurrencyLimit, Explanation, Holder, Holding, LimitTemplate, Waiter
+from pggcl.models import (
+    ConcurrencyLimit,
+    Explanation,
+    Holder,
+    Holding,
+    LimitTemplate,
+    TemplateTotals,
+    Waiter,
+)
 from pggcl.sync import Client, concurrency, rate_limit
 
 __version__ = "0.1.0"
@@ -47,6 +55,7 @@ __all__ = [
     "PoolTimeoutError",
     "SchemaNotInstalledError",
     "SessionLostError",
+    "TemplateTotals",
     "ValidationError",
     "Waiter",
     "__version__",

@@ -94,6 +94,40 @@ class LimitTemplate:
 
 
 @dataclass(frozen=True, slots=True)
+class TemplateTotals:
+    """A template's instances taken together (``pggcl.template_totals``, revision 0014).
+
+    ``instances``: how many exist now; the occupancy now, summed over them (``active_slots``
+    = ``held_slots`` + ``decaying_slots``, ``waiting``); and every counter of
+    :class:`ConcurrencyLimit`, under the same name, summed over the instances that exist plus
+    what those already removed as idle had counted, so that each only grows while the
+    template exists. ``retired_instances``: the instances removed as idle so far."""
+
+    name: str
+    limit: int
+    slot_decay_per_second: float
+    active: bool
+    instances: int
+    active_slots: float
+    waiting: int
+    held_slots: int
+    decaying_slots: float
+    grants: int
+    enqueued: int
+    denied: int
+    gave_up: int
+    rejected: int
+    reclaimed_slots: int
+    wait_seconds_count: int
+    wait_seconds_sum: float
+    wait_seconds_buckets: tuple[int, ...]
+    hold_seconds_count: int
+    hold_seconds_sum: float
+    hold_seconds_buckets: tuple[int, ...]
+    retired_instances: int
+
+
+@dataclass(frozen=True, slots=True)
 class Grant:
     """Slots granted: what ``concurrency()`` yields. ``lease_id`` identifies them in
     concurrency mode (None in rate mode, or when no names were given)."""

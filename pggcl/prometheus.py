@@ -1,7 +1,7 @@
 """Every limit in the Prometheus text format (version 0.0.4): what ``/metrics`` answers, in the
 web UI (:mod:`pggcl.ui.metrics`) and in ``pggcl metrics`` (:mod:`pggcl.cli.metrics`). Pure.
 
-Per limit, labelled ``name``:
+Per limit, labelled ``name`` (and ``template`` for an instance of a template):
 
 - gauges, the limit as it stands: ``pggcl_limit``, ``pggcl_active_slots``, ``pggcl_waiting``
   and ``pggcl_active`` (1 or 0);
@@ -13,6 +13,20 @@ Per limit, labelled ``name``:
   ``pggcl_wait_seconds`` (every grant; 0 for a grant at once) and ``pggcl_hold_seconds``
   (every lease that ended), each as ``_bucket{le=...}``, ``_sum`` and ``_count``.
 
+Template instances are not one series each (a million keys would make a million series):
+every plain limit is, and of each template only its :data:`BUSIEST` busiest instances now
+(:meth:`pggcl.Client.busiest_limits`, chosen in the database). Each template instead has the
+same families with ``pggcl_template_`` in place of ``pggcl_``, labelled ``template``, over
+all its instances taken together (:class:`pggcl.models.TemplateTotals`): ``pggcl_template_limit``
+(each instance's), ``pggcl_template_active_slots`` and ``pggcl_template_waiting`` (summed),
+``pggcl_template_active``, ``pggcl_template_instances`` (how many exist now), the counters
+(``pggcl_template_grants_total`` ...) and histograms (``pggcl_template_wait_seconds`` ...),
+which include what removed instances had counted, so they never go down, and
+``pggcl_template_removed_instances_total``. Names of their own, not the limits' names with a
+``template`` label: ``sum(pggcl_grants_total)`` then never counts a busy instance twice (in
+its template's total and in its own series), and ``by (name)`` never meets a series without
+a name.
+
 Prefect's ``avg_slot_occupancy_seconds`` is
 ``rate(pggcl_hold_seconds_sum[5m]) / rate(pggcl_hold_seconds_count[5m])``.
 """
@@ -21,13 +35,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Any, Final
 
-from pggcl.models import HISTOGRAM_BOUNDS, ConcurrencyLimit
+from pggcl.models import HISTOGRAM_BOUNDS, ConcurrencyLimit, TemplateTotals
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
-_Value = Callable[[ConcurrencyLimit], float]
+#: How many instances of each template ``/metrics`` shows as limits of their own: the busiest
+#: now (most slots in use plus waiting, then by name).
+BUSIEST: Final = 10
+
+# A limit or a template's totals: both have the attributes the families read.
+_Value = Callable[[Any], float]
 
 _GAUGES: Final[list[tuple[str, str, _Value]]] = [
     ("pggcl_limit", "Maximum number of slots of the limit.", lambda lim: lim.limit),
@@ -75,9 +94,7 @@ _COUNTERS: Final[list[tuple[str, str, _Value]]] = [
     ),
 ]
 
-_HISTOGRAMS: Final[
-    list[tuple[str, str, Callable[[ConcurrencyLimit], tuple[int, float, Sequence[int]]]]]
-] = [
+_HISTOGRAMS: Final[list[tuple[str, str, Callable[[Any], tuple[int, float, Sequence[int]]]]]] = [
     (
         "pggcl_wait_seconds",
         "Seconds from request to grant, of every grant (0 for a grant at once).",
@@ -89,6 +106,50 @@ _HISTOGRAMS: Final[
         lambda lim: (lim.hold_seconds_count, lim.hold_seconds_sum, lim.hold_seconds_buckets),
     ),
 ]
+
+
+#: The gauges of a template, over its instances taken together.
+_TEMPLATE_GAUGES: Final[list[tuple[str, str, _Value]]] = [
+    (
+        "pggcl_template_limit",
+        "Maximum number of slots of each instance of the template (an instance changed "
+        "individually keeps its own).",
+        lambda t: t.limit,
+    ),
+    (
+        "pggcl_template_active_slots",
+        "Slots occupied now, summed over the template's instances.",
+        lambda t: t.active_slots,
+    ),
+    (
+        "pggcl_template_waiting",
+        "Requests queued now, summed over the template's instances.",
+        lambda t: t.waiting,
+    ),
+    (
+        "pggcl_template_active",
+        "1 when the template makes active instances, 0 when inactive ones.",
+        lambda t: t.active,
+    ),
+    (
+        "pggcl_template_instances",
+        "Instances of the template that exist now.",
+        lambda t: t.instances,
+    ),
+]
+_TEMPLATE_COUNTERS: Final[list[tuple[str, str, _Value]]] = [
+    (
+        "pggcl_template_removed_instances_total",
+        "Instances of the template removed as idle.",
+        lambda t: t.retired_instances,
+    ),
+]
+
+
+def _of_template(name: str, help_text: str) -> tuple[str, str]:
+    """A limit's counter or histogram family, for a template's totals."""
+    summed = ", summed over the template's instances, including those removed as idle."
+    return name.replace("pggcl_", "pggcl_template_", 1), help_text.rstrip(".") + summed
 
 
 def label(value: str) -> str:
@@ -107,24 +168,66 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == math.inf else repr(float(bound))
 
 
-def exposition(limits: Sequence[ConcurrencyLimit]) -> str:
-    """The text of a scrape: every family's HELP and TYPE, then one sample per limit."""
+def _labels_of_limit(lim: ConcurrencyLimit) -> str:
+    if lim.template is None:
+        return f'name="{label(lim.name)}"'
+    return f'name="{label(lim.name)}",template="{label(lim.template)}"'
+
+
+def _labels_of_template(totals: TemplateTotals) -> str:
+    return f'template="{label(totals.name)}"'
+
+
+def _families(
+    rows: Sequence[Any],
+    labels: Callable[[Any], str],
+    families: Sequence[tuple[str, list[tuple[str, str, _Value]]]],
+    histograms: Sequence[tuple[str, str, Callable[[Any], tuple[int, float, Sequence[int]]]]],
+) -> list[str]:
     lines: list[str] = []
-    for kind, families in (("gauge", _GAUGES), ("counter", _COUNTERS)):
-        for name, help_text, value in families:
+    for kind, members in families:
+        for name, help_text, value in members:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-            lines += [f'{name}{{name="{label(lim.name)}"}} {number(value(lim))}' for lim in limits]
-    for name, help_text, parts in _HISTOGRAMS:
+            lines += [f"{name}{{{labels(row)}}} {number(value(row))}" for row in rows]
+    for name, help_text, parts in histograms:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
-        for lim in limits:
-            count, total, buckets = parts(lim)
-            of = f'name="{label(lim.name)}"'
+        for row in rows:
+            count, total, buckets = parts(row)
+            of = labels(row)
             # The engine gives one cumulative count per bound (the last, +Inf, is the count);
             # a record built without them still says +Inf = count, as the format requires.
             pairs = zip(HISTOGRAM_BOUNDS, buckets, strict=True) if buckets else []
             lines += [f'{name}_bucket{{{of},le="{_le(b)}"}} {n}' for b, n in pairs if b != math.inf]
             lines.append(f'{name}_bucket{{{of},le="+Inf"}} {count}')
             lines += [f"{name}_sum{{{of}}} {number(float(total))}", f"{name}_count{{{of}}} {count}"]
+    return lines
+
+
+def _for_templates(
+    members: list[tuple[str, str, _Value]],
+) -> list[tuple[str, str, _Value]]:
+    return [(*_of_template(name, help_text), value) for name, help_text, value in members]
+
+
+def exposition(limits: Sequence[ConcurrencyLimit], templates: Sequence[TemplateTotals] = ()) -> str:
+    """The text of a scrape: every family's HELP and TYPE, then one sample per limit (the
+    plain limits and the busiest instances: :meth:`pggcl.Client.busiest_limits`), then the
+    template families, one sample per template (:meth:`pggcl.Client.template_totals`), when
+    there are templates."""
+    lines = _families(
+        limits, _labels_of_limit, [("gauge", _GAUGES), ("counter", _COUNTERS)], _HISTOGRAMS
+    )
+    if not templates:
+        return "\n".join(lines) + "\n"
+    lines += _families(
+        templates,
+        _labels_of_template,
+        [
+            ("gauge", _TEMPLATE_GAUGES),
+            ("counter", _for_templates(_COUNTERS) + _TEMPLATE_COUNTERS),
+        ],
+        [(*_of_template(name, help_text), parts) for name, help_text, parts in _HISTOGRAMS],
+    )
     return "\n".join(lines) + "\n"
 
 

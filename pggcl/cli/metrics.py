@@ -2,9 +2,10 @@
 without the web UI (and without the `ui` extra).
 
 It answers ``GET /metrics`` with the text the UI's ``/metrics`` answers (one renderer:
-:mod:`pggcl.prometheus`), read fresh at each scrape from pggcl.limits through the public sync
-client; anything else is 404. The standard library's threaded HTTP server is enough for a
-scraper or two.
+:mod:`pggcl.prometheus`), read fresh at each scrape from pggcl.limits (plain limits and each
+template's busiest instances) and pggcl.template_totals through the public sync client;
+anything else is 404. The standard library's threaded HTTP server is enough for a scraper or
+two.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import click
 import pggcl
 from pggcl.cli._base import is_loopback, require_dsn
 from pggcl.errors import PggclError
-from pggcl.prometheus import CONTENT_TYPE, exposition, unavailable
+from pggcl.prometheus import BUSIEST, CONTENT_TYPE, exposition, unavailable
 
 _LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -59,7 +60,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(HTTPStatus.NOT_FOUND, "only /metrics is served here\n")
         else:
             try:
-                text = exposition(self.server.client.list_limits())
+                client = self.server.client
+                text = exposition(client.busiest_limits(BUSIEST), client.template_totals())
             except PggclError as exc:
                 self._answer(HTTPStatus.SERVICE_UNAVAILABLE, unavailable(exc))
             else:

@@ -32,7 +32,15 @@ from pggcl.errors import (
     PggclError,
     SessionLostError,
 )
-from pggcl.models import ConcurrencyLimit, Explanation, Grant, Holder, LimitTemplate, Waiter
+from pggcl.models import (
+    ConcurrencyLimit,
+    Explanation,
+    Grant,
+    Holder,
+    LimitTemplate,
+    TemplateTotals,
+    Waiter,
+)
 from pggcl.prefect import holder_text, run_holder
 
 __all__ = ["AsyncClient"]
@@ -440,6 +448,33 @@ class AsyncClient:
     async def list_templates(self) -> list[LimitTemplate]:
         """Every template, sorted by name, with how many instances each has."""
         return await self._run(flows.list_templates_flow(self._retry_until(), time.monotonic))
+
+    async def busiest_limits(
+        self, per_template: int = 10, also: Sequence[str] = ()
+    ) -> list[ConcurrencyLimit]:
+        """Every plain limit and, of each template, the ``per_template`` instances busiest now
+        (most slots in use plus waiting, then by name), and the limits named in ``also``
+        wherever they rank, sorted by name: what ``/metrics`` and the UI show, bounded however
+        many instances a template has (chosen in the database)."""
+        return await self._run(
+            flows.busiest_limits_flow(per_template, also, self._retry_until(), time.monotonic)
+        )
+
+    async def list_instances(
+        self, template: str, *, after: str | None = None, max_rows: int = 100
+    ) -> list[ConcurrencyLimit]:
+        """The instances of ``template``, sorted by name, at most ``max_rows`` of them, from
+        the first name after ``after`` (a page: pass the last name of the previous one)."""
+        return await self._run(
+            flows.list_instances_flow(
+                template, after, max_rows, self._retry_until(), time.monotonic
+            )
+        )
+
+    async def template_totals(self) -> list[TemplateTotals]:
+        """Every template, sorted by name, with its instances taken together: how many, their
+        occupancy now, and counters that only grow (revision 0014)."""
+        return await self._run(flows.template_totals_flow(self._retry_until(), time.monotonic))
 
     async def update_limit(
         self,

@@ -10,7 +10,7 @@ Acquiring and releasing are :mod:`pggcl.core.acquiring`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from pggcl.core import queries as q
@@ -19,8 +19,15 @@ from pggcl.core.acquiring import as_uuid
 from pggcl.core.explaining import explanation
 from pggcl.core.ops import Call, Flow, Row
 from pggcl.core.retrying import retrying
-from pggcl.errors import LimitNotFoundError
-from pggcl.models import ConcurrencyLimit, Explanation, Holder, LimitTemplate, Waiter
+from pggcl.errors import LimitNotFoundError, ValidationError
+from pggcl.models import (
+    ConcurrencyLimit,
+    Explanation,
+    Holder,
+    LimitTemplate,
+    TemplateTotals,
+    Waiter,
+)
 
 Clock = Callable[[], float]
 
@@ -85,6 +92,52 @@ def list_limits_flow(until: float, clock: Clock) -> Flow[list[ConcurrencyLimit]]
 def list_templates_flow(until: float, clock: Clock) -> Flow[list[LimitTemplate]]:
     rows = yield from retrying(Call(q.LIST_TEMPLATES, ()), until, clock)
     return [_template(r) for r in rows]
+
+
+def busiest_limits_flow(
+    per_template: int, also: Sequence[str], until: float, clock: Clock
+) -> Flow[list[ConcurrencyLimit]]:
+    _count("per_template", per_template)
+    names = [values.text("also", name) for name in also]
+    rows = yield from retrying(Call(q.BUSIEST_LIMITS, (per_template, names)), until, clock)
+    return [_limit(r) for r in rows]
+
+
+def list_instances_flow(
+    template: str, after: str | None, max_rows: int, until: float, clock: Clock
+) -> Flow[list[ConcurrencyLimit]]:
+    values.text("template", template)
+    if after is not None:
+        values.text("after", after)
+    _count("max_rows", max_rows)
+    rows = yield from retrying(Call(q.LIST_INSTANCES, (template, after, max_rows)), until, clock)
+    return [_limit(r) for r in rows]
+
+
+def _count(field: str, value: object) -> None:
+    """A number of rows to read: a whole number from 0 to 2**31 - 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**31 - 1:
+        raise ValidationError(
+            f"invalid {field}: {value!r}; it must be a whole number from 0 to 2147483647",
+            field=field,
+        )
+
+
+def template_totals_flow(until: float, clock: Clock) -> Flow[list[TemplateTotals]]:
+    rows = yield from retrying(Call(q.TEMPLATE_TOTALS, ()), until, clock)
+    return [_totals(r) for r in rows]
+
+
+def _totals(row: Row) -> TemplateTotals:
+    name, limit, decay, active, instances, active_slots, waiting, held, decaying = row[:9]
+    grants, enqueued, denied, gave_up, rejected, reclaimed = row[9:15]
+    wait_count, wait_sum, wait_buckets, hold_count, hold_sum, hold_buckets, retired = row[15:]
+    return TemplateTotals(
+        name, limit, float(decay), active, instances, float(active_slots), waiting, held,
+        float(decaying), grants, enqueued, denied, gave_up, rejected, reclaimed, wait_count,
+        float(wait_sum), tuple(wait_buckets), hold_count, float(hold_sum), tuple(hold_buckets),
+        retired,
+    )  # fmt: skip
 
 
 def update_limit_flow(

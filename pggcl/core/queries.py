@@ -98,6 +98,28 @@ LIST_TEMPLATES: Final = (
     'SELECT name, "limit", slot_decay_per_second, active, idle_seconds, instances, created,'
     " updated FROM pggcl.templates ORDER BY name"
 )
+# Every plain limit, each template's $1 busiest instances (most slots in use plus waiting,
+# then by name) and the limits named in $2, chosen in the database: a template's million
+# instances never reach the client (what /metrics and the UI read).
+BUSIEST_LIMITS: Final = (
+    f"SELECT {_LIMIT_COLUMNS} FROM (SELECT *, CASE WHEN template IS NULL THEN 0 ELSE"
+    " row_number() OVER (PARTITION BY template ORDER BY active_slots + waiting DESC, name)"
+    " END AS rank FROM pggcl.limits) l WHERE rank <= $1::integer OR name = ANY($2::text[])"
+    " ORDER BY name"
+)
+# The instances of template $1 in name order, after name $2 (NULL: from the first), $3 at most.
+LIST_INSTANCES: Final = (
+    f"SELECT {_LIMIT_COLUMNS} FROM pggcl.limits WHERE template = $1::text"
+    " AND ($2::text IS NULL OR name > $2::text) ORDER BY name LIMIT $3::integer"
+)
+# Every template's instances taken together (revision 0014).
+TEMPLATE_TOTALS: Final = (
+    'SELECT name, "limit", slot_decay_per_second, active, instances, active_slots, waiting,'
+    " held_slots, decaying_slots, grants, enqueued, denied, gave_up, rejected, reclaimed_slots,"
+    " wait_seconds_count, wait_seconds_sum, wait_seconds_buckets, hold_seconds_count,"
+    " hold_seconds_sum, hold_seconds_buckets, retired_instances"
+    " FROM pggcl.template_totals ORDER BY name"
+)
 DELETE_LIMIT: Final = "SELECT pggcl.delete_limit($1::text)"
 HOLDERS: Final = (
     "SELECT lease_id, name, slots, holder, session_id, since, expires FROM pggcl.holders"

@@ -92,3 +92,26 @@ def test_a_database_without_pggcl_is_an_error_at_once(shared_empty_dsn: str) -> 
     result = cli("metrics", "--port", "0", dsn=shared_empty_dsn)
     assert result.exit_code == 1
     assert_one_line_error(result.stderr, "pggcl db upgrade")
+
+
+def test_the_exporter_serves_template_totals_and_only_the_busiest_instances(
+    pggcl_dsn: str,
+) -> None:
+    with pggcl.Client(pggcl_dsn) as client:
+        client.create_limit("tenant:*", 1)
+        for i in range(25):
+            with client.concurrency(f"tenant:{i}"):
+                pass
+        with exporter(pggcl_dsn) as url:
+            status, _, text = get(url)
+    assert status == 200
+    found = [
+        (s.name, s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
+    instances = {labels["name"] for name, labels, _ in found if name == "pggcl_limit"}
+    assert len(instances) == 10  # pggcl.prometheus.BUSIEST, of 25
+    totals = {name: v for name, labels, v in found if labels == {"template": "tenant:*"}}
+    assert totals["pggcl_template_instances"] == 25
+    assert totals["pggcl_template_grants_total"] == 25
