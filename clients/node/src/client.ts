@@ -136,6 +136,21 @@ export interface ConcurrencyLimit {
   customized: boolean;
 }
 
+/** A template: a limit name with `*` (one or more characters). A request naming a missing limit
+ *  that matches it creates that limit, active, with these values; changing it changes those of
+ *  its instances not changed individually; an instance unused for `idleSeconds` is removed. */
+export interface LimitTemplate {
+  name: string;
+  limit: number;
+  slotDecayPerSecond: number;
+  active: boolean;
+  idleSeconds: number;
+  /** Instances (limits made from it) that exist now. */
+  instances: number;
+  created: Date;
+  updated: Date;
+}
+
 export interface Holder {
   leaseId: string;
   name: string;
@@ -220,6 +235,19 @@ function limitRow(r: Record<string, unknown>): ConcurrencyLimit {
     holdSecondsBuckets: (r.hold_seconds_buckets as string[]).map(count),
     template: r.template as string | null,
     customized: r.customized as boolean,
+  };
+}
+
+function templateRow(r: Record<string, unknown>): LimitTemplate {
+  return {
+    name: r.name as string,
+    limit: r.limit as number,
+    slotDecayPerSecond: r.slot_decay_per_second as number,
+    active: r.active as boolean,
+    idleSeconds: r.idle_seconds as number,
+    instances: r.instances as number,
+    created: r.created as Date,
+    updated: r.updated as Date,
   };
 }
 
@@ -586,9 +614,21 @@ export class Client {
 
   // --- Managing ----------------------------------------------------------------------------
 
-  async createLimit(name: string, limit: number, slotDecayPerSecond = 0, active = true): Promise<ConcurrencyLimit> {
-    const [r] = await this.query(q.CREATE_LIMIT, [name, limit, slotDecayPerSecond, active]);
+  /** Create a limit; a name with `*` creates a template (`idleSeconds`: how long an unused
+   *  instance is kept, default an hour). */
+  async createLimit(
+    name: string, limit: number, slotDecayPerSecond = 0, active = true, idleSeconds?: number,
+  ): Promise<ConcurrencyLimit> {
+    const args = [name, limit, slotDecayPerSecond, active];
+    const [r] = idleSeconds === undefined
+      ? await this.query(q.CREATE_LIMIT, args)
+      : await this.query(q.CREATE_TEMPLATE, [...args, idleSeconds]);
     return limitRow(r!);
+  }
+
+  /** Every template, sorted by name, with how many instances each has. */
+  async listTemplates(): Promise<LimitTemplate[]> {
+    return (await this.query(q.LIST_TEMPLATES)).map(templateRow);
   }
 
   async readLimit(name: string): Promise<ConcurrencyLimit> {
@@ -603,10 +643,13 @@ export class Client {
 
   async updateLimit(
     name: string,
-    change: { limit?: number; slotDecayPerSecond?: number; active?: boolean; newName?: string },
+    change: { limit?: number; slotDecayPerSecond?: number; active?: boolean; newName?: string; idleSeconds?: number },
   ): Promise<ConcurrencyLimit> {
-    const [r] = await this.query(q.UPDATE_LIMIT, [
-      name, change.limit ?? null, change.slotDecayPerSecond ?? null, change.active ?? null, change.newName ?? null]);
+    const args = [
+      name, change.limit ?? null, change.slotDecayPerSecond ?? null, change.active ?? null, change.newName ?? null];
+    const [r] = change.idleSeconds === undefined
+      ? await this.query(q.UPDATE_LIMIT, args)
+      : await this.query(q.UPDATE_TEMPLATE, [...args, change.idleSeconds]);
     return limitRow(r!);
   }
 

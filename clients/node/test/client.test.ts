@@ -255,6 +255,19 @@ test("a limit made from a template names it, and is customized once changed by i
   assert.equal((await admin.readLimit("n-tpl-a")).customized, true);
 });
 
+test("templates: created with an idle time, listed, changed with their instances", async () => {
+  const made = await admin.createLimit("n-tenant:*", 2, 0, true, 600);
+  assert.deepEqual([made.name, made.limit, made.template], ["n-tenant:*", 2, null]);
+  await admin.concurrency("n-tenant:acme", {}, () => 0);  // made on first use, active
+  const [template] = (await admin.listTemplates()).filter((t) => t.name === "n-tenant:*");
+  assert.deepEqual([template!.limit, template!.idleSeconds, template!.instances], [2, 600, 1]);
+  await admin.updateLimit("n-tenant:*", { limit: 4, idleSeconds: 60 });
+  assert.equal((await admin.readLimit("n-tenant:acme")).limit, 4);
+  const [changed] = (await admin.listTemplates()).filter((t) => t.name === "n-tenant:*");
+  assert.deepEqual([changed!.limit, changed!.idleSeconds], [4, 60]);
+  await assert.rejects(admin.createLimit("n-plain", 1, 0, true, 5), ValidationError);
+});
+
 test("an aborted wait leaves nothing queued and rejects with the signal's reason", async () => {
   await admin.createLimit("n-abort", 1);
   await admin.concurrency("n-abort", {}, async () => {
