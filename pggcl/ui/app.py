@@ -43,6 +43,7 @@ ROUTES = [
     Route("/limit/delete", views.delete_limit_page),
     Route("/limit/delete", actions.delete_limit, methods=["POST"]),
     Route("/limit/active", actions.set_active, methods=["POST"]),
+    Route("/template", views.template_page),
     Route("/lease/release", actions.release_lease, methods=["POST"]),
     Route("/events", events),
     Route("/metrics", metrics),

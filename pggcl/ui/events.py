@@ -1,7 +1,8 @@
 """The event stream of an open page (server-sent events), fed by the hub.
 
 ``/events?q=FILTER`` serves the limits page, ``/events?limit=NAME`` a limit's page. Events:
-``limits`` (the rows), ``limit`` (the limit, its holders and queue, each queued request with
+``limits`` (the rows of the plain limits), ``templates`` (each template's totals and
+busiest instances), ``limit`` (the limit, its holders and queue, each queued request with
 why it waits), ``history`` and ``sample`` (chart points), ``status`` (whether sampling works).
 The browser's EventSource reconnects by itself after ``retry`` milliseconds.
 """

@@ -2,13 +2,15 @@
 
 The engine does not announce acquires and releases: a NOTIFY on each would slow the hot path
 and serialise commits. Instead, while at least one page listens, one task here reads the public
-views through the client about once per second (every limit, plus holders and queue when a
-limit page is open, and why its queued requests wait when it has any: ``explain_queue``, one
-read, at most ``max_holders`` holders per limit): the same few queries however many browsers are
-open, and plain reads that take no lock an acquire or a release waits for. It keeps the last
-minutes of each limit in memory for the charts (occupancy, and grants per second and mean wait,
-from the counters the engine keeps on the same rows: no other read) and hands each subscriber
-what changed for its page; the page's stream sends it.
+views through the client about once per second (every plain limit, each template's busiest
+few instances and the limits whose page is open: ``busiest_limits``, bounded however many
+instances there are; the templates' totals while the limits page is open; plus holders and
+queue when a limit page is open, and why its queued requests wait when it has any:
+``explain_queue``, one read, at most ``max_holders`` holders per limit): the same few queries
+however many browsers are open, and plain reads that take no lock an acquire or a release
+waits for. It keeps the last minutes of each limit in memory for the charts (occupancy, and
+grants per second and mean wait, from the counters the engine keeps on the same rows: no other
+read) and hands each subscriber what changed for its page; the page's stream sends it.
 The sampler stops a few seconds (``linger``) after the last page closed, so that moving from one
 page to another keeps the chart's history, and forgets that history when it stops.
 """
@@ -21,12 +23,13 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pggcl.models import ConcurrencyLimit, Explanation, Holder, Waiter
-from pggcl.ui.present import WHY_HOLDERS, by_waiter, holder_view, limit_view, matches, waiter_view
+from pggcl.models import ConcurrencyLimit, Explanation, Holder, TemplateTotals, Waiter
+from pggcl.ui.per_template import SHOWN, overview
+from pggcl.ui.present import WHY_HOLDERS, by_waiter, holder_view, limit_view, waiter_view
 
 log = logging.getLogger("pggcl.ui")
 
@@ -44,7 +47,10 @@ _Counts = tuple[float, int, int, float]
 class Reader(Protocol):
     """What the hub reads: a subset of :class:`pggcl.AsyncClient`."""
 
-    async def list_limits(self) -> list[ConcurrencyLimit]: ...
+    async def busiest_limits(
+        self, per_template: int = 10, also: Sequence[str] = ()
+    ) -> list[ConcurrencyLimit]: ...
+    async def template_totals(self) -> list[TemplateTotals]: ...
     async def holders(self, name: str | None = None) -> list[Holder]: ...
     async def queue(self, name: str | None = None) -> list[Waiter]: ...
     async def explain_queue(
@@ -210,8 +216,13 @@ class Hub:
         holders: list[Holder] = []
         queue: list[Waiter] = []
         why: list[Explanation] = []
+        totals: list[TemplateTotals] = []
         try:
-            limits = await self._reader.list_limits()
+            # The plain limits, each template's busiest few and the watched limits: bounded
+            # however many instances the templates have (chosen in the database).
+            limits = await self._reader.busiest_limits(SHOWN, sorted(watched))
+            if any(isinstance(s.topic, LimitsTopic) for s in self._subs):
+                totals = await self._reader.template_totals()
             if watched:
                 only = next(iter(watched)) if len(watched) == 1 else None
                 # Why its requests wait: one more read, only while a watched limit has some.
@@ -237,7 +248,7 @@ class Hub:
         now = self._clock()
         self.ticks += 1
         samples = self._record(now, limits)
-        self._fan_out(limits, holders, queue, by_waiter(why), samples)
+        self._fan_out(limits, holders, queue, by_waiter(why), samples, totals)
 
     def _rates(self, now: float, limit: ConcurrencyLimit) -> tuple[float | None, float | None]:
         """Grants per second and their mean wait since this limit's previous sample."""
@@ -295,18 +306,22 @@ class Hub:
         queue: list[Waiter],
         why: dict[int, list[Explanation]],
         samples: dict[str, Sample],
+        totals: Sequence[TemplateTotals],
     ) -> None:
         ok = _json({"error": None})
         by_name = {limit.name: limit for limit in limits}
         encoded: dict[Topic, str] = {}  # pages showing the same thing share one encoding
+        pages: dict[LimitsTopic, tuple[str, str]] = {}
         for sub in list(self._subs):
             sub.offer("status", ok)
             topic = sub.topic
             if isinstance(topic, LimitsTopic):
-                if topic not in encoded:
-                    shown = [limit_view(lim) for lim in limits if matches(lim.name, topic.query)]
-                    encoded[topic] = _json(shown)
-                sub.offer("limits", encoded[topic])
+                if topic not in pages:
+                    # The plain limits as rows; the templates apart, with their busiest few.
+                    plain, templates = overview(limits, totals, topic.query)
+                    pages[topic] = (_json(plain), _json(templates))
+                sub.offer("limits", pages[topic][0])
+                sub.offer("templates", pages[topic][1])
                 continue
             limit = by_name.get(topic.name)
             if topic not in encoded:

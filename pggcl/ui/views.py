@@ -12,15 +12,16 @@ from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
 from pggcl.errors import LimitNotFoundError
+from pggcl.ui import per_template
 from pggcl.ui.forms import LABELS, LimitForm
 from pggcl.ui.guard import csrf_token
+from pggcl.ui.per_template import BLANK_TEMPLATE, SHOWN, overview
 from pggcl.ui.present import (
     WHY_HOLDERS,
     by_waiter,
     holder_view,
     limit_url,
     limit_view,
-    matches,
     waiter_view,
 )
 from pggcl.ui.state import ui_state
@@ -92,17 +93,49 @@ def limit_name(request: Request) -> str:
 
 async def limits_page(request: Request) -> Response:
     query = request.query_params.get("q", "").strip()
-    limits = await ui_state(request).client.list_limits()
-    shown = [limit_view(limit) for limit in limits if matches(limit.name, query)]
+    client = ui_state(request).client
+    # Bounded however many instances templates have: each template's busiest few only.
+    limits, totals = await asyncio.gather(client.busiest_limits(SHOWN), client.template_totals())
+    shown, templates = overview(limits, totals, query)
     return await render(
         request,
         "limits.html",
         {
             "limits": shown,
+            "templates": templates,
             "q": query,
             "blank": BLANK_LIMIT,
+            "blank_template": BLANK_TEMPLATE,
             "back": here(request),
             "events": "/events?" + urlencode({"q": query}),
+        },
+    )
+
+
+async def template_page(request: Request) -> Response:
+    """A template with its totals, and its instances in name order, a page
+    (:data:`per_template.PAGE`) at a time: ``?after=NAME`` is the page after that name."""
+    name = request.query_params.get("name")
+    if name is None:
+        raise LimitNotFoundError("no template name given (?name=...)")
+    after = request.query_params.get("after") or None
+    client = ui_state(request).client
+    totals = next((t for t in await client.template_totals() if t.name == name), None)
+    if totals is None:
+        raise LimitNotFoundError(f"template {name!r} does not exist")
+    rows = await client.list_instances(name, after=after, max_rows=per_template.PAGE + 1)
+    page, more = rows[: per_template.PAGE], len(rows) > per_template.PAGE
+    return await render(
+        request,
+        "template.html",
+        {
+            "t": per_template.template_view(totals),
+            "instances": [limit_view(lim) for lim in page],
+            "after": after,
+            "first_url": per_template.template_url(name) if after is not None else None,
+            "next_url": per_template.template_url(name, page[-1].name) if more else None,
+            "back": here(request),
+            "page_size": per_template.PAGE,
         },
     )
 

@@ -6,12 +6,13 @@ import asyncio
 import dataclasses
 import json
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from itertools import groupby
 from typing import Any
 
 import pggcl
-from pggcl.models import ConcurrencyLimit, Explanation, Holder, Holding, Waiter
+from pggcl.models import ConcurrencyLimit, Explanation, Holder, Holding, TemplateTotals, Waiter
 from pggcl.ui.live import Hub, LimitsTopic, LimitTopic, Subscriber
 from pggcl.ui.present import why_view
 
@@ -23,9 +24,15 @@ class CountingReader:
         self.client = client
         self.calls: Counter[str] = Counter()
 
-    async def list_limits(self) -> list[ConcurrencyLimit]:
-        self.calls["list_limits"] += 1
-        return await self.client.list_limits()
+    async def busiest_limits(
+        self, per_template: int = 10, also: Sequence[str] = ()
+    ) -> list[ConcurrencyLimit]:
+        self.calls["busiest_limits"] += 1
+        return await self.client.busiest_limits(per_template, also)
+
+    async def template_totals(self) -> list[TemplateTotals]:
+        self.calls["template_totals"] += 1
+        return await self.client.template_totals()
 
     async def holders(self, name: str | None = None) -> list[Holder]:
         self.calls["holders"] += 1
@@ -69,7 +76,7 @@ async def test_one_sampler_reads_once_per_tick_for_any_number_of_pages(pggcl_dsn
             assert [view["name"] for view in seen] == ["database", "gpu"]
         assert [view["name"] for view in await next_event(filtered, "limits")] == ["gpu"]
         # One read of the limits per sample, never one per page; no holders without a limit page.
-        assert reader.calls["list_limits"] == hub.ticks
+        assert reader.calls["busiest_limits"] == reader.calls["template_totals"] == hub.ticks
         assert reader.calls["holders"] == reader.calls["queue"] == 0
         assert reader.calls["explain_queue"] == 0
         await hub.close()
@@ -173,8 +180,13 @@ class FixedReader:
     def __init__(self) -> None:
         self.limit = limit_record(grants=0, waits=0, waited=0.0)
 
-    async def list_limits(self) -> list[ConcurrencyLimit]:
+    async def busiest_limits(
+        self, per_template: int = 10, also: Sequence[str] = ()
+    ) -> list[ConcurrencyLimit]:
         return [self.limit]
+
+    async def template_totals(self) -> list[TemplateTotals]:
+        return []
 
     async def holders(self, name: str | None = None) -> list[Holder]:
         return []

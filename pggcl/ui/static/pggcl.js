@@ -103,6 +103,41 @@
     document.getElementById("empty").hidden = views.length > 0;
   });
 
+  // Templates, apart: all their instances together, and their busiest few (as links).
+  function fillTemplateRow(tr, view) {
+    tr.dataset.template = view.name;
+    const link = tr.querySelector('[data-field="link"]');
+    link.href = view.url;
+    link.textContent = view.name;
+    for (const field of ["limit", "instances", "occupancy", "waiting", "grants"]) setText(tr, field, view[field]);
+    const cell = tr.querySelector('[data-field="busiest"]');
+    const parts = [];
+    view.busiest.forEach((instance, i) => {
+      if (i > 0) parts.push(", ");
+      const a = document.createElement("a");
+      a.href = instance.url;
+      a.textContent = instance.name;
+      const text = document.createElement("span");
+      text.className = "muted";
+      text.textContent = instance.text;
+      parts.push(a, " ", text);
+    });
+    cell.replaceChildren(...parts);
+  }
+
+  source.addEventListener("templates", (event) => {
+    const views = JSON.parse(event.data);
+    const section = document.getElementById("templates-section");
+    if (!section) return;
+    const tbody = section.querySelector("#templates tbody");
+    tbody.replaceChildren(...views.map((view) => {
+      const tr = fromTemplate("template-row");
+      fillTemplateRow(tr, view);
+      return tr;
+    }));
+    section.hidden = views.length === 0;
+  });
+
   // --- A limit's page -------------------------------------------------------------------------
 
   function fillTable(id, items, fill) {
