@@ -101,16 +101,21 @@ LIST_TEMPLATES: Final = (
 # Every plain limit, each template's $1 busiest instances (most slots in use plus waiting,
 # then by name) and the limits named in $2, chosen in the database: a template's million
 # instances never reach the client (what /metrics and the UI read).
+# Ranked on the few columns the order needs first (the planner then skips the histograms of
+# the rows left out), the rows shown read by name.
 BUSIEST_LIMITS: Final = (
-    f"SELECT {_LIMIT_COLUMNS} FROM (SELECT *, CASE WHEN template IS NULL THEN 0 ELSE"
-    " row_number() OVER (PARTITION BY template ORDER BY active_slots + waiting DESC, name)"
-    " END AS rank FROM pggcl.limits) l WHERE rank <= $1::integer OR name = ANY($2::text[])"
-    " ORDER BY name"
+    f"SELECT {_LIMIT_COLUMNS} FROM pggcl.limits WHERE name = ANY(ARRAY("
+    "SELECT r.name FROM (SELECT name, CASE WHEN template IS NULL THEN 0 ELSE row_number()"
+    " OVER (PARTITION BY template ORDER BY active_slots + waiting DESC, name) END AS rank"
+    " FROM pggcl.limits) r WHERE r.rank <= $1::integer) || $2::text[]) ORDER BY name"
 )
 # The instances of template $1 in name order, after name $2 (NULL: from the first), $3 at most.
+# (Names first, then their rows: the planner sorts the names alone.)
 LIST_INSTANCES: Final = (
-    f"SELECT {_LIMIT_COLUMNS} FROM pggcl.limits WHERE template = $1::text"
-    " AND ($2::text IS NULL OR name > $2::text) ORDER BY name LIMIT $3::integer"
+    f"SELECT {_LIMIT_COLUMNS} FROM pggcl.limits WHERE name = ANY(ARRAY("
+    "SELECT i.name FROM pggcl.limits i WHERE i.template = $1::text"
+    " AND ($2::text IS NULL OR i.name > $2::text) ORDER BY i.name LIMIT $3::integer))"
+    " ORDER BY name"
 )
 # Every template's instances taken together (revision 0014).
 TEMPLATE_TOTALS: Final = (
