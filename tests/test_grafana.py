@@ -125,7 +125,11 @@ def rendered(dsn: str) -> tuple[set[str], set[str]]:
         finally:
             release.set()
             holder.join(30)
-        text = exposition(client.list_limits())
+        # And a template with an instance: its pggcl_template_ families (/metrics's reads).
+        client.create_limit("tenant:*", 1)
+        with client.concurrency("tenant:a"):
+            pass
+        text = exposition(client.busiest_limits(), client.template_totals())
     names: set[str] = set()
     labels: set[str] = set()
     for family in text_string_to_metric_families(text):
@@ -158,7 +162,9 @@ def test_the_dashboard_has_grafanas_shape() -> None:
         for target in [panel, *panel["targets"]]:
             assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
         for target in panel["targets"]:
-            assert target["expr"].strip() and "{{name}}" in target["legendFormat"]
+            # Per limit, or (the pggcl_template_ panels) per template.
+            per = "template" if "pggcl_template_" in target["expr"] else "name"
+            assert target["expr"].strip() and f"{{{{{per}}}}}" in target["legendFormat"]
     # What the issue asks for, each in some panel.
     every = " ".join(expr for _, expr in expressions(dash))
     for wanted in (
@@ -169,8 +175,17 @@ def test_the_dashboard_has_grafanas_shape() -> None:
         "rate(pggcl_grants_total",
         "rate(pggcl_denied_total",
         "rate(pggcl_reclaimed_slots_total",
+        "pggcl_template_active_slots",
+        "pggcl_template_instances",
+        "rate(pggcl_template_grants_total",
     ):
         assert wanted in every, wanted
+    # Templates: one variable over their label, as for limits.
+    assert variables["template"]["type"] == "query"
+    assert re.fullmatch(
+        r"label_values\(pggcl_template_\w+\{.*\}, template\)", variables["template"]["query"]
+    )
+    assert variables["template"]["multi"] and variables["template"]["includeAll"]
 
 
 def test_every_metric_of_the_dashboard_is_rendered(pggcl_dsn: str) -> None:
@@ -191,9 +206,11 @@ def test_every_metric_of_the_dashboard_is_rendered(pggcl_dsn: str) -> None:
             assert set(matchers) <= labels | SCRAPE_LABELS, f"{where}: {metric}{matchers}"
             if where.startswith("panel"):
                 assert matchers.get("job") == "$job", f"{where}: {metric} not by $job"
-                # Every panel shows the limits the variable selects, one series each.
-                assert matchers.get("name") == "$name", f"{where}: {metric} not by $name"
-                assert "name" in grouping or not grouping, where
+                # Every panel shows the limits (or templates) the variable selects, one series
+                # each.
+                per = "template" if metric.startswith("pggcl_template_") else "name"
+                assert matchers.get(per) == f"${per}", f"{where}: {metric} not by ${per}"
+                assert per in grouping or not grouping, where
         for used in re.findall(r"\$(\w+)", expr):
             assert used in variables or used == "__rate_interval", f"{where}: ${used}"
         if "histogram_quantile" in expr:
