@@ -1032,3 +1032,38 @@ async def test_nested_quotas_hold_per_tenant_and_in_all(client: AsyncClient) -> 
     assert max(per_tenant) <= 2 and max_overlap(every_hold) <= 3
     assert len(every_hold) == 24
     assert await client.holders() == [] and await client.queue() == []
+
+
+async def test_bounded_reads_of_many_instances(client: AsyncClient) -> None:
+    # What /metrics and the UI read (issues #15, #16.2): never every instance.
+    await client.create_limit("db", 1)
+    await client.create_limit("tenant:*", 2)
+    for i in range(12):
+        await hold_once(client, f"tenant:{i:02}")
+    async with client.concurrency("tenant:07", 2):
+        busiest = await client.busiest_limits(3)
+        assert [lim.name for lim in busiest] == ["db", "tenant:00", "tenant:01", "tenant:07"]
+        also = await client.busiest_limits(1, also=["tenant:11", "missing"])
+        assert [lim.name for lim in also] == ["db", "tenant:07", "tenant:11"]
+        [totals] = await client.template_totals()
+    assert isinstance(totals, pggcl.TemplateTotals)
+    assert (totals.name, totals.limit, totals.instances, totals.held_slots) == (
+        "tenant:*",
+        2,
+        12,
+        2,
+    )
+    assert (totals.grants, totals.hold_seconds_count, totals.retired_instances) == (13, 12, 0)
+    assert totals.wait_seconds_buckets[-1] == totals.wait_seconds_count == 13
+
+    first = await client.list_instances("tenant:*", max_rows=5)
+    assert [lim.name for lim in first] == [f"tenant:{i:02}" for i in range(5)]
+    rest = await client.list_instances("tenant:*", after=first[-1].name, max_rows=100)
+    assert [lim.name for lim in rest] == [f"tenant:{i:02}" for i in range(5, 12)]
+    assert await client.list_instances("db") == []  # a plain limit has no instances
+    with pytest.raises(pggcl.ValidationError) as raised:
+        await client.busiest_limits(-1)
+    assert raised.value.field == "per_template"
+    with pytest.raises(pggcl.ValidationError) as raised:
+        await client.list_instances("tenant:*", max_rows=2**31)
+    assert raised.value.field == "max_rows"
