@@ -69,7 +69,10 @@ CREATE TABLE pggcl.limit_state (
     wait_seconds_sum double precision NOT NULL DEFAULT 0,
     hold_seconds_sum double precision NOT NULL DEFAULT 0,
     wait_buckets bigint[] NOT NULL DEFAULT '{0,0,0,0,0,0,0,0,0,0,0,0}',
-    hold_buckets bigint[] NOT NULL DEFAULT '{0,0,0,0,0,0,0,0,0,0,0,0}'
+    hold_buckets bigint[] NOT NULL DEFAULT '{0,0,0,0,0,0,0,0,0,0,0,0}',
+    -- With queue_from: the queue's order is (serve_key, id) (revision 0015, priorities), and
+    -- no waiter here is at or before (queue_from_key, queue_from) in it.
+    queue_from_key double precision NOT NULL DEFAULT '-Infinity'
 );
 
 -- A session is one client connection that registered itself. It holds the session-level
@@ -117,9 +120,12 @@ CREATE TABLE pggcl.leases (
 );
 CREATE INDEX leases_limit_idx ON pggcl.leases (limit_id);
 
--- A waiter is a queued request: one row per limit, all rows sharing one id. Ids grow, so
--- `ORDER BY id` within a limit is first come, first served. `limit_ids` repeats the whole set so
--- that the grant step can tell, from one row, whether it holds the locks of every limit involved.
+-- A waiter is a queued request: one row per limit, all rows sharing one id. Ids grow with
+-- arrival. Each queue is served in the order (serve_key, id): serve_key is when it arrived (as
+-- epoch seconds) less its priority, a head start in seconds (revision 0015), so a request with
+-- priority p is served as if it had come p seconds earlier, ties by arrival; with no priority
+-- that is first come, first served. `limit_ids` repeats the whole set so that the grant step can
+-- tell, from one row, whether it holds the locks of every limit involved.
 CREATE SEQUENCE pggcl.waiter_id_seq AS bigint;
 CREATE TABLE pggcl.waiters (
     id bigint NOT NULL,
@@ -132,9 +138,12 @@ CREATE TABLE pggcl.waiters (
     holder text,
     ttl_seconds double precision,
     enqueued_at timestamptz NOT NULL,
+    priority double precision NOT NULL DEFAULT 0,
+    serve_key double precision NOT NULL,
     PRIMARY KEY (limit_id, id)
 );
 CREATE INDEX waiters_id_idx ON pggcl.waiters (id);
+CREATE INDEX waiters_serve_idx ON pggcl.waiters (limit_id, serve_key, id);
 CREATE INDEX waiters_session_idx ON pggcl.waiters (session_id);
 
 -- When a session was first seen dead by someone who only read (the views: see _dead_since in

@@ -194,21 +194,50 @@ BEGIN
 END
 $$;
 
+-- Where a request that arrives `at` with `priority` (a head start in seconds) stands in every
+-- queue: the first part of the order (serve_key, id) in which queues are served.
+CREATE FUNCTION pggcl._serve_key(at timestamptz, priority double precision) RETURNS double precision
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN extract(epoch FROM at)::double precision - priority;
+END
+$$;
+
+-- Whether no waiter of the locked limit `limit_id` is ahead of a request at `key` (see
+-- _serve_key): a waiter at the same key arrived first, and is ahead. Dead sessions' waiters
+-- keep their place here as in the queue (see _serve).
+CREATE FUNCTION pggcl._nobody_ahead(limit_id bigint, key double precision) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN NOT EXISTS (SELECT FROM pggcl.waiters w
+                       WHERE w.limit_id = _nobody_ahead.limit_id AND w.serve_key <= key);
+END
+$$;
+
 -- Queue a request on the locked limits `ids`: one waiter row per limit, all under one new id
--- (ids grow, so it is served after everyone queued there before it), counted in `queued`.
+-- (ids grow with arrival), at `key` (_serve_key), counted in `queued`. A key before where a
+-- queue's reading starts (queue_from_key, queue_from) moves that start back to just before it.
 -- Returns the waiter id.
 CREATE FUNCTION pggcl._enqueue(ids bigint[], occupy integer, mode text, lease_id uuid,
                                session_id integer, holder text, ttl_seconds double precision,
-                               at timestamptz) RETURNS bigint
+                               at timestamptz, priority double precision, key double precision)
+RETURNS bigint
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     waiter_id bigint := nextval('pggcl.waiter_id_seq');
 BEGIN
     INSERT INTO pggcl.waiters (id, limit_id, limit_ids, session_id, lease_id, occupy, mode, holder,
-                               ttl_seconds, enqueued_at)
-    SELECT waiter_id, x, ids, session_id, lease_id, occupy, mode, holder, ttl_seconds, at
+                               ttl_seconds, enqueued_at, priority, serve_key)
+    SELECT waiter_id, x, ids, session_id, lease_id, occupy, mode, holder, ttl_seconds, at,
+           priority, key
     FROM unnest(ids) x;
-    UPDATE pggcl.limit_state SET queued = queued + 1, enqueued = enqueued + 1 WHERE id = ANY(ids);
+    UPDATE pggcl.limit_state l
+    SET queued = l.queued + 1, enqueued = l.enqueued + 1,
+        queue_from_key = CASE WHEN (key, waiter_id) <= (l.queue_from_key, l.queue_from)
+                              THEN key ELSE l.queue_from_key END,
+        queue_from = CASE WHEN (key, waiter_id) <= (l.queue_from_key, l.queue_from)
+                          THEN waiter_id - 1 ELSE l.queue_from END
+    WHERE l.id = ANY(ids);
     RETURN waiter_id;
 END
 $$;

@@ -15,8 +15,8 @@ BEGIN
 END
 $$;
 
--- The grant step. On the locked limits `ids`, serve queued waiters in arrival order while room
--- exists. A waiter blocks every later waiter on each of its active limits (head-of-line
+-- The grant step. On the locked limits `ids`, serve queued waiters in their order (serve_key,
+-- id: arrival less priority, then arrival) while room exists. A waiter blocks every later waiter on each of its active limits (head-of-line
 -- blocking: a large request is never starved by small ones). A waiter that also waits on limits
 -- we have not locked is asked to re-check itself (it locks all its limits in order and runs this
 -- step there). A waiter that can never be served (a limit was lowered below its request) is
@@ -64,8 +64,9 @@ DECLARE
 BEGIN
     IF lim.active THEN
         -- (No LIMIT: dead waiters are skipped; the loop ends when the head does not fit.)
-        FOR w IN SELECT * FROM pggcl.waiters x WHERE x.limit_id = lim.id AND x.id > lim.queue_from
-                 ORDER BY x.id LOOP
+        FOR w IN SELECT * FROM pggcl.waiters x
+                 WHERE x.limit_id = lim.id AND (x.serve_key, x.id) > (lim.queue_from_key, lim.queue_from)
+                 ORDER BY x.serve_key, x.id LOOP
             IF cardinality(w.limit_ids) > 1 OR w.occupy > lim."limit"
                OR (w.mode = 'rate_limit' AND lim.slot_decay_per_second = 0) THEN
                 general := true;
@@ -78,6 +79,7 @@ BEGIN
                     lim.queued := lim.queued - 1;
                     lim.gave_up := lim.gave_up + 1;
                     IF NOT passed THEN
+                        lim.queue_from_key := w.serve_key;
                         lim.queue_from := w.id;
                     END IF;
                     dropped := true;
@@ -109,14 +111,17 @@ BEGIN
             lim.wait_seconds_sum := lim.wait_seconds_sum + waited;
             lim.wait_buckets[bucket] := lim.wait_buckets[bucket] + 1;
             IF NOT passed THEN
-                lim.queue_from := w.id;  -- it was the head: every waiter before it here is gone
+                -- It was the head: every waiter before it here is gone.
+                lim.queue_from_key := w.serve_key;
+                lim.queue_from := w.id;
             END IF;
             granted := granted || w.id;
         END LOOP;
         IF cardinality(granted) > 0 OR dropped THEN
             UPDATE pggcl.limit_state
             SET held = lim.held, queued = lim.queued, level = lim.level, level_at = lim.level_at,
-                queue_from = lim.queue_from, grants = lim.grants, gave_up = lim.gave_up,
+                queue_from = lim.queue_from, queue_from_key = lim.queue_from_key,
+                grants = lim.grants, gave_up = lim.gave_up,
                 wait_seconds_sum = lim.wait_seconds_sum, wait_buckets = lim.wait_buckets
             WHERE id = lim.id;
         END IF;
@@ -144,7 +149,7 @@ BEGIN
     END IF;
     active_ids := array(SELECT id FROM pggcl.limit_state WHERE id = ANY(ids) AND active);
 
-    FOR w IN SELECT * FROM pggcl.waiters WHERE limit_id = ANY(ids) ORDER BY id LOOP
+    FOR w IN SELECT * FROM pggcl.waiters WHERE limit_id = ANY(ids) ORDER BY serve_key, id LOOP
         CONTINUE WHEN w.id = previous;
         previous := w.id;
         IF w.limit_ids && blocked THEN
@@ -187,7 +192,7 @@ END
 $$;
 
 -- Seconds until a request for `occupy` slots on the locked limits `ids` may fit, counting the
--- waiters queued before `before` (all of them when NULL). Exact for rate limits (the bucket's
+-- waiters queued ahead of the waiter `before` (all of them when NULL). Exact for rate limits (the bucket's
 -- decay is known); for slots held by leases only an expiry or reclaim at `next_at` is known.
 CREATE FUNCTION pggcl._retry_after(ids bigint[], occupy integer, before bigint, at timestamptz,
                                    next_at timestamptz)
@@ -199,6 +204,7 @@ DECLARE
     unknown boolean;
     free double precision;
     wait double precision := 0;
+    before_key double precision := (SELECT w.serve_key FROM pggcl.waiters w WHERE w.id = before LIMIT 1);
 BEGIN
     FOR l IN SELECT * FROM pggcl.limit_state WHERE id = ANY(ids) AND active LOOP
         -- Slots held by leases must be released first: no need to read the (maybe long) queue.
@@ -208,7 +214,8 @@ BEGIN
         SELECT coalesce(sum(q.occupy), 0), coalesce(bool_or(q.mode <> 'rate_limit'), false)
           INTO ahead, unknown
           FROM pggcl.waiters q
-         WHERE q.limit_id = l.id AND q.id > l.queue_from AND (before IS NULL OR q.id < before);
+         WHERE q.limit_id = l.id AND (q.serve_key, q.id) > (l.queue_from_key, l.queue_from)
+           AND (before IS NULL OR (q.serve_key, q.id) < (before_key, before));
         -- The bucket must drain until holders, those ahead (who drain with it) and we fit.
         free := l."limit" - l.held - ahead - occupy;
         IF unknown OR (l.slot_decay_per_second = 0 AND pggcl._level(l, at) > free) THEN

@@ -139,12 +139,13 @@ FROM pggcl.leases le JOIN pggcl.limit_state l ON l.id = le.limit_id
 WHERE le.session_id IS NULL OR v.expired IS false;
 COMMENT ON VIEW pggcl.holders IS 'Slots held by leases, one row per lease and limit';
 
--- Who waits, in the order they will be served on each limit (position 1 is next): the
--- waiters of live sessions only.
+-- Who waits, in the order they will be served on each limit (position 1 is next: arrival less
+-- priority, then arrival; see _serve_key), with the head start each asked: the waiters of live
+-- sessions only.
 CREATE VIEW pggcl.queue AS
 SELECT w.id AS waiter_id, l.name,
-       row_number() OVER (PARTITION BY w.limit_id ORDER BY w.id)::integer AS position,
-       w.occupy, w.mode, w.holder, w.session_id, w.enqueued_at AS since
+       row_number() OVER (PARTITION BY w.limit_id ORDER BY w.serve_key, w.id)::integer AS position,
+       w.occupy, w.mode, w.holder, w.session_id, w.enqueued_at AS since, w.priority
 FROM pggcl.waiters w JOIN pggcl.limit_state l ON l.id = w.limit_id
      JOIN pggcl._sessions_seen v ON v.id = w.session_id AND v.alive;
 COMMENT ON VIEW pggcl.queue IS 'Queued requests per limit, in the order they will be served';

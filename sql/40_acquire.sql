@@ -48,16 +48,18 @@ BEGIN
 END
 $$;
 
--- Whether a request fits now on the locked limits: room on every active one, and nobody queued
--- on it (a grant never jumps the queue).
-CREATE FUNCTION pggcl._fits_now(ids bigint[], occupy integer, at timestamptz) RETURNS boolean
+-- Whether a request at `key` (_serve_key) fits now on the locked limits: room on every active
+-- one, and nobody queued ahead of it there (a grant never jumps the queue).
+CREATE FUNCTION pggcl._fits_now(ids bigint[], occupy integer, at timestamptz, key double precision)
+RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN NOT EXISTS (
         SELECT FROM pggcl.limit_state l
         WHERE l.id = ANY(ids) AND l.active
-          AND (l.queued > 0 OR NOT pggcl._fits(true, l."limit", l.held, l.level, l.slot_decay_per_second,
-                                               l.level_at, occupy, at)));
+          AND ((l.queued > 0 AND NOT pggcl._nobody_ahead(l.id, key))
+               OR NOT pggcl._fits(true, l."limit", l.held, l.level, l.slot_decay_per_second,
+                                  l.level_at, occupy, at)));
 END
 $$;
 
@@ -85,11 +87,15 @@ $$;
 -- the request holds or will hold (concurrency mode). created_limits names the limits created
 -- inactive. `request_id`, a fresh UUID of the caller's choosing, becomes that lease id: a
 -- caller who lost the answer (interrupted, disconnected) can still cancel(NULL, request_id).
--- All names or none. pggcl.try_acquire is this without waiting.
+-- All names or none. `priority` is a head start in seconds (-86400 to 86400; GC003 otherwise):
+-- the request is served as if it had come that much earlier (see _serve_key), and granted at
+-- once only when there is room and nobody queued on its limits is ahead of it in that order.
+-- pggcl.try_acquire is this without waiting.
 CREATE FUNCTION pggcl.acquire(names text[], occupy integer DEFAULT 1, mode text DEFAULT 'concurrency',
                               strict boolean DEFAULT false, ttl_seconds double precision DEFAULT NULL,
                               holder text DEFAULT NULL, session_id integer DEFAULT NULL,
                               wait boolean DEFAULT true, request_id uuid DEFAULT NULL,
+                              priority double precision DEFAULT 0,
                               OUT granted boolean, OUT lease_id uuid, OUT waiter_id bigint,
                               OUT retry_after double precision, OUT created_limits text[])
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -103,11 +109,18 @@ DECLARE
     fits boolean := true;
     behind_others boolean := true;
     next_at timestamptz;
+    key double precision;
+    ahead_of_all boolean;
 BEGIN
     -- 1. Input (GC003 names the parameter that is wrong).
     wanted := pggcl._checked_request(names, occupy, mode, ttl_seconds);
     IF length(holder) > 1000 THEN  -- (the holder bound: _holder_bound)
         PERFORM pggcl._check_holder(holder);
+    END IF;
+    IF priority IS NULL OR NOT (priority >= -86400 AND priority <= 86400) THEN  -- (NaN fails too)
+        RAISE EXCEPTION USING ERRCODE = 'GC003', COLUMN = 'priority', MESSAGE = format(
+            'invalid priority: %s; it must be a head start in seconds from -86400 to 86400 (one day)',
+            coalesce(priority::text, 'NULL'));
     END IF;
     granted := cardinality(wanted) = 0;
     IF granted THEN
@@ -152,7 +165,9 @@ BEGIN
         END IF;
     END IF;
 
-    -- 5. Refuse what can never be granted; see whether there is room now.
+    -- 5. Refuse what can never be granted; see whether there is room now, and nobody queued
+    -- ahead (with a priority, a request may come before some who queued: see _serve_key).
+    key := pggcl._serve_key(at, priority);
     FOREACH lim IN ARRAY locked LOOP
         ids := ids || lim.id;
         CONTINUE WHEN NOT lim.active;
@@ -164,8 +179,9 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = 'GC005', MESSAGE = format(
                 'cannot rate limit on %L: its slot_decay_per_second is 0', lim.name);
         END IF;
-        fits := fits AND lim.queued = 0 AND pggcl._has_room(lim, occupy, at);
-        behind_others := behind_others AND lim.queued > 0;
+        ahead_of_all := lim.queued = 0 OR pggcl._nobody_ahead(lim.id, key);
+        fits := fits AND ahead_of_all AND pggcl._has_room(lim, occupy, at);
+        behind_others := behind_others AND NOT ahead_of_all;
     END LOOP;
 
     -- 6. No room: reclaim what died here, serve those queued ahead of us, and look again. A
@@ -175,7 +191,7 @@ BEGIN
     IF NOT fits AND NOT (wait AND behind_others) THEN
         next_at := pggcl._reap(ids, at);
         PERFORM pggcl._grant(ids, at);
-        fits := pggcl._fits_now(ids, occupy, at);
+        fits := pggcl._fits_now(ids, occupy, at, key);
     END IF;
 
     -- 7. Room on every active limit and nobody queued there: take it.
@@ -190,12 +206,13 @@ BEGIN
     -- count the refusal (`denied`) on the limits that stood in the way: full, or queued on.
     -- (A rate-limit waiter has no lease; its row keeps the request id, so that cancel can find
     -- it by that.)
-    retry_after := pggcl._retry_after(ids, occupy, NULL, at, next_at);
     IF wait THEN
         lease_id := CASE WHEN mode = 'concurrency' THEN coalesce(request_id, gen_random_uuid()) END;
         waiter_id := pggcl._enqueue(ids, occupy, mode, coalesce(lease_id, request_id, gen_random_uuid()),
-                                    session_id, holder, ttl_seconds, at);
+                                    session_id, holder, ttl_seconds, at, priority, key);
+        retry_after := pggcl._retry_after(ids, occupy, waiter_id, at, next_at);
     ELSE
+        retry_after := pggcl._retry_after(ids, occupy, NULL, at, next_at);
         UPDATE pggcl.limit_state l SET denied = l.denied + 1
         WHERE l.id = ANY(active_ids)
           AND (l.queued > 0 OR NOT pggcl._fits(true, l."limit", l.held, l.level, l.slot_decay_per_second,
@@ -215,13 +232,15 @@ $$;
 CREATE FUNCTION pggcl.try_acquire(names text[], occupy integer DEFAULT 1, mode text DEFAULT 'concurrency',
                                   strict boolean DEFAULT false, ttl_seconds double precision DEFAULT NULL,
                                   holder text DEFAULT NULL, session_id integer DEFAULT NULL,
+                                  priority double precision DEFAULT 0,
                                   OUT granted boolean, OUT lease_id uuid, OUT retry_after double precision)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     answer record;
 BEGIN
     -- A plain assignment, not SELECT ... FROM: it skips the set-returning function machinery.
-    answer := pggcl.acquire(names, occupy, mode, strict, ttl_seconds, holder, session_id, false);
+    answer := pggcl.acquire(names, occupy, mode, strict, ttl_seconds, holder, session_id, false,
+                            NULL, priority);
     granted := answer.granted;
     lease_id := answer.lease_id;
     retry_after := answer.retry_after;

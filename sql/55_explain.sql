@@ -52,7 +52,9 @@ BEGIN
          -- waiter is never served, and blocks nobody.
          LATERAL (SELECT count(*)::integer AS ahead
                   FROM pggcl.waiters q
-                  WHERE q.limit_id = l.id AND q.id > l.queue_from AND q.id < w.id
+                  WHERE q.limit_id = l.id
+                    AND (q.serve_key, q.id) > (l.queue_from_key, l.queue_from)
+                    AND (q.serve_key, q.id) < (w.serve_key, w.id)
                     AND q.session_id NOT IN (SELECT d.id FROM dead d)) a,
          -- Who holds slots here (those pggcl.holders shows: not the leases of sessions dead
          -- past their grace), oldest first; `holders` lists at most max_holders of them.

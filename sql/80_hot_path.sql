@@ -10,8 +10,8 @@ DECLARE
 BEGIN
     FOREACH f IN ARRAY ARRAY[
         'pggcl.take(text, integer, integer, text, uuid)',
-        'pggcl.acquire(text[], integer, text, boolean, double precision, text, integer, boolean, uuid)',
-        'pggcl.try_acquire(text[], integer, text, boolean, double precision, text, integer)',
+        'pggcl.acquire(text[], integer, text, boolean, double precision, text, integer, boolean, uuid, double precision)',
+        'pggcl.try_acquire(text[], integer, text, boolean, double precision, text, integer, double precision)',
         'pggcl.recheck(bigint, uuid)',
         'pggcl.cancel(bigint, uuid)',
         'pggcl.release(uuid)',

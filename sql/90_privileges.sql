@@ -16,8 +16,8 @@ TO pggcl_user;
 GRANT EXECUTE ON FUNCTION pggcl._same_backend(integer, timestamptz), pggcl._dead_since(integer)
 TO pggcl_user;
 GRANT EXECUTE ON FUNCTION
-    pggcl.try_acquire(text[], integer, text, boolean, double precision, text, integer),
-    pggcl.acquire(text[], integer, text, boolean, double precision, text, integer, boolean, uuid),
+    pggcl.try_acquire(text[], integer, text, boolean, double precision, text, integer, double precision),
+    pggcl.acquire(text[], integer, text, boolean, double precision, text, integer, boolean, uuid, double precision),
     pggcl.take(text, integer, integer, text, uuid),
     pggcl.recheck(bigint, uuid),
     pggcl.cancel(bigint, uuid),

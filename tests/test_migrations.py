@@ -44,6 +44,8 @@ FROZEN = {
     "0013_templates_downgrade.sql": "4c84c48d66914ece2703d9c512200640",
     "0014_template_totals.sql": "7c31628532a82b9ad37ecd80e482d4e4",
     "0014_template_totals_downgrade.sql": "7985c6ebb3b816989a06b93924e0574b",
+    "0015_priorities.sql": "cddda8325a7ddd2195aab96f9ad16d75",
+    "0015_priorities_downgrade.sql": "3eb469de6c9ceed4549f56730d31bb97",
 }
 
 
