@@ -152,7 +152,8 @@ class Holder:
 
 @dataclass(frozen=True, slots=True)
 class Waiter:
-    """A queued request on one limit; ``position`` 1 is served next."""
+    """A queued request on one limit; ``position`` 1 is served next, in the order of arrival
+    less ``priority`` (a head start in seconds), then arrival."""
 
     waiter_id: int
     name: str
@@ -162,6 +163,7 @@ class Waiter:
     holder: str | None
     session_id: int
     since: datetime
+    priority: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

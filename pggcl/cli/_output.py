@@ -85,7 +85,12 @@ def queue_table(waiters: Sequence[Waiter]) -> str:
         [str(w.position), w.name, str(w.occupy), w.mode, w.holder or "-", moment(w.since)]
         for w in waiters
     ]
-    return table(["POSITION", "LIMIT", "OCCUPY", "MODE", "HOLDER", "SINCE"], rows, right=[0, 2])
+    headers = ["POSITION", "LIMIT", "OCCUPY", "MODE", "HOLDER", "SINCE"]
+    if any(w.priority for w in waiters):  # a head start in seconds (see concurrency())
+        headers.append("PRIORITY")
+        for row, w in zip(rows, waiters, strict=True):
+            row.append(f"{w.priority:+g} s" if w.priority else "0")
+    return table(headers, rows, right=[0, 2])
 
 
 def limits_table(limits: Sequence[ConcurrencyLimit]) -> str:

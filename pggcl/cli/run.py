@@ -199,6 +199,16 @@ class RunCommand(click.Command):
 )
 @click.option("--strict", is_flag=True, help="Fail when a limit does not exist.")
 @click.option(
+    "--priority",
+    type=float,
+    default=0.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="A head start in the queue, -86400 to 86400: served as if it had come that many "
+    "seconds earlier (negative: later). Nobody starves: a later request passes this one only "
+    "by its own head start.",
+)
+@click.option(
     "--verbose",
     is_flag=True,
     help="While waiting, print a status line now and then even when stderr is not a terminal "
@@ -213,6 +223,7 @@ def run(
     timeout_seconds: float | None,
     rate: bool,
     strict: bool,
+    priority: float,
     verbose: bool,
 ) -> None:
     """Hold slots on each limit NAME while COMMAND runs.
@@ -256,7 +267,11 @@ def run(
             with _open_client(ctx) as client, _watching(client, limit_names, verbose) as status:
                 if rate:
                     client.rate_limit(
-                        limit_names, occupy=occupy, timeout_seconds=timeout_seconds, strict=strict
+                        limit_names,
+                        occupy=occupy,
+                        timeout_seconds=timeout_seconds,
+                        strict=strict,
+                        priority=priority,
                     )
                     code = start()
                 else:
@@ -266,6 +281,7 @@ def run(
                         timeout_seconds=timeout_seconds,
                         strict=strict,
                         holder=_holder(argv),
+                        priority=priority,
                     ):
                         code = start()
         except Interrupted as stop:

@@ -173,6 +173,7 @@ class Client:
         strict: bool = False,
         holder: str | Any | None = None,
         raise_on_lease_renewal_failure: bool | None = None,
+        priority: float = 0.0,
     ) -> Iterator[Grant]:
         """Hold ``occupy`` slots on every limit in ``names`` for the body of the block.
 
@@ -199,6 +200,9 @@ class Client:
           cancelled at once, and SessionLostError replaces the CancelledError; a sync holder
           learns it at the block's exit); False logs a warning and lets the body go on.
           None: as ``strict``, as in Prefect.
+        - ``priority`` (pggcl's own): a head start in seconds, -86400 to 86400. The request is
+          served as if it had come that many seconds earlier (negative: later), so a later
+          arrival passes a waiter only by its own head start, and nobody starves.
         """
         started = time.monotonic()
         ttl = requests.checked_lease_duration(lease_duration)
@@ -209,7 +213,7 @@ class Client:
         text = holder_text(holder) or run_holder() or default_holder(worker_name())
         no_queue = max_retries == 0 and timeout_seconds != 0
         req = requests.make_request(
-            names, occupy, "concurrency", 0 if no_queue else timeout_seconds, strict, text
+            names, occupy, "concurrency", 0 if no_queue else timeout_seconds, strict, text, priority
         )
         if not req.names:
             yield Grant(req.names, req.occupy, None)
@@ -385,12 +389,16 @@ class Client:
         occupy: int = 1,
         timeout_seconds: float | None = None,
         strict: bool = False,
+        priority: float = 0.0,
     ) -> None:
         """Take ``occupy`` slots on every limit in ``names``; they decay away at each limit's
-        ``slot_decay_per_second``. Waits until they fit (see :meth:`concurrency`)."""
+        ``slot_decay_per_second``. Waits until they fit (see :meth:`concurrency`, also for
+        ``priority``)."""
         started = time.monotonic()
         holder = run_holder() or default_holder(worker_name())
-        req = requests.make_request(names, occupy, "rate_limit", timeout_seconds, strict, holder)
+        req = requests.make_request(
+            names, occupy, "rate_limit", timeout_seconds, strict, holder, priority
+        )
         if req.names:
             with tracing.acquire_span(req.names, req.occupy, req.mode) as waited:
                 self._acquire(req, started)

@@ -123,7 +123,10 @@ def _attempt(
         list(req.names), req.occupy, req.mode, req.strict, None, req.holder, session_id,
         wait, request_id,
     )  # fmt: skip
-    rows = yield from _asking(Call(q.ACQUIRE, args), req, None, request_id, deadline, clock)
+    ask = Call(q.ACQUIRE, args) if not req.priority else (
+        Call(q.ACQUIRE_WITH_PRIORITY, (*args, req.priority))
+    )  # fmt: skip
+    rows = yield from _asking(ask, req, None, request_id, deadline, clock)
     granted, lease_id, waiter_id, retry_after, created = rows[0]
     lease_id = as_uuid(lease_id)
     if created:

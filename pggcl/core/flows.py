@@ -181,8 +181,8 @@ def holders_flow(name: str | None, until: float, clock: Clock) -> Flow[list[Hold
 def queue_flow(name: str | None, until: float, clock: Clock) -> Flow[list[Waiter]]:
     rows = yield from retrying(Call(q.QUEUE, (name,)), until, clock)
     return [
-        Waiter(waiter_id, name, position, occupy, mode, holder, session_id, _utc(since))
-        for waiter_id, name, position, occupy, mode, holder, session_id, since in rows
+        Waiter(waiter_id, name, position, occupy, mode, holder, session_id, _utc(since), priority)
+        for waiter_id, name, position, occupy, mode, holder, session_id, since, priority in rows
     ]
 
 

@@ -15,6 +15,13 @@ ACQUIRE: Final = (
     "$1::text[], $2::integer, $3::text, $4::boolean, $5::double precision, $6::text,"
     " $7::integer, $8::boolean, $9::uuid)"
 )
+# The same with a priority (revision 0015); without one the call above, which a schema before
+# priorities knows too.
+ACQUIRE_WITH_PRIORITY: Final = (
+    "SELECT granted, lease_id, waiter_id, retry_after, created_limits FROM pggcl.acquire("
+    "$1::text[], $2::integer, $3::text, $4::boolean, $5::double precision, $6::text,"
+    " $7::integer, $8::boolean, $9::uuid, $10::double precision)"
+)
 TAKE: Final = "SELECT pggcl.take($1::text, $2::integer, $3::integer, $4::text, $5::uuid)"
 RECHECK: Final = "SELECT status, retry_after FROM pggcl.recheck($1::bigint, $2::uuid)"
 CANCEL: Final = "SELECT pggcl.cancel($1::bigint, $2::uuid)"
@@ -131,7 +138,8 @@ HOLDERS: Final = (
     " WHERE $1::text IS NULL OR name = $1::text ORDER BY name, since, lease_id"
 )
 QUEUE: Final = (
-    "SELECT waiter_id, name, position, occupy, mode, holder, session_id, since FROM pggcl.queue"
+    "SELECT waiter_id, name, position, occupy, mode, holder, session_id, since, priority"
+    " FROM pggcl.queue"
     " WHERE $1::text IS NULL OR name = $1::text ORDER BY name, position"
 )
 

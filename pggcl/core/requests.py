@@ -13,6 +13,7 @@ from pggcl.errors import ValidationError
 Mode = Literal["concurrency", "rate_limit"]
 
 _LONGEST_TTL: Final = 315_360_000.0  # the engine's bound on ttl_seconds (10 years)
+_LONGEST_HEAD_START: Final = 86_400.0  # the engine's bound on priority (a day either way)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,7 @@ class Request:
     timeout: float | None
     strict: bool
     holder: str | None
+    priority: float = 0.0  # a head start in seconds: served as if it had come that much earlier
 
 
 def make_request(
@@ -34,6 +36,7 @@ def make_request(
     timeout_seconds: float | None,
     strict: bool,
     holder: str | None,
+    priority: float = 0.0,
 ) -> Request:
     """Normalise and check the arguments of ``concurrency()`` / ``rate_limit()``."""
     name_tuple = (names,) if isinstance(names, str) else tuple(names)
@@ -53,7 +56,17 @@ def make_request(
             f"invalid timeout_seconds: {timeout_seconds!r}; it must be None or a finite number of "
             "seconds, 0 or more"
         )
-    return Request(name_tuple, occupy, mode, timeout_seconds, strict, holder)
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int | float)
+        or not -_LONGEST_HEAD_START <= priority <= _LONGEST_HEAD_START
+    ):
+        raise ValidationError(
+            f"invalid priority: {priority!r}; it must be a head start in seconds from "
+            f"{-_LONGEST_HEAD_START:.0f} to {_LONGEST_HEAD_START:.0f} (one day)",
+            field="priority",
+        )
+    return Request(name_tuple, occupy, mode, timeout_seconds, strict, holder, float(priority))
 
 
 class Contention:

@@ -84,6 +84,7 @@ def waiter_view(waiter: Waiter, why: Sequence[Explanation] = ()) -> View:
         "waiter_id": str(waiter.waiter_id),
         "why": [why_view(e) for e in why],
         "position": waiter.position,
+        "priority": f"{waiter.priority:+g} s" if waiter.priority else "0",
         "occupy": waiter.occupy,
         "mode": waiter.mode.replace("_", " "),
         "holder": waiter.holder or "",

@@ -46,7 +46,7 @@ BLANK_LIMIT: dict[str, Any] = {
 }  # fmt: skip
 BLANK_HOLDER = dict.fromkeys(("lease_id", "slots", "holder", "since", "expires"), "")
 BLANK_WAITER: dict[str, Any] = {
-    **dict.fromkeys(("waiter_id", "position", "occupy", "mode", "holder", "since"), ""),
+    **dict.fromkeys(("waiter_id", "position", "priority", "occupy", "mode", "holder", "since"), ""),
     "why": [],
 }
 BLANK_WHY: dict[str, Any] = {

@@ -96,6 +96,7 @@ def test_holders_of_one_limit_as_json(pggcl_dsn: str, client: pggcl.Client) -> N
         "holder",
         "session_id",
         "since",
+        "priority",
     ]
     assert (waiting["name"], waiting["position"], waiting["occupy"]) == ("db", 1, 1)
     assert (waiting["mode"], waiting["holder"]) == ("concurrency", "report")

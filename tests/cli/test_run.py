@@ -343,3 +343,31 @@ def test_signal_while_waiting_gives_up_the_request(
         assert queued_count(psql, pggcl_dsn) == 0
     assert not marker.exists()
     assert as_json(cli("holders", "-o", "json", dsn=pggcl_dsn).stdout)["holders"] == []
+
+
+def test_priority_puts_a_run_ahead_and_holders_shows_it(
+    pggcl_dsn: str, client: pggcl.Client, psql: Psql
+) -> None:
+    client.create_limit("db", 1)
+    runs = []
+    with client.concurrency("db"):
+        for priority in ("0", "30"):
+            runs.append(
+                subprocess.Popen(
+                    [str(PGGCL), "run", "db", "--priority", priority, "--", PY, "-c", "pass"],
+                    env=env_with(pggcl_dsn),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            wait_for(lambda: queued_count(psql, pggcl_dsn) == len(runs), "the run queues")
+        shown = as_json(cli("holders", "-o", "json", dsn=pggcl_dsn).stdout)["queue"]
+        assert [(w["position"], w["priority"]) for w in shown] == [(1, 30.0), (2, 0.0)]
+        table = cli("holders", dsn=pggcl_dsn).stdout
+        assert "PRIORITY" in table and "+30 s" in table
+    for run in runs:
+        assert run.wait(timeout=60) == 0, run.communicate()
+    bad = cli("run", "db", "--priority", "1e9", "--", PY, "-c", "pass", dsn=pggcl_dsn)
+    assert bad.exit_code == 1 and "priority" in bad.stderr, bad.stderr

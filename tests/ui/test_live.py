@@ -295,3 +295,13 @@ async def test_a_row_says_how_many_more_leases_than_shown() -> None:
         "",
         "",
     )
+
+
+def test_a_waiters_row_shows_its_head_start() -> None:
+    from pggcl.ui.present import waiter_view
+
+    since = datetime(2026, 12, 2, tzinfo=UTC)
+    plain = Waiter(1, "db", 2, 1, "concurrency", "w", 7, since)
+    urgent = dataclasses.replace(plain, waiter_id=2, position=1, priority=30.0)
+    late = dataclasses.replace(plain, waiter_id=3, position=3, priority=-1.5)
+    assert [waiter_view(w)["priority"] for w in (urgent, plain, late)] == ["+30 s", "0", "-1.5 s"]

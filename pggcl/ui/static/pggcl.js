@@ -160,7 +160,7 @@
 
   function fillWaiter(tr, waiter) {
     tr.dataset.waiter = waiter.waiter_id;
-    for (const field of ["position", "occupy", "mode", "holder", "since"]) setText(tr, field, waiter[field]);
+    for (const field of ["position", "priority", "occupy", "mode", "holder", "since"]) setText(tr, field, waiter[field]);
     tr.querySelector('[data-why="limits"]').replaceChildren(...waiter.why.map(whyLimit));
   }
 
