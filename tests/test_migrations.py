@@ -317,3 +317,44 @@ def test_upgrading_to_0009_keeps_leases_and_waiters_and_counts_from_there(empty_
     finally:
         for conn in conns:
             conn.close()
+
+
+def test_upgrading_to_0015_keeps_the_queue_in_arrival_order(empty_dsn: str) -> None:
+    """Revision 0015 (priorities) on a database in use: a live lease and two queued requests
+    survive the upgrade, the queue keeps its arrival order, and it moves on as before; a head
+    start queued after the upgrade goes before both."""
+    schema.upgrade(empty_dsn, "0014")
+    conns = [psycopg.connect(empty_dsn, autocommit=True) for _ in range(4)]
+    admin, holder, first, second = conns
+    try:
+        admin.execute("SELECT pggcl.create_limit('db', 1)")
+        for conn in (holder, first, second):
+            row = conn.execute("SELECT session_id, channel FROM pggcl.open_session(60)").fetchone()
+            assert row is not None
+            conn.execute(f'LISTEN "{row[1]}"')
+        got = holder.execute("SELECT granted, lease_id FROM pggcl.acquire('{db}')").fetchone()
+        assert got is not None and got[0]
+        waiters = []
+        for conn in (first, second):
+            queued = conn.execute("SELECT granted, waiter_id FROM pggcl.acquire('{db}')").fetchone()
+            assert queued is not None and not queued[0]
+            waiters.append(queued[1])
+
+        schema.upgrade(empty_dsn)
+        assert schema.current(empty_dsn) == "0015"
+
+        order = "SELECT waiter_id, priority FROM pggcl.queue ORDER BY position"
+        assert admin.execute(order).fetchall() == [(waiters[0], 0.0), (waiters[1], 0.0)]
+        urgent = admin.execute(
+            "SELECT waiter_id FROM pggcl.acquire('{db}', ttl_seconds => 60, priority => 60)"
+        ).fetchone()
+        assert urgent is not None
+        assert [w for w, _ in admin.execute(order).fetchall()] == [urgent[0], *waiters]
+        assert admin.execute("SELECT pggcl.cancel(%s)", (urgent[0],)).fetchone() == ("cancelled",)
+        assert holder.execute("SELECT pggcl.release(%s)", (got[1],)).fetchone() == (True,)
+        payloads = [n.payload for n in first.notifies(timeout=10, stop_after=1)]
+        assert payloads == [f"g:{waiters[0]}"]
+        assert admin.execute(order).fetchall() == [(waiters[1], 0.0)]
+    finally:
+        for conn in conns:
+            conn.close()
