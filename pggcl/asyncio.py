@@ -51,6 +51,7 @@ def concurrency(
     strict: bool = False,
     holder: str | Any | None = None,
     raise_on_lease_renewal_failure: bool | None = None,
+    *,
     priority: float = 0.0,
 ) -> AbstractAsyncContextManager[Grant]:
     """:meth:`AsyncClient.concurrency` on this loop's client of PGGCL_DSN."""
@@ -63,7 +64,7 @@ def concurrency(
         strict,
         holder,
         raise_on_lease_renewal_failure,
-        priority,
+        priority=priority,
     )
 
 
@@ -72,7 +73,8 @@ async def rate_limit(
     occupy: int = 1,
     timeout_seconds: float | None = None,
     strict: bool = False,
+    *,
     priority: float = 0.0,
 ) -> None:
     """:meth:`AsyncClient.rate_limit` on this loop's client of PGGCL_DSN."""
-    await _client().rate_limit(names, occupy, timeout_seconds, strict, priority)
+    await _client().rate_limit(names, occupy, timeout_seconds, strict, priority=priority)

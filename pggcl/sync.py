@@ -69,6 +69,7 @@ def concurrency(
     strict: bool = False,
     holder: str | Any | None = None,
     raise_on_lease_renewal_failure: bool | None = None,
+    *,
     priority: float = 0.0,
 ) -> AbstractContextManager[Grant]:
     """:meth:`Client.concurrency` on the process-wide client of PGGCL_DSN."""
@@ -81,7 +82,7 @@ def concurrency(
         strict,
         holder,
         raise_on_lease_renewal_failure,
-        priority,
+        priority=priority,
     )
 
 
@@ -90,7 +91,8 @@ def rate_limit(
     occupy: int = 1,
     timeout_seconds: float | None = None,
     strict: bool = False,
+    *,
     priority: float = 0.0,
 ) -> None:
     """:meth:`Client.rate_limit` on the process-wide client of PGGCL_DSN."""
-    _client().rate_limit(names, occupy, timeout_seconds, strict, priority)
+    _client().rate_limit(names, occupy, timeout_seconds, strict, priority=priority)

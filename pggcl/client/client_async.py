@@ -182,6 +182,7 @@ class AsyncClient:
         strict: bool = False,
         holder: str | Any | None = None,
         raise_on_lease_renewal_failure: bool | None = None,
+        *,
         priority: float = 0.0,
     ) -> AsyncIterator[Grant]:
         """Hold ``occupy`` slots on every limit in ``names`` for the body of the block.
@@ -406,6 +407,7 @@ class AsyncClient:
         occupy: int = 1,
         timeout_seconds: float | None = None,
         strict: bool = False,
+        *,
         priority: float = 0.0,
     ) -> None:
         """Take ``occupy`` slots on every limit in ``names``; they decay away at each limit's

@@ -173,6 +173,7 @@ class Client:
         strict: bool = False,
         holder: str | Any | None = None,
         raise_on_lease_renewal_failure: bool | None = None,
+        *,
         priority: float = 0.0,
     ) -> Iterator[Grant]:
         """Hold ``occupy`` slots on every limit in ``names`` for the body of the block.
@@ -389,6 +390,7 @@ class Client:
         occupy: int = 1,
         timeout_seconds: float | None = None,
         strict: bool = False,
+        *,
         priority: float = 0.0,
     ) -> None:
         """Take ``occupy`` slots on every limit in ``names``; they decay away at each limit's

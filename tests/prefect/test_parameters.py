@@ -43,7 +43,12 @@ PREFECT_RATE_LIMIT = [
 
 
 def _shape(fn: Any) -> list[tuple[str, Any]]:
+    """Prefect's parameters, by name, position and default. pggcl's own (``priority``) are
+    keyword-only, after them, so that no positional call means anything else."""
     params = [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+    own = [p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    assert [p.name for p in own] in ([], ["priority"]), own
+    params = [p for p in params if p.kind is not inspect.Parameter.KEYWORD_ONLY]
     assert all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params)
     return [(p.name, p.default) for p in params]
 
