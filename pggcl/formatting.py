@@ -7,6 +7,9 @@
   ``0.001``): a rate is what someone typed, and rounding it would show a different limit.
 - A moment (:func:`moment`): UTC, ISO 8601 to the second (``2026-12-01T23:29:47Z``), the same
   wherever the command runs or the page is opened, so two people comparing output agree.
+- A duration (:func:`duration`), a head start (:func:`head_start`), a count of things
+  (:func:`plural`) and a place in a queue (:func:`ordinal`): the words the CLI, the UI and the
+  timeout message share.
 
 Programs get exact values instead: the CLI's ``--output json`` keeps full numbers and ISO 8601
 timestamps with their offset (see :mod:`pggcl.cli._output`).
@@ -42,6 +45,22 @@ def duration(seconds: float) -> str:
         f"{secs}s" if secs else "",
     ]
     return "".join(parts)
+
+
+def head_start(priority: float) -> str:
+    """A waiter's priority, a head start in seconds: ``30`` -> ``+30 s``, ``0`` -> ``0``."""
+    return f"{priority:+g} s" if priority else "0"
+
+
+def plural(n: int, word: str) -> str:
+    """``n`` and ``word``, with an s unless ``n`` is 1: ``3 leases``, ``1 lease``."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def ordinal(n: int) -> str:
+    """``1st``, ``2nd``, ``3rd``, ``4th``, ``11th``, ``21st``."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def moment(value: datetime | None, missing: str = "-") -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from pggcl.formatting import duration, moment, per_second, printable, slots
+from pggcl.formatting import duration, head_start, moment, per_second, printable, slots
 from pggcl.models import ConcurrencyLimit, Explanation, Holder, Holding, LimitTemplate, Waiter
 
 #: `--output json` on the reading commands (the only format besides the default table).
@@ -89,7 +89,7 @@ def queue_table(waiters: Sequence[Waiter]) -> str:
     if any(w.priority for w in waiters):  # a head start in seconds (see concurrency())
         headers.append("PRIORITY")
         for row, w in zip(rows, waiters, strict=True):
-            row.append(f"{w.priority:+g} s" if w.priority else "0")
+            row.append(head_start(w.priority))
     return table(headers, rows, right=[0, 2])
 
 

@@ -9,17 +9,8 @@ import click
 
 from pggcl.cli._base import about_limit, open_client
 from pggcl.cli._output import echo_json, output_option, record, table
-from pggcl.formatting import moment, printable, slots
+from pggcl.formatting import moment, ordinal, plural, printable, slots
 from pggcl.models import Explanation
-
-
-def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _limit_line(e: Explanation) -> str:
@@ -27,7 +18,7 @@ def _limit_line(e: Explanation) -> str:
     ahead = e.position - 1
     parts = [
         f"'{printable(e.name)}': " + ("BLOCKING" if e.blocking else "not blocking"),
-        f"{_ordinal(e.position)} in queue ({ahead} ahead)",
+        f"{ordinal(e.position)} in queue ({ahead} ahead)",
     ]
     if not e.active:
         parts.append("inactive")
@@ -35,7 +26,7 @@ def _limit_line(e: Explanation) -> str:
     if e.active_slots != e.held_slots:
         used += f" ({e.held_slots} held, {slots(e.active_slots - e.held_slots)} decaying)"
     if e.leases:
-        used += f", held by {_plural(e.leases, 'lease')}"
+        used += f", held by {plural(e.leases, 'lease')}"
     parts.append(used)
     if e.mode == "rate_limit" and e.seconds_until_room is not None:
         room = e.seconds_until_room
@@ -69,7 +60,7 @@ def explanation_text(explanations: Sequence[Explanation], holders: dict[int, str
             lines.extend("    " + line for line in _holders_table(e).splitlines())
             more = e.leases - len(e.holders)
             if more > 0:
-                lines.append(f"    ... and {_plural(more, 'more lease')}")
+                lines.append(f"    ... and {plural(more, 'more lease')}")
     if lines:
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)

@@ -24,7 +24,7 @@ from typing import TextIO
 
 import pggcl
 from pggcl.errors import PggclError
-from pggcl.formatting import moment, printable, slots
+from pggcl.formatting import moment, ordinal, printable, slots
 from pggcl.models import ConcurrencyLimit, Holder, Waiter
 
 # How long a wait lasts before the line appears, and how often it is redrawn.
@@ -43,11 +43,6 @@ def ours(holder: str | None) -> bool:
     return holder is not None and (holder == mine or holder.startswith((mine + " ", mine + ":")))
 
 
-def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
-
-
 def describe(limit: ConcurrencyLimit, holders: Sequence[Holder], queue: Sequence[Waiter]) -> str:
     """One limit's part of the line: how full it is, who holds it, our place in its queue."""
     parts = [f"'{printable(limit.name)}' {slots(limit.active_slots)}/{limit.limit} in use"]
@@ -63,7 +58,7 @@ def describe(limit: ConcurrencyLimit, holders: Sequence[Holder], queue: Sequence
     place = next((w.position for w in queue if ours(w.holder)), None)
     if place is not None:
         ahead = place - 1
-        parts.append(f"{_ordinal(place)} in queue ({ahead} ahead)")
+        parts.append(f"{ordinal(place)} in queue ({ahead} ahead)")
     return ", ".join(parts)
 
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from pggcl.core.ops import Row
-from pggcl.formatting import moment, printable, slots
+from pggcl.formatting import moment, plural, printable, slots
 from pggcl.models import Explanation, Holding
 
 #: A holder's text is someone's free text (up to 1,000 characters): a message shows this much.
@@ -57,10 +57,6 @@ def explanation(row: Row) -> Explanation:
     )  # fmt: skip
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
 def _holder(text: str | None) -> str:
     shown = printable(text or "?")
     return shown if len(shown) <= _HOLDER_SHOWN else shown[: _HOLDER_SHOWN - 3] + "..."
@@ -75,7 +71,7 @@ def _on_limit(e: Explanation) -> str:
     else:
         part = f"{e.held_slots} of {e.limit} slots held"
     if e.leases:
-        part += f" by {_plural(e.leases, 'lease')}"
+        part += f" by {plural(e.leases, 'lease')}"
         if e.holders:
             oldest = e.holders[0]
             part += f" (oldest: {_holder(oldest.holder)} since {moment(oldest.since)})"
@@ -84,7 +80,7 @@ def _on_limit(e: Explanation) -> str:
     if e.mode == "rate_limit" and e.seconds_until_room is not None:
         part += f", room in {e.seconds_until_room:.1f} s"
     ahead = e.position - 1
-    part += f", {_plural(ahead, 'request')} ahead" if ahead else ", nobody ahead"
+    part += f", {plural(ahead, 'request')} ahead" if ahead else ", nobody ahead"
     return part
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 from urllib.parse import urlencode
 
-from pggcl.formatting import moment, per_second, slots
+from pggcl.formatting import head_start, moment, ordinal, per_second, plural, slots
 from pggcl.models import ConcurrencyLimit, Explanation, Holder, Waiter
 
 View = dict[str, Any]
@@ -84,21 +84,12 @@ def waiter_view(waiter: Waiter, why: Sequence[Explanation] = ()) -> View:
         "waiter_id": str(waiter.waiter_id),
         "why": [why_view(e) for e in why],
         "position": waiter.position,
-        "priority": f"{waiter.priority:+g} s" if waiter.priority else "0",
+        "priority": head_start(waiter.priority),
         "occupy": waiter.occupy,
         "mode": waiter.mode.replace("_", " "),
         "holder": waiter.holder or "",
         "since": moment(waiter.since),
     }
-
-
-def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _short(text: str | None) -> str:
@@ -115,7 +106,7 @@ def why_view(e: Explanation) -> View:
     if e.active_slots > e.held_slots + 0.005:
         usage += f" ({e.held_slots} held, {slots(e.active_slots - e.held_slots)} decaying)"
     if e.leases:
-        usage += f", held by {_plural(e.leases, 'lease')}"
+        usage += f", held by {plural(e.leases, 'lease')}"
     if not e.active:
         usage += ", inactive"
     room = ""
@@ -127,21 +118,21 @@ def why_view(e: Explanation) -> View:
         "name": e.name,
         "blocking": e.blocking,
         "state": "blocking" if e.blocking else "not blocking",
-        "place": f"{_ordinal(e.position)} in queue, "
-        + (f"{_plural(ahead, 'request')} ahead" if ahead else "nobody ahead"),
+        "place": f"{ordinal(e.position)} in queue, "
+        + (f"{plural(ahead, 'request')} ahead" if ahead else "nobody ahead"),
         "usage": usage,
         "room": room,
         "holders": [
             {
                 "holder": _short(h.holder),
                 "title": h.holder or "",
-                "slots": _plural(h.slots, "slot"),
+                "slots": plural(h.slots, "slot"),
                 "since": f"since {moment(h.since)}",
                 "expires": f"expires {moment(h.expires, missing='never')}",
             }
             for h in shown
         ],
-        "more": f"and {_plural(more, 'more lease')}" if more > 0 else "",
+        "more": f"and {plural(more, 'more lease')}" if more > 0 else "",
     }
 
 
