@@ -68,11 +68,7 @@ def create_limit_flow(
     name with ``*`` creates a template (``idle_seconds``: its instances' idle time)."""
     values.text("name", name)
     values.whole("limit", limit, 0)
-    args = (name, limit, slot_decay_per_second, active)
-    if idle_seconds is None:  # the call a schema before templates (revision 0013) knows too
-        rows = yield Call(q.CREATE_LIMIT, args)
-    else:
-        rows = yield Call(q.CREATE_TEMPLATE, (*args, idle_seconds))
+    rows = yield Call(q.CREATE_LIMIT, (name, limit, slot_decay_per_second, active, idle_seconds))
     return _limit(rows[0])
 
 
@@ -153,11 +149,8 @@ def update_limit_flow(
         values.whole("limit", limit, 0)
     if new_name is not None:
         values.text("new_name", new_name)
-    args = (name, limit, slot_decay_per_second, active, new_name)
-    if idle_seconds is None:
-        rows = yield Call(q.UPDATE_LIMIT, args)
-    else:
-        rows = yield Call(q.UPDATE_TEMPLATE, (*args, idle_seconds))
+    args = (name, limit, slot_decay_per_second, active, new_name, idle_seconds)
+    rows = yield Call(q.UPDATE_LIMIT, args)
     return _limit(rows[0])
 
 

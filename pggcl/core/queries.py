@@ -10,18 +10,15 @@ from __future__ import annotations
 import re
 from typing import Final
 
-ACQUIRE: Final = (
+_ACQUIRE: Final = (
     "SELECT granted, lease_id, waiter_id, retry_after, created_limits FROM pggcl.acquire("
     "$1::text[], $2::integer, $3::text, $4::boolean, $5::double precision, $6::text,"
-    " $7::integer, $8::boolean, $9::uuid)"
+    " $7::integer, $8::boolean, $9::uuid"
 )
+ACQUIRE: Final = _ACQUIRE + ")"
 # The same with a priority (revision 0015); without one the call above, which a schema before
-# priorities knows too.
-ACQUIRE_WITH_PRIORITY: Final = (
-    "SELECT granted, lease_id, waiter_id, retry_after, created_limits FROM pggcl.acquire("
-    "$1::text[], $2::integer, $3::text, $4::boolean, $5::double precision, $6::text,"
-    " $7::integer, $8::boolean, $9::uuid, $10::double precision)"
-)
+# priorities knows too (the acquire path keeps working while a database is being upgraded).
+ACQUIRE_WITH_PRIORITY: Final = _ACQUIRE + ", $10::double precision)"
 TAKE: Final = "SELECT pggcl.take($1::text, $2::integer, $3::integer, $4::text, $5::uuid)"
 RECHECK: Final = "SELECT status, retry_after FROM pggcl.recheck($1::bigint, $2::uuid)"
 CANCEL: Final = "SELECT pggcl.cancel($1::bigint, $2::uuid)"
@@ -82,22 +79,14 @@ _LIMIT_COLUMNS: Final = (
     " wait_seconds_count, wait_seconds_sum, wait_seconds_buckets, hold_seconds_count,"
     " hold_seconds_sum, hold_seconds_buckets, template, customized"
 )
+# $5 idle_seconds: a template's (revision 0013; the columns above need it anyway).
 CREATE_LIMIT: Final = (
-    f"SELECT {_LIMIT_COLUMNS} FROM pggcl.create_limit("
-    "$1::text, $2::integer, $3::double precision, $4::boolean)"
-)
-# The same for a template with an idle time of its own (revision 0013).
-CREATE_TEMPLATE: Final = (
     f"SELECT {_LIMIT_COLUMNS} FROM pggcl.create_limit("
     "$1::text, $2::integer, $3::double precision, $4::boolean, $5::double precision)"
 )
 READ_LIMIT: Final = f"SELECT {_LIMIT_COLUMNS} FROM pggcl.limits WHERE name = $1::text"
 LIST_LIMITS: Final = f"SELECT {_LIMIT_COLUMNS} FROM pggcl.limits ORDER BY name"
 UPDATE_LIMIT: Final = (
-    f"SELECT {_LIMIT_COLUMNS} FROM pggcl.update_limit("
-    "$1::text, $2::integer, $3::double precision, $4::boolean, $5::text)"
-)
-UPDATE_TEMPLATE: Final = (
     f"SELECT {_LIMIT_COLUMNS} FROM pggcl.update_limit("
     "$1::text, $2::integer, $3::double precision, $4::boolean, $5::text, $6::double precision)"
 )

@@ -619,10 +619,7 @@ export class Client {
   async createLimit(
     name: string, limit: number, slotDecayPerSecond = 0, active = true, idleSeconds?: number,
   ): Promise<ConcurrencyLimit> {
-    const args = [name, limit, slotDecayPerSecond, active];
-    const [r] = idleSeconds === undefined
-      ? await this.query(q.CREATE_LIMIT, args)
-      : await this.query(q.CREATE_TEMPLATE, [...args, idleSeconds]);
+    const [r] = await this.query(q.CREATE_LIMIT, [name, limit, slotDecayPerSecond, active, idleSeconds ?? null]);
     return limitRow(r!);
   }
 
@@ -645,11 +642,9 @@ export class Client {
     name: string,
     change: { limit?: number; slotDecayPerSecond?: number; active?: boolean; newName?: string; idleSeconds?: number },
   ): Promise<ConcurrencyLimit> {
-    const args = [
-      name, change.limit ?? null, change.slotDecayPerSecond ?? null, change.active ?? null, change.newName ?? null];
-    const [r] = change.idleSeconds === undefined
-      ? await this.query(q.UPDATE_LIMIT, args)
-      : await this.query(q.UPDATE_TEMPLATE, [...args, change.idleSeconds]);
+    const [r] = await this.query(q.UPDATE_LIMIT, [
+      name, change.limit ?? null, change.slotDecayPerSecond ?? null, change.active ?? null, change.newName ?? null,
+      change.idleSeconds ?? null]);
     return limitRow(r!);
   }
 

@@ -50,13 +50,11 @@ const LIMIT_COLUMNS = 'name, "limit", active, active_slots, slot_decay_per_secon
   + " held_slots, decaying_slots, grants, enqueued, denied, gave_up, rejected, reclaimed_slots,"
   + " wait_seconds_count, wait_seconds_sum, wait_seconds_buckets, hold_seconds_count,"
   + " hold_seconds_sum, hold_seconds_buckets, template, customized";
-export const CREATE_LIMIT = `SELECT ${LIMIT_COLUMNS} FROM pggcl.create_limit($1::text, $2::integer, $3::double precision, $4::boolean)`;
+// $5 / $6 idle_seconds: a template's (revision 0013; the columns above need it anyway).
+export const CREATE_LIMIT = `SELECT ${LIMIT_COLUMNS} FROM pggcl.create_limit($1::text, $2::integer, $3::double precision, $4::boolean, $5::double precision)`;
 export const READ_LIMIT = `SELECT ${LIMIT_COLUMNS} FROM pggcl.limits WHERE name = $1::text`;
 export const LIST_LIMITS = `SELECT ${LIMIT_COLUMNS} FROM pggcl.limits ORDER BY name`;
-export const UPDATE_LIMIT = `SELECT ${LIMIT_COLUMNS} FROM pggcl.update_limit($1::text, $2::integer, $3::double precision, $4::boolean, $5::text)`;
-// Templates (revision 0013): with an idle time of their own; without one, the calls above.
-export const CREATE_TEMPLATE = `SELECT ${LIMIT_COLUMNS} FROM pggcl.create_limit($1::text, $2::integer, $3::double precision, $4::boolean, $5::double precision)`;
-export const UPDATE_TEMPLATE = `SELECT ${LIMIT_COLUMNS} FROM pggcl.update_limit($1::text, $2::integer, $3::double precision, $4::boolean, $5::text, $6::double precision)`;
+export const UPDATE_LIMIT = `SELECT ${LIMIT_COLUMNS} FROM pggcl.update_limit($1::text, $2::integer, $3::double precision, $4::boolean, $5::text, $6::double precision)`;
 export const LIST_TEMPLATES = `SELECT name, "limit", slot_decay_per_second, active, idle_seconds, instances, created, updated FROM pggcl.templates ORDER BY name`;
 export const DELETE_LIMIT = "SELECT pggcl.delete_limit($1::text) AS ok";
 export const HOLDERS = "SELECT lease_id, name, slots, holder, session_id, since, expires FROM pggcl.holders"
